@@ -1,0 +1,19 @@
+"""Call volume per region per day.
+
+Returns one row per (subscriber, region, day) with at least one call: the
+subscriber's total call duration in seconds in that region that day, as
+value. With aggregation "mean" the platform releases the mean over callers
+of that value; with "sum", the total call seconds. The contributions are
+the same for both.
+"""
+
+
+def contributions(data, params):
+    start_day = params["start_day"]
+    end_day = params["end_day"]
+    if end_day < start_day:
+        raise ValueError("end_day must be greater than or equal to start_day")
+    cdr = data.cdr
+    calls = cdr[cdr["day"].between(start_day, end_day) & (cdr["event"] == "call")]
+    per_unit = calls.groupby(["msisdn", "region", "day"])["duration_s"].sum().reset_index()
+    return per_unit.rename(columns={"duration_s": "value"})

@@ -1,0 +1,3 @@
+from opal.cli import main
+
+main()

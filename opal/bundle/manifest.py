@@ -1,0 +1,106 @@
+"""``opal.toml``: the bundle manifest (DESIGN.md ★ Algorithm bundle)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from opal.errors import BadInputError
+from opal.release.policy import PrivacySpec
+
+__all__ = ["Manifest", "MANIFEST_FILE", "SOURCE_FILE"]
+
+MANIFEST_FILE = "opal.toml"
+SOURCE_FILE = "algorithm.py"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_VERSION = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def version_key(version: str) -> tuple[int, int, int]:
+    major, minor, patch = version.split(".")
+    return int(major), int(minor), int(patch)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    name: str
+    version: str
+    description: str
+    entrypoint: str
+    dataset: str
+    privacy: PrivacySpec
+    parameters: dict[str, Any]
+
+    @property
+    def version_key(self) -> tuple[int, int, int]:
+        return version_key(self.version)
+
+    @classmethod
+    def parse(cls, text: bytes | str, *, where: str = MANIFEST_FILE) -> Manifest:
+        try:
+            data = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"{where}: not valid TOML ({exc})") from None
+        return cls.from_dict(data, where=where)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = MANIFEST_FILE) -> Manifest:
+        known = {"name", "version", "description", "entrypoint", "dataset", "privacy", "parameters"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        for key in ("name", "version", "entrypoint", "dataset"):
+            if not isinstance(data.get(key), str):
+                raise BadInputError(f"{where}: {key} = \"...\" is required")
+        if not _NAME.match(data["name"]):
+            raise BadInputError(f"{where}: name {data['name']!r} must be lower-case letters, digits and _")
+        if not _VERSION.match(data["version"]):
+            raise BadInputError(f"{where}: version {data['version']!r} must be MAJOR.MINOR.PATCH (e.g. 1.0.0)")
+        if not _IDENT.match(data["entrypoint"]) or data["entrypoint"].startswith("_"):
+            raise BadInputError(f"{where}: entrypoint {data['entrypoint']!r} must be a public function name")
+        if not isinstance(data.get("privacy"), dict):
+            raise BadInputError(f"{where}: a [privacy] table is required (unit, aggregation, max_groups_per_unit)")
+        parameters = data.get("parameters", {"type": "object", "additionalProperties": False})
+        if not isinstance(parameters, dict):
+            raise BadInputError(f"{where}: [parameters] must be a JSON Schema table")
+        try:
+            jsonschema.Draft202012Validator.check_schema(parameters)
+        except jsonschema.SchemaError as exc:
+            raise BadInputError(f"{where}: [parameters] is not a valid JSON Schema: {exc.message}") from None
+        return cls(
+            name=data["name"],
+            version=data["version"],
+            description=str(data.get("description", "")),
+            entrypoint=data["entrypoint"],
+            dataset=data["dataset"],
+            privacy=PrivacySpec.from_dict(data["privacy"]),
+            parameters=parameters,
+        )
+
+    def validate_params(self, params: Any) -> None:
+        """Raise BadInputError unless ``params`` satisfies the bundle's JSON Schema."""
+        validator = jsonschema.Draft202012Validator(self.parameters)
+        errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+        if errors:
+            err = errors[0]
+            where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+            raise BadInputError(
+                f"params do not match the schema of {self.name} {self.version} at {where}: "
+                f"{err.message}; see opal algo review for the schema"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "entrypoint": self.entrypoint,
+            "dataset": self.dataset,
+            "privacy": self.privacy.to_dict(),
+            "parameters": self.parameters,
+        }

@@ -1,0 +1,121 @@
+"""opal dataset synth/register/list/show"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from opal.cli._app import App, console, emit_json, err_console, pass_app
+
+
+@click.group("dataset")
+def dataset() -> None:
+    """Register datasets and make synthetic ones."""
+
+
+@dataset.command("synth")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--subscribers", type=int, default=20_000, show_default=True)
+@click.option("--days", type=int, default=14, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--events-per-day", type=float, default=5.0, show_default=True)
+@click.option("--shock-day", type=int, default=None, help="Day of a displacement shock.")
+@click.option("--shock-region", default=None, help="Region whose residents are displaced.")
+@click.option("--shock-share", type=float, default=None, help="Share of its residents who move (0-1).")
+@click.option("--json", "as_json", is_flag=True)
+def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: float,
+          shock_day: int | None, shock_region: str | None, shock_share: float | None, as_json: bool) -> None:
+    """Write a synthetic CDR dataset (Parquet) to OUT."""
+    from opal.data.synth import Shock, synthesize
+    from opal.errors import BadInputError
+
+    shock = None
+    given = [v is not None for v in (shock_day, shock_region, shock_share)]
+    if any(given) and not all(given):
+        raise BadInputError("a shock needs all of --shock-day, --shock-region and --shock-share")
+    if all(given):
+        shock = Shock(day=shock_day, region=shock_region, share=shock_share)  # type: ignore[arg-type]
+    with Progress(TextColumn("synthesizing"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
+                  TimeRemainingColumn(), console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("synth", total=days)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = synthesize(out, subscribers=subscribers, days=days, seed=seed, shock=shock,
+                             events_per_day=events_per_day, progress=progress)
+    doc = {
+        "path": str(summary.path), "rows": summary.rows, "subscribers": summary.subscribers,
+        "days": summary.days, "seed": summary.seed, "regions": summary.regions, "cells": summary.cells,
+        "bytes": summary.bytes,
+        "ground_truth": str(summary.ground_truth_path) if summary.ground_truth_path else None,
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        console.print(f"wrote {summary.rows:,} CDR rows for {summary.subscribers:,} subscribers over "
+                      f"{summary.days} days in {summary.regions} regions to {summary.path}")
+        if summary.ground_truth_path:
+            console.print(f"shock ground truth: {summary.ground_truth_path}")
+
+
+@dataset.command("register")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--schema", default="cdr", show_default=True)
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Release policy TOML (default: the built-in one, see governance/release_policy.toml).")
+@click.option("--key", default=None, help="Operator key that records the registration.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def register(app: App, name: str, path: Path, schema: str, policy_file: Path | None, key: str | None, as_json: bool) -> None:
+    """Register the dataset at PATH under NAME, with its release policy and budget."""
+    from opal.data import catalog
+    from opal.release.policy import ReleasePolicy
+
+    policy = ReleasePolicy.load(policy_file) if policy_file else None
+    signer = app.node.keyring.signer_for(key, "operator")
+    ds = catalog.register(app.node, name, path, schema=schema, policy=policy, signer=signer)
+    if as_json:
+        emit_json(ds.to_dict())
+    else:
+        console.print(f"registered dataset [bold]{name}[/]: {ds.rows:,} rows, schema {schema}, "
+                      f"version {ds.version[:12]}, budget ε={ds.policy.total_epsilon:g}")
+
+
+@dataset.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """Registered datasets."""
+    from opal.data import catalog
+
+    items = catalog.list_datasets(app.node)
+    if as_json:
+        emit_json([d.to_dict() for d in items])
+        return
+    table = Table("name", "schema", "rows", "version", "path")
+    for d in items:
+        table.add_row(d.name, d.schema, f"{d.rows:,}", d.version[:12], str(d.path))
+    console.print(table)
+
+
+@dataset.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def show(app: App, name: str, as_json: bool) -> None:
+    """One dataset with its release policy."""
+    from opal.data import catalog
+
+    d = catalog.get(app.node, name)
+    if as_json:
+        emit_json(d.to_dict())
+        return
+    console.print_json(data=d.to_dict())
+
+
+COMMANDS = [dataset]

@@ -1,0 +1,112 @@
+"""opal run, opal runs list/show/result"""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from opal.cli._app import App, console, emit_json, err_console, pass_app
+from opal.cli._render import parse_params, render_release
+from opal.errors import error_from_dict
+
+
+@click.command("run")
+@click.argument("algorithm")
+@click.option("--dataset", required=True)
+@click.option("--params", default=None, help="Run parameters as JSON.")
+@click.option("--epsilon", type=float, default=None, help="ε to spend (default: the dataset policy's).")
+@click.option("--key", default=None, help="Statistician key that signs the request.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: float | None,
+        key: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Request a run of ALGORITHM (NAME, NAME@VERSION or digest) on DATASET."""
+    from opal.runs import request_run
+    from opal.runs.dispatch import dispatch
+    from opal.runs.dispatch import wait as wait_for
+
+    node = app.node
+    signer = node.keyring.signer_for(key, "statistician")
+    record = request_run(node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon, signer=signer)
+    dispatch(node, record)
+    if not wait:
+        if as_json:
+            emit_json({"run_id": record.run_id, "state": record.state})
+        else:
+            console.print(record.run_id)
+        return
+    if not as_json:
+        err_console.print(f"run {record.run_id}: requested {record.algorithm} on {dataset} (ε={record.epsilon:g})")
+    record = wait_for(node, record.run_id, timeout=timeout,
+                      on_state=None if as_json else (lambda s: err_console.print(f"run {record.run_id}: {s}")))
+    if as_json:
+        emit_json(record.to_dict())
+    elif record.state == "released" and record.result is not None:
+        render_release(record.result, title=f"{record.algorithm} on {dataset}")
+    if record.state != "released" and record.error:
+        raise error_from_dict(record.error)
+
+
+@click.group("runs")
+def runs() -> None:
+    """Follow runs."""
+
+
+@runs.command("list")
+@click.option("--dataset", default=None)
+@click.option("--state", default=None)
+@click.option("--limit", type=int, default=50)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def list_(app: App, dataset: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    from opal.runs import list_runs
+
+    items = list_runs(app.node, dataset=dataset, state=state, limit=limit)
+    if as_json:
+        emit_json([r.to_dict(with_result=False) for r in items])
+        return
+    table = Table("run id", "algorithm", "dataset", "ε", "state", "updated")
+    for r in items:
+        table.add_row(r.run_id, r.algorithm, r.dataset, f"{r.epsilon:g}", r.state, r.updated)
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def show(app: App, run_id: str, as_json: bool) -> None:
+    from opal.runs import get_run
+
+    r = get_run(app.node, run_id)
+    if as_json:
+        emit_json(r.to_dict(with_result=False))
+        return
+    console.print(f"run {r.run_id}: {r.algorithm} on {r.dataset}, ε={r.epsilon:g}, {r.state} ({r.updated})")
+    if r.error:
+        console.print(f"  {r.error.get('type')}: {r.error.get('message')}")
+
+
+@runs.command("result")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def result(app: App, run_id: str, as_json: bool) -> None:
+    """The released table of a finished run."""
+    from opal.errors import BadInputError
+    from opal.runs import get_run
+
+    r = get_run(app.node, run_id)
+    if r.state != "released" or r.result is None:
+        if r.error:
+            raise error_from_dict(r.error)
+        raise BadInputError(f"run {run_id} has no released result (state {r.state})")
+    if as_json:
+        emit_json(dict(r.result, run_id=r.run_id, result_digest=r.result_digest))
+    else:
+        render_release(r.result, title=f"{r.algorithm} on {r.dataset}")
+
+
+COMMANDS = [run, runs]

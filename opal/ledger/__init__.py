@@ -1,0 +1,5 @@
+"""The governance ledger (RFC 6962 Merkle log of signed, canonical entries)."""
+
+from opal.ledger.log import Checkpoint, Ledger, LedgerEntry, VerifyReport
+
+__all__ = ["Checkpoint", "Ledger", "LedgerEntry", "VerifyReport"]

@@ -1,0 +1,66 @@
+"""Resource limits and required isolation layers for one sandboxed run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from opal.errors import BadInputError
+
+__all__ = ["Limits", "LAYERS"]
+
+# Isolation layers, in the order a run passes through them.
+LAYERS: tuple[str, ...] = (
+    "restricted_python",  # compile policy + attribute/call guards (always on)
+    "clean_environment",  # empty env, no inherited fds, empty temporary cwd
+    "rlimits",  # CPU, address space, file size 0, open files, processes
+    "seccomp",  # no sockets, no exec/fork, no file writes (pyseccomp)
+    "network_namespace",  # empty network namespace: no interfaces at all
+    "unprivileged_user",  # the child runs as an unprivileged uid (nobody)
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Per-run limits. ``memory_bytes`` is address space the job may add on top
+    of the resident, shared dataset."""
+
+    cpu_seconds: int = 60
+    wall_seconds: float = 120.0
+    memory_bytes: int = 6 * 2**30
+    max_output_rows: int = 20_000_000
+    max_output_bytes: int = 1 * 2**30
+    max_open_files: int = 64
+    max_threads: int = 64
+    # Layers that must be active or the runtime refuses to start / run.
+    require_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "require_layers":
+                unknown = [name for name in value if name not in LAYERS]
+                if unknown:
+                    raise BadInputError(
+                        f"unknown isolation layer {unknown[0]!r} in require_layers; "
+                        f"known layers: {', '.join(LAYERS)}"
+                    )
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadInputError(f"limit {f.name} must be a number, got {type(value).__name__}")
+            if not math.isfinite(value) or value <= 0:
+                raise BadInputError(f"limit {f.name} must be positive, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["require_layers"] = list(self.require_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "require_layers" in kwargs:
+            kwargs["require_layers"] = tuple(kwargs["require_layers"])
+        return cls(**kwargs)

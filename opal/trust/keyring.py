@@ -1,0 +1,186 @@
+"""The node's keyring: public key records in the database, private keys on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opal.db import Database
+from opal.errors import BadInputError, TrustError
+from opal.home import Home
+from opal.trust.keys import (
+    KeyInfo,
+    check_name,
+    check_role,
+    generate_private_key,
+    key_id_of,
+    load_private_key,
+    public_raw,
+    sign_bytes,
+    utcnow,
+    write_private_key,
+)
+
+if TYPE_CHECKING:
+    from opal.ledger import Ledger
+
+__all__ = ["Keyring", "Signer"]
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A key this node holds privately, ready to sign."""
+
+    info: KeyInfo
+    _private: Ed25519PrivateKey
+
+    @property
+    def key_id(self) -> str:
+        return self.info.key_id
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def role(self) -> str:
+        return self.info.role
+
+    def sign(self, domain: str, message: bytes) -> str:
+        return sign_bytes(self._private, domain, message)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"Signer({self.info.name!r}, role={self.info.role!r})"
+
+
+class Keyring:
+    def __init__(self, home: Home, db: Database) -> None:
+        self.home = home
+        self.db = db
+
+    def _pem(self, name: str) -> Path:
+        return self.home.keys_dir / f"{name}.pem"
+
+    def new(self, name: str, role: str, ledger: Ledger) -> KeyInfo:
+        check_name(name)
+        check_role(role)
+        if self.find(name) is not None:
+            raise BadInputError(f"a key named {name!r} exists already; choose another name")
+        private = generate_private_key()
+        raw = public_raw(private)
+        info = KeyInfo(
+            name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow()
+        )
+        write_private_key(self._pem(name), private)
+        self._record(info, Signer(info, private), ledger)
+        return info
+
+    def import_public(self, data: dict[str, Any], ledger: Ledger, *, as_name: str | None = None) -> KeyInfo:
+        """Import another node's public key (``opal keys export`` output)."""
+        try:
+            name = as_name or str(data["name"])
+            role = str(data["role"])
+            public_key = str(data["public_key"])
+            raw = bytes.fromhex(public_key)
+        except (KeyError, ValueError, TypeError):
+            raise BadInputError(
+                "key file must be the JSON written by opal keys export (name, role, public_key)"
+            ) from None
+        check_name(name)
+        check_role(role)
+        if len(raw) != 32:
+            raise BadInputError(f"public_key must be 32 bytes of hex, found {len(raw)} bytes")
+        if self.find(name) is not None:
+            raise BadInputError(f"a key named {name!r} exists already; use --as NAME")
+        info = KeyInfo(name=name, key_id=key_id_of(raw), role=role, public_key=public_key, created=utcnow())
+        self._record(info, None, ledger)
+        return info
+
+    def _record(self, info: KeyInfo, signer: Signer | None, ledger: Ledger) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO keys(name, key_id, role, public_key, created) VALUES (?,?,?,?,?)",
+                (info.name, info.key_id, info.role, info.public_key, info.created),
+            )
+            body = {"name": info.name, "role": info.role, "key_id": info.key_id, "public_key": info.public_key}
+            # A new key's own entry is self-signed: it proves possession of the
+            # private key. Imported keys are recorded by the node's operator.
+            ledger.append_in(tx, type="key_added", body=body, signer=signer or self.default_signer("operator", "board"), subject=info.key_id)
+
+    def find(self, name: str) -> KeyInfo | None:
+        row = self.db.one("SELECT * FROM keys WHERE name = ?", (name,))
+        return KeyInfo.from_dict(dict(row)) if row else None
+
+    def get(self, name: str) -> KeyInfo:
+        info = self.find(name)
+        if info is None:
+            raise BadInputError(f"no key named {name!r}; see opal keys list")
+        return info
+
+    def by_id(self, key_id: str) -> list[KeyInfo]:
+        return [KeyInfo.from_dict(dict(r)) for r in self.db.query("SELECT * FROM keys WHERE key_id = ?", (key_id,))]
+
+    def all(self) -> list[KeyInfo]:
+        return [KeyInfo.from_dict(dict(r)) for r in self.db.query("SELECT * FROM keys ORDER BY created, name")]
+
+    def holds_private(self, name: str) -> bool:
+        return self._pem(name).exists()
+
+    def signer(self, name: str) -> Signer:
+        info = self.get(name)
+        if info.revoked:
+            raise TrustError(f"key {name!r} was revoked on {info.revoked_at}; use an unrevoked key")
+        return Signer(info, load_private_key(self._pem(name)))
+
+    def default_signer(self, *roles: str) -> Signer:
+        """The node's only unrevoked private key with one of ``roles``; ambiguity is an error."""
+        candidates = [k for k in self.all() if k.role in roles and not k.revoked and self.holds_private(k.name)]
+        if not candidates:
+            raise BadInputError(
+                f"this node holds no {' or '.join(roles)} key; create one with "
+                f"opal keys new NAME --role {roles[0]}"
+            )
+        if len(candidates) > 1:
+            names = ", ".join(k.name for k in candidates)
+            raise BadInputError(f"several {' or '.join(roles)} keys ({names}); choose one with --key NAME")
+        return self.signer(candidates[0].name)
+
+    def signer_for(self, name: str | None, *roles: str) -> Signer:
+        if name is None:
+            return self.default_signer(*roles)
+        signer = self.signer(name)
+        if roles and signer.role not in roles:
+            raise TrustError(
+                f"key {name!r} has role {signer.role!r}; this needs a {' or '.join(roles)} key"
+            )
+        return signer
+
+    def revoke(self, name: str, reason: str, *, by: Signer, ledger: Ledger) -> KeyInfo:
+        info = self.get(name)
+        if info.revoked:
+            raise BadInputError(f"key {name!r} was already revoked on {info.revoked_at}")
+        when = utcnow()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE keys SET revoked_at = ?, revoke_reason = ? WHERE key_id = ?",
+                (when, reason, info.key_id),
+            )
+            ledger.append_in(
+                tx,
+                type="key_revoked",
+                body={"name": name, "key_id": info.key_id, "reason": reason},
+                signer=by,
+                subject=info.key_id,
+            )
+        return self.get(name)
+
+    def export(self, name: str) -> str:
+        info = self.get(name)
+        return json.dumps(
+            {"name": info.name, "role": info.role, "key_id": info.key_id, "public_key": info.public_key},
+            indent=2,
+        )

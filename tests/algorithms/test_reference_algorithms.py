@@ -1,0 +1,262 @@
+"""The reference algorithms, called directly on a seeded synthetic world and
+checked against independent plain-pandas computations and the shock's ground truth.
+
+(The lead wires them through the real sandbox and release gate elsewhere.)
+"""
+
+import importlib.util
+import json
+import tomllib
+import types
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+
+from opal.data import Shock, synthesize
+
+ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+NAMES = ["population_density", "home_location", "od_matrix", "displacement", "call_volume", "unique_visitors"]
+SHOCK = Shock(day=7, region="Cendra", share=0.3)
+NIGHT = [20, 21, 22, 23, 0, 1, 2, 3, 4, 5, 6]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"opal_reference_{name}", ALGORITHMS / name / "algorithm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.contributions
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cdr") / "cdr.parquet"
+    summary = synthesize(out, subscribers=10_000, days=14, seed=42, shock=SHOCK)
+    truth = json.loads(summary.ground_truth_path.read_text())
+    return pd.read_parquet(out), truth
+
+
+def run(name, cdr, params):
+    before = cdr.copy()
+    result = load(name)(types.SimpleNamespace(cdr=cdr), params)
+    pd.testing.assert_frame_equal(cdr, before)  # the algorithm must not touch its input
+    assert isinstance(result, pd.DataFrame)
+    assert result.columns[0] == "msisdn"
+    assert result["msisdn"].isin(cdr["msisdn"]).all()
+    return result
+
+
+def distinct_units(contributions, groups):
+    return contributions.groupby(groups)["msisdn"].nunique().sort_index()
+
+
+def independent_home(cdr, first_day, last_day):
+    """Modal night region per subscriber, ties to the alphabetically first region."""
+    window = cdr[(cdr.day >= first_day) & (cdr.day <= last_day)]
+    night = window[window.timestamp.dt.hour.isin(NIGHT)]
+    table = pd.crosstab(night.msisdn, night.region)  # columns sorted: idxmax picks the first
+    return table.idxmax(axis=1)
+
+
+def top_destinations(truth, n):
+    return sorted(truth["destinations"], key=truth["destinations"].get, reverse=True)[:n]
+
+
+# --- manifests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_manifest_parses_and_its_parameters_are_a_json_schema(name):
+    folder = ALGORITHMS / name
+    manifest = tomllib.loads((folder / "opal.toml").read_text())
+    assert manifest["name"] == name
+    assert manifest["entrypoint"] == "contributions"
+    assert manifest["dataset"] == "cdr"
+    assert manifest["privacy"]["unit"] == "msisdn"
+    assert manifest["privacy"]["aggregation"] in ("count", "sum", "mean")
+    assert manifest["privacy"]["max_groups_per_unit"] >= 1
+    if manifest["privacy"]["aggregation"] != "count":
+        low, high = manifest["privacy"]["value_bounds"]
+        assert low < high
+    schema = manifest["parameters"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert set(schema["required"]) <= set(schema["properties"])
+    assert (folder / "README.md").read_text().strip()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_manifest_is_accepted_by_the_platform_parser(name):
+    from opal.bundle.manifest import Manifest
+
+    manifest = Manifest.parse((ALGORITHMS / name / "opal.toml").read_bytes())
+    assert manifest.name == name
+
+
+def test_unknown_parameters_are_refused_by_the_schema():
+    schema = tomllib.loads((ALGORITHMS / "population_density" / "opal.toml").read_text())["parameters"]
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"start_day": 0, "end_day": 3})
+    assert not validator.is_valid({"start_day": 0, "end_day": 3, "sql": "drop"})
+    assert not validator.is_valid({"start_day": -1, "end_day": 3})
+    assert not validator.is_valid({"start_day": 0})
+
+
+# --- population_density --------------------------------------------------------
+
+
+def test_population_density_counts_distinct_subscribers_per_region_day(world):
+    cdr, _ = world
+    got = run("population_density", cdr, {"start_day": 2, "end_day": 9})
+    assert list(got.columns) == ["msisdn", "region", "day"]
+    assert not got.duplicated().any()
+    window = cdr[(cdr.day >= 2) & (cdr.day <= 9)]
+    expected = window.groupby(["region", "day"]).msisdn.nunique().sort_index()
+    pd.testing.assert_series_equal(distinct_units(got, ["region", "day"]), expected)
+    assert sorted(got.day.unique()) == list(range(2, 10))
+
+
+def test_population_density_refuses_a_reversed_window(world):
+    cdr, _ = world
+    with pytest.raises(ValueError, match="end_day"):
+        load("population_density")(types.SimpleNamespace(cdr=cdr), {"start_day": 5, "end_day": 1})
+
+
+# --- home_location ---------------------------------------------------------------
+
+
+def test_home_location_counts_subscribers_per_modal_night_region(world):
+    cdr, _ = world
+    got = run("home_location", cdr, {"start_day": 0, "end_day": 6})
+    assert list(got.columns) == ["msisdn", "home_region"]
+    assert got.msisdn.is_unique
+    home = independent_home(cdr, 0, 6)
+    expected = home.value_counts().rename_axis("home_region").rename("msisdn").sort_index()
+    pd.testing.assert_series_equal(distinct_units(got, ["home_region"]), expected)
+    # and per subscriber, not just per cell
+    assert got.set_index("msisdn").home_region.sort_index().equals(home.sort_index().rename("home_region"))
+
+
+def test_home_location_honours_custom_night_hours(world):
+    cdr, _ = world
+    got = run("home_location", cdr, {"start_day": 0, "end_day": 6, "night_start_hour": 0, "night_end_hour": 5})
+    window = cdr[cdr.day <= 6]
+    night = window[window.timestamp.dt.hour < 5]
+    assert set(got.msisdn) == set(night.msisdn)
+
+
+# --- od_matrix ---------------------------------------------------------------------
+
+
+def test_od_matrix_counts_home_changes_between_windows(world):
+    cdr, _ = world
+    got = run("od_matrix", cdr, {"before_start_day": 0, "before_end_day": 6,
+                                 "after_start_day": 7, "after_end_day": 13})
+    assert list(got.columns) == ["msisdn", "origin", "destination"]
+    assert got.msisdn.is_unique and (got.origin != got.destination).all()
+    both = pd.concat([independent_home(cdr, 0, 6).rename("origin"),
+                      independent_home(cdr, 7, 13).rename("destination")], axis=1, join="inner")
+    moved = both[both.origin != both.destination]
+    expected = moved.groupby(["origin", "destination"]).size().rename("msisdn").sort_index()
+    pd.testing.assert_series_equal(distinct_units(got, ["origin", "destination"]), expected)
+
+
+def test_od_matrix_recovers_the_shock_flows(world):
+    cdr, truth = world
+    got = run("od_matrix", cdr, {"before_start_day": 0, "before_end_day": 6,
+                                 "after_start_day": 7, "after_end_day": 13})
+    flows = got[got.origin == "Cendra"].destination.value_counts()
+    assert list(flows.index[:2]) == top_destinations(truth, 2)
+    # the shock region's outflow dwarfs any other region's
+    outflow = got.origin.value_counts()
+    assert outflow.index[0] == "Cendra"
+
+
+def test_od_matrix_can_include_stayers(world):
+    cdr, _ = world
+    params = {"before_start_day": 0, "before_end_day": 6, "after_start_day": 7, "after_end_day": 13}
+    stayers = run("od_matrix", cdr, {**params, "include_stayers": True})
+    movers = run("od_matrix", cdr, params)
+    assert len(stayers) > len(movers)
+    assert set(movers.msisdn) < set(stayers.msisdn)
+
+
+# --- displacement -------------------------------------------------------------------
+
+
+DISPLACEMENT = {"origin_region": "Cendra", "shock_day": 7, "baseline_days": 7, "days_after": 6}
+
+
+def test_displacement_matches_an_independent_computation(world):
+    cdr, _ = world
+    got = run("displacement", cdr, DISPLACEMENT)
+    assert list(got.columns) == ["msisdn", "destination", "days_since_shock"]
+    assert not got.duplicated(["msisdn", "days_since_shock"]).any()
+    home = independent_home(cdr, 0, 6)
+    residents = set(home[home == "Cendra"].index)
+    rows = []
+    for day in range(7, 14):
+        where = independent_home(cdr, day, day)
+        where = where[where.index.isin(residents)]
+        rows.append(where.value_counts().rename_axis("destination").rename("msisdn").to_frame()
+                    .assign(days_since_shock=day - 7).reset_index())
+    expected = (pd.concat(rows).set_index(["destination", "days_since_shock"]).msisdn.sort_index())
+    pd.testing.assert_series_equal(distinct_units(got, ["destination", "days_since_shock"]), expected)
+
+
+def test_displacement_recovers_the_injected_shock(world):
+    cdr, truth = world
+    got = run("displacement", cdr, DISPLACEMENT)
+    cells = got.groupby(["days_since_shock", "destination"]).msisdn.nunique()
+    per_day = cells.groupby(level="days_since_shock")
+    stayed = cells.xs("Cendra", level="destination")
+    share_moved = (1 - stayed / per_day.sum()).mean()
+    assert abs(share_moved - truth["moved_share"]) <= 0.05
+    away = cells.drop("Cendra", level="destination").groupby(level="destination").sum()
+    assert list(away.sort_values(ascending=False).index[:2]) == top_destinations(truth, 2)
+
+
+def test_displacement_before_the_shock_shows_no_one_moved(world):
+    cdr, _ = world
+    got = run("displacement", cdr, {"origin_region": "Cendra", "shock_day": 4, "baseline_days": 4, "days_after": 2})
+    share_away = (got.destination != "Cendra").mean()
+    assert share_away < 0.1
+
+
+# --- call_volume ------------------------------------------------------------------------
+
+
+def test_call_volume_contributes_each_callers_seconds(world):
+    cdr, _ = world
+    got = run("call_volume", cdr, {"start_day": 0, "end_day": 13})
+    assert list(got.columns) == ["msisdn", "region", "day", "value"]
+    assert not got.duplicated(["msisdn", "region", "day"]).any()
+    calls = cdr[cdr.event == "call"]
+    expected_units = calls.groupby(["region", "day"]).msisdn.nunique().sort_index()
+    pd.testing.assert_series_equal(distinct_units(got, ["region", "day"]), expected_units)
+    expected_total = calls.groupby(["region", "day"]).duration_s.sum().rename("value").sort_index()
+    pd.testing.assert_series_equal(got.groupby(["region", "day"]).value.sum().sort_index(), expected_total)
+    assert (got.value > 0).all()
+
+
+# --- unique_visitors ----------------------------------------------------------------------
+
+
+def test_unique_visitors_excludes_residents(world):
+    cdr, _ = world
+    got = run("unique_visitors", cdr, {"start_day": 0, "end_day": 6})
+    assert list(got.columns) == ["msisdn", "region"]
+    assert not got.duplicated().any()
+    home = independent_home(cdr, 0, 6)
+    window = cdr[cdr.day <= 6]
+    expected = {}
+    for region, seen in window.groupby("region").msisdn:
+        visitors = set(seen) & set(home.index)
+        visitors -= set(home[home == region].index)
+        expected[region] = len(visitors)
+    expected = pd.Series(expected, name="msisdn").rename_axis("region").sort_index()
+    pd.testing.assert_series_equal(distinct_units(got, ["region"]), expected)
+    # no subscriber visits their own home region
+    joined = got.merge(home.rename("home").reset_index(), on="msisdn")
+    assert (joined.region != joined.home).all()
