@@ -27,15 +27,19 @@ def bundle_digest(files: Mapping[str, bytes]) -> str:
     return sha256_hex(canonical_json({"opal_bundle": 1, "files": file_manifest(files)}))
 
 
-def read_bundle_files(folder: Path) -> dict[str, bytes]:
-    """Every regular file under ``folder`` (no symlinks), keyed by POSIX relative path."""
+def read_bundle_files(folder: Path, *, strict: bool = False) -> dict[str, bytes]:
+    """Every regular file under ``folder`` (no symlinks), keyed by POSIX relative path.
+
+    ``strict`` (the registry) skips nothing: a cache file dropped next to an
+    approved bundle changes its digest like any other added file.
+    """
     if not folder.is_dir():
         raise BadInputError(f"{folder} is not a bundle folder (expected opal.toml and algorithm.py inside)")
     files: dict[str, bytes] = {}
     total = 0
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if any(part in _SKIP_DIRS for part in rel.parts) or path.suffix == ".pyc":
+        if not strict and (any(part in _SKIP_DIRS for part in rel.parts) or path.suffix == ".pyc"):
             continue
         if path.is_symlink():
             raise BadInputError(f"{rel.as_posix()} is a symlink; bundles hold regular files only")

@@ -87,10 +87,15 @@ class Registry:
         folder = self.path(digest)
         if not folder.is_dir():
             raise TrustError(f"bundle {digest[:12]} is not in this node's registry; submit it first")
-        bundle = Bundle.from_folder(folder)
-        if bundle.digest != digest:
+        try:
+            files = read_bundle_files(folder, strict=True)
+        except BadInputError as exc:
+            raise TrustError(f"bundle {digest[:12]} in the registry is unusable: {exc.message}") from None
+        found = bundle_digest(files)
+        if found != digest:
             raise TrustError(
                 f"bundle {digest[:12]} was changed after submission: its files now hash to "
-                f"{bundle.digest[:12]}; resubmit and have it reviewed again"
+                f"{found[:12]}; resubmit and have it reviewed again"
             )
-        return bundle
+        # built from the very bytes just hashed, so what runs is what was approved
+        return Bundle.from_files(files, where=f"bundle {digest[:12]}")

@@ -1,4 +1,4 @@
-"""opal algo init/check/test/submit/list/review/approve/reject"""
+"""opal algo init/check/test/submit/list/review/approve/reject/verify/revoke/pin/unpin"""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import click
 from rich.syntax import Syntax
 from rich.table import Table
 
-from opal.bundle.registry import Bundle
+from opal.bundle.manifest import SOURCE_FILE
 from opal.cli._app import App, console, emit_json, pass_app
 from opal.cli._render import parse_params, render_release
+from opal.errors import BadInputError
 
 
 @click.group("algo")
@@ -109,17 +110,40 @@ def list_(app: App, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def review(app: App, ref: str, as_json: bool) -> None:
-    """Show what a reviewer signs: manifest, parameters, privacy and source."""
+    """Show what a reviewer signs: manifest, parameters, privacy, source and the diff
+    against the previous approved version."""
     from opal.runs.request import resolve_bundle
+    from opal.trust.review import review_view
 
     digest, _, _ = resolve_bundle(app.node, ref)
-    bundle: Bundle = app.node.registry.load(digest)
+    view = review_view(app.node, digest)
     if as_json:
-        emit_json({"digest": digest, "manifest": bundle.manifest.to_dict(), "source": bundle.source})
+        emit_json(view)
         return
-    console.print(f"[bold]{bundle.ref}[/]  digest {digest}")
-    console.print_json(json.dumps(bundle.manifest.to_dict()))
-    console.print(Syntax(bundle.source, "python", line_numbers=True))
+    console.print(f"[bold]{view['name']}@{view['version']}[/]  digest {digest}")
+    console.print(f"author {view['author']}, submitted {view['submitted']}" + (f", [red]{view['revoked']}[/]" if view["revoked"] else ""))
+    console.print(f"description: {view['manifest']['description']}")
+    console.print("[bold]privacy declaration[/]")
+    console.print_json(json.dumps(view["privacy"]))
+    console.print("[bold]parameters (JSON Schema)[/]")
+    console.print_json(json.dumps(view["parameters"]))
+    table = Table("file", "size", "sha256")
+    for f in view["files"]:
+        table.add_row(str(f["path"]), str(f["size"]), str(f["sha256"]))
+    console.print(table)
+    console.print(f"[bold]{SOURCE_FILE}[/]")
+    console.print(Syntax(view["source"], "python", line_numbers=True))
+    if view["previous"]:
+        console.print(f"[bold]diff against approved {view['name']}@{view['previous']['version']}[/]")
+        console.print(Syntax(view["diff"] or "(no changes)\n", "diff"))
+    else:
+        console.print("no earlier approved version: review the whole bundle")
+    console.print(
+        f"approvals: {view['valid_approvals']} valid of {view['threshold']} needed ({view['policy']})"
+    )
+    for a in view["approvals"]:
+        mark = "counts" if a["counts"] else "does not count"
+        console.print(f"  {a['verdict']:8} {a['reviewer']}  {a['time']}  expires {a['expires']}  ({mark}) {a['comment']}")
 
 
 def _verdict(app: App, ref: str, key: str | None, verdict: str, expires: str | None, comment: str) -> None:
@@ -136,7 +160,7 @@ def _verdict(app: App, ref: str, key: str | None, verdict: str, expires: str | N
 @algo.command("approve")
 @click.argument("ref")
 @click.option("--key", default=None, help="Reviewer key that signs the approval.")
-@click.option("--expires", default=None, help="Lifetime, e.g. 90d (default: the trust policy's).")
+@click.option("--expires", default=None, help="Lifetime, e.g. 90d (default and maximum: the trust policy's).")
 @click.option("--comment", default="")
 @pass_app
 def approve(app: App, ref: str, key: str | None, expires: str | None, comment: str) -> None:
@@ -150,8 +174,76 @@ def approve(app: App, ref: str, key: str | None, expires: str | None, comment: s
 @click.option("--comment", default="")
 @pass_app
 def reject(app: App, ref: str, key: str | None, comment: str) -> None:
-    """Sign a rejection of bundle REF."""
+    """Sign a rejection of bundle REF (withdraws this key's earlier approval)."""
     _verdict(app, ref, key, "reject", None, comment)
+
+
+@algo.command("verify")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def verify(app: App, ref: str, as_json: bool) -> None:
+    """Run the worker's trust check on REF now: exit 0 if it may run, 6 and the reason if not."""
+    from opal.runs.request import resolve_bundle
+    from opal.trust.review import verify_for_run
+
+    digest, _, _ = resolve_bundle(app.node, ref)
+    bundle = verify_for_run(app.node, digest)
+    if as_json:
+        emit_json({"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest})
+    else:
+        console.print(f"ok: {bundle.ref} ({digest[:12]}) passes the worker's trust check")
+
+
+def _exact(app: App, ref: str) -> tuple[str, str, str]:
+    from opal.runs.request import resolve_bundle
+
+    if "@" not in ref and len(ref) != 64:
+        raise BadInputError(f"name the exact version: NAME@VERSION or a digest, not {ref!r}")
+    return resolve_bundle(app.node, ref)
+
+
+@algo.command("revoke")
+@click.argument("ref")
+@click.option("--reason", required=True, help="Why; recorded in the ledger.")
+@click.option("--key", default=None, help="Board key that signs the revocation.")
+@pass_app
+def revoke(app: App, ref: str, reason: str, key: str | None) -> None:
+    """Revoke bundle NAME@VERSION: every future run of it is refused (board)."""
+    from opal.trust.review import revoke_bundle
+
+    digest, name, version = _exact(app, ref)
+    signer = app.node.keyring.signer_for(key, "board")
+    revoke_bundle(app.node, digest, reason=reason, signer=signer)
+    console.print(f"revoked [bold]{name}@{version}[/] ({digest[:12]}): {reason}")
+
+
+@algo.command("pin")
+@click.argument("ref")
+@click.option("--key", default=None, help="Board key that signs the pin.")
+@click.option("--reason", default="")
+@pass_app
+def pin(app: App, ref: str, key: str | None, reason: str) -> None:
+    """Allow NAME@VERSION to run although a higher version is approved (board)."""
+    from opal.trust.review import pin_version
+
+    _, name, version = _exact(app, ref)
+    signer = app.node.keyring.signer_for(key, "board")
+    pin_version(app.node, name, version, signer=signer, reason=reason)
+    console.print(f"pinned [bold]{name}@{version}[/] (signed by {signer.name})")
+
+
+@algo.command("unpin")
+@click.argument("name")
+@click.option("--key", default=None, help="Board key that signs the change.")
+@pass_app
+def unpin(app: App, name: str, key: str | None) -> None:
+    """Remove the board pin of NAME: rollback protection applies again."""
+    from opal.trust.review import unpin as do_unpin
+
+    signer = app.node.keyring.signer_for(key, "board")
+    do_unpin(app.node, name.partition("@")[0], signer=signer)
+    console.print(f"unpinned [bold]{name}[/]")
 
 
 COMMANDS = [algo]

@@ -160,7 +160,7 @@ def synthesize(
     """Write a synthetic CDR Parquet file at ``out`` (and its ground truth if shocked).
 
     The same arguments give the same rows, in the same order, on every run.
-    ``progress(done, total)`` is called after each generation step.
+    ``progress(days_done, days)`` is called after each day is generated.
 
     Raises:
         BadInputError: an argument is out of range (nothing is written then).
@@ -184,7 +184,10 @@ def synthesize(
         after, truth = _displace(world, shock, seed=seed)
         truth.update(seed=seed, subscribers=subscribers, days=days)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create the folder {out.parent}: {exc.strerror}") from None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     schema = cdr_schema().with_metadata(
         {
@@ -197,7 +200,6 @@ def synthesize(
         }
     )
     blocks = [(a, min(a + _BLOCK, subscribers)) for a in range(0, subscribers, _BLOCK)]
-    total_steps, done = days * len(blocks), 0
     rows = 0
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -209,11 +211,12 @@ def synthesize(
                                        block=index, events_per_day=events_per_day)
                     rows += table.num_rows
                     buffer.add(table.replace_schema_metadata(schema.metadata))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total_steps)
+                if progress is not None:
+                    progress(day + 1, days)
             buffer.flush()
         os.replace(tmp, out)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from None
     finally:
         tmp.unlink(missing_ok=True)
 

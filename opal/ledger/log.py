@@ -5,163 +5,121 @@ where ``entry`` names its index, type, time, actor key id and the event's
 fields, and ``signature`` is the actor's Ed25519 signature over the canonical
 bytes of ``entry``. The leaf is SHA-256(0x00 ‖ stored bytes) (RFC 6962 §2.1).
 Entries never hold raw data values: only ids, digests, counts and reasons.
+
+Event types written across OPAL (``type`` → who signs, main body fields):
+
+- ``key_added`` / ``key_revoked`` — the key itself (self-signed) or an
+  operator/board key; ``key_id``, ``public_key``, ``role`` / ``reason``.
+- ``trust_policy`` — board; the policy ``version`` and threshold.
+- ``bundle_submitted`` / ``bundle_approved`` / ``bundle_rejected`` /
+  ``bundle_revoked`` — author / reviewer / board; ``digest``, ``name``,
+  ``version``, the signed statement.
+- ``dataset_registered``, ``policy_changed`` — operator; dataset name, schema,
+  fingerprint, release policy.
+- ``run_requested`` (statistician), ``run_started``, ``run_finished``
+  (operator's worker) — ``run_id``, bundle ``digest``, dataset version,
+  ``epsilon_reserved`` / ``epsilon_spent``, ``outcome`` (released, refused,
+  failed) with ``reason``, ``result_digest``. Budget spending is recorded by
+  these run entries (ε reserved at start, spent or returned at the outcome);
+  the ``budget_events`` table is the same facts for fast queries.
+
+Storage (``opal.db``): SQLite WAL + ``synchronous=FULL`` + ``BEGIN IMMEDIATE``
+by default, PostgreSQL with a database-wide advisory write lock for several
+nodes. The next index is read and the entry inserted under that lock, in the
+caller's transaction, so there are no gaps or duplicates and a crash leaves
+either the whole entry or nothing.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from opal.canonical import canonical_json
 from opal.db import Database
-from opal.errors import BadInputError, LedgerCorrupt, TrustError
+from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
-from opal.trust.keys import utcnow, verify_signature
+from opal.ledger.records import (
+    CHECKPOINT_DOMAIN,
+    ENTRY_DOMAIN,
+    ENTRY_VERSION,
+    Checkpoint,
+    Cosignature,
+    LedgerEntry,
+    VerifyReport,
+    envelope,
+)
+from opal.ledger.verify import KeyState, verify_entries
+from opal.trust.keys import utcnow
 
-__all__ = ["Ledger", "LedgerEntry", "Checkpoint", "VerifyReport", "ENTRY_DOMAIN", "CHECKPOINT_DOMAIN"]
+__all__ = [
+    "CHECKPOINT_DOMAIN",
+    "ENTRY_DOMAIN",
+    "Checkpoint",
+    "Cosignature",
+    "Ledger",
+    "LedgerEntry",
+    "VerifyReport",
+    "verify_entries",
+]
 
-ENTRY_DOMAIN = "ledger-entry"
-CHECKPOINT_DOMAIN = "ledger-checkpoint"
-ENTRY_VERSION = 1
+_PAGE = 20_000
 
 
-class _SignerLike:  # structural: opal.trust.keyring.Signer
-    key_id: str
-    role: str
-
-    def sign(self, domain: str, message: bytes) -> str: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class LedgerEntry:
-    index: int
-    type: str
-    time: str
-    actor: str
-    actor_role: str
-    body: dict[str, Any]
-    signature: str
-    raw: bytes = field(repr=False)
+class SignerLike(Protocol):  # structural: opal.trust.keyring.Signer
+    @property
+    def key_id(self) -> str: ...
 
     @property
-    def leaf_hash(self) -> bytes:
-        return merkle.leaf_hash(self.raw)
+    def role(self) -> str: ...
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "type": self.type,
-            "time": self.time,
-            "actor": self.actor,
-            "actor_role": self.actor_role,
-            "body": self.body,
-            "signature": self.signature,
-            "leaf_hash": self.leaf_hash.hex(),
-        }
-
-    @classmethod
-    def parse(cls, raw: bytes) -> LedgerEntry:
-        doc = json.loads(raw)
-        e = doc["entry"]
-        return cls(
-            index=int(e["index"]),
-            type=str(e["type"]),
-            time=str(e["time"]),
-            actor=str(e["actor"]),
-            actor_role=str(e["actor_role"]),
-            body=dict(e["body"]),
-            signature=str(doc["signature"]),
-            raw=raw,
-        )
-
-    def signed_part(self) -> bytes:
-        return canonical_json(json.loads(self.raw)["entry"])
-
-
-@dataclass(frozen=True, kw_only=True)
-class Checkpoint:
-    origin: str
-    size: int
-    root: str
-    signer: str
-    signature: str
-    time: str
-
-    def statement(self) -> bytes:
-        return canonical_json({"origin": self.origin, "size": self.size, "root": self.root})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "origin": self.origin,
-            "size": self.size,
-            "root": self.root,
-            "signer": self.signer,
-            "signature": self.signature,
-            "time": self.time,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
-        try:
-            return cls(
-                origin=str(d["origin"]),
-                size=int(d["size"]),
-                root=str(d["root"]),
-                signer=str(d["signer"]),
-                signature=str(d["signature"]),
-                time=str(d.get("time", "")),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise BadInputError("checkpoint must have origin, size, root, signer, signature") from None
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerifyReport:
-    size: int
-    root: str
-    signatures: int
-    keys: int
-    checkpoints: int
-    runs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "size": self.size,
-            "root": self.root,
-            "signatures_checked": self.signatures,
-            "keys_seen": self.keys,
-            "checkpoints_checked": self.checkpoints,
-            "runs_checked": self.runs,
-        }
+    def sign(self, domain: str, message: bytes) -> str: ...
 
 
 class Ledger:
     def __init__(self, db: Database, *, origin: str = "opal") -> None:
         self.db = db
         self.origin = origin
+        # Leaves this process has already read and hashed from committed
+        # entries; extended, never rebuilt, so a checkpoint or proof costs
+        # O(new entries + log n).
+        self._tree = merkle.MerkleTree()
+        self._tree_lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------
 
-    def append(self, *, type: str, body: dict[str, Any], signer: _SignerLike, subject: str | None = None) -> LedgerEntry:
+    def append(self, *, type: str, body: dict[str, Any], signer: SignerLike, subject: str | None = None) -> LedgerEntry:
         with self.db.transaction() as tx:
             return self.append_in(tx, type=type, body=body, signer=signer, subject=subject)
 
+    def append_many(self, events: Sequence[Mapping[str, Any]], *, signer: SignerLike) -> list[LedgerEntry]:
+        """Group commit: append ``events`` (each ``{"type", "body", "subject"?}``) in one
+        transaction, so they cost one durable commit (one fsync) together."""
+        with self.db.transaction() as tx:
+            return [
+                self.append_in(tx, type=str(e["type"]), body=dict(e["body"]), signer=signer, subject=e.get("subject"))
+                for e in events
+            ]
+
     def append_in(
         self,
-        tx: sqlite3.Connection,
+        tx: Any,
         *,
         type: str,
         body: dict[str, Any],
-        signer: _SignerLike,
+        signer: SignerLike,
         subject: str | None = None,
     ) -> LedgerEntry:
-        """Append inside a transaction the caller holds (``BEGIN IMMEDIATE``), so the
-        index is taken under the write lock: no gaps, no duplicates."""
+        """Append inside a transaction the caller holds (``Database.transaction()``).
+
+        That transaction holds the database-wide write lock (``BEGIN IMMEDIATE``
+        on SQLite, an advisory transaction lock on PostgreSQL), so the index
+        read here and the insert below cannot interleave with another writer:
+        no gaps, no duplicates. The entry is durable when the caller commits.
+        """
         (index,) = tx.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger").fetchone()
+        index = int(index)
         entry = {
             "v": ENTRY_VERSION,
             "index": index,
@@ -171,33 +129,66 @@ class Ledger:
             "actor_role": signer.role,
             "body": body,
         }
-        signature = signer.sign(ENTRY_DOMAIN, canonical_json(entry))
-        raw = canonical_json({"entry": entry, "signature": signature})
+        signed = canonical_json(entry)
+        signature = signer.sign(ENTRY_DOMAIN, signed)
+        raw = envelope(signed, signature)
         tx.execute(
             "INSERT INTO ledger(idx, entry, leaf_hash, type, actor, time, subject) VALUES (?,?,?,?,?,?,?)",
             (index, raw, merkle.leaf_hash(raw), type, signer.key_id, entry["time"], subject),
         )
-        return LedgerEntry.parse(raw)
+        return LedgerEntry(
+            index=index,
+            type=type,
+            time=str(entry["time"]),
+            actor=signer.key_id,
+            actor_role=signer.role,
+            body=body,
+            signature=signature,
+            raw=raw,
+        )
 
-    def checkpoint(self, signer: _SignerLike) -> Checkpoint:
-        """Sign (size, root) of what is committed now. Called after the commit, so a
-        checkpoint never covers an entry that is not durable."""
-        leaves = self.leaf_hashes()
+    def checkpoint(self, signer: SignerLike) -> Checkpoint:
+        """Sign ``(origin, size, root)`` of what is committed now.
+
+        Called after the commit, so a checkpoint never covers an entry that is
+        not durable. Before signing, the new tree is checked against the
+        latest stored checkpoint: the operator never signs a fork.
+
+        Raises:
+            LedgerCorrupt: the committed ledger does not extend the latest checkpoint.
+        """
+        with self._tree_lock:
+            tree = self._sync_tree()
+            latest = self.latest_checkpoint()
+            if latest is not None:
+                if latest.size > tree.size or tree.root(latest.size).hex() != latest.root:
+                    raise LedgerCorrupt(
+                        f"refusing to sign: the ledger ({tree.size} entries) does not extend the signed "
+                        f"checkpoint of size {latest.size}; run opal ledger verify"
+                    )
+            size, root = tree.size, tree.root().hex()
+        statement = Checkpoint(origin=self.origin, size=size, root=root, signer=signer.key_id, signature="", time="")
         cp = Checkpoint(
             origin=self.origin,
-            size=len(leaves),
-            root=merkle.root(leaves).hex(),
+            size=size,
+            root=root,
             signer=signer.key_id,
-            signature="",
+            signature=signer.sign(CHECKPOINT_DOMAIN, statement.statement()),
             time=utcnow(),
         )
-        cp = Checkpoint(**{**cp.to_dict(), "signature": signer.sign(CHECKPOINT_DOMAIN, cp.statement())})
         with self.db.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO checkpoints(size, root, origin, signer, signature, time) VALUES (?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO checkpoints(size, root, origin, signer, signature, time) VALUES (?,?,?,?,?,?)",
                 (cp.size, cp.root, cp.origin, cp.signer, cp.signature, cp.time),
             )
         return cp
+
+    def add_cosignature(self, cs: Cosignature) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO cosignatures(size, root, origin, witness, signature, time) VALUES (?,?,?,?,?,?)",
+                (cs.size, cs.root, cs.origin, cs.witness, cs.signature, cs.time),
+            )
 
     # -- reading -----------------------------------------------------------
 
@@ -207,7 +198,46 @@ class Ledger:
 
     def leaf_hashes(self, size: int | None = None) -> list[bytes]:
         sql = "SELECT leaf_hash FROM ledger ORDER BY idx"
-        return [bytes(r["leaf_hash"]) for r in self.db.query(sql)][:size]
+        params: list[Any] = []
+        if size is not None:
+            sql += " LIMIT ?"
+            params.append(int(size))
+        return [bytes(r["leaf_hash"]) for r in self.db.query(sql, params)]
+
+    def tree(self) -> merkle.MerkleTree:
+        """The Merkle tree of every committed entry, leaves recomputed from the stored bytes.
+
+        Raises:
+            LedgerCorrupt: an index is missing or a stored leaf hash does not match its entry.
+        """
+        with self._tree_lock:
+            return self._sync_tree()
+
+    def _sync_tree(self) -> merkle.MerkleTree:
+        tree = self._tree
+        while True:
+            start = tree.size
+            rows = self.db.query(
+                "SELECT idx, entry, leaf_hash FROM ledger WHERE idx >= ? ORDER BY idx LIMIT ?", (start, _PAGE)
+            )
+            hashes = []
+            for offset, r in enumerate(rows):
+                idx, raw = int(r["idx"]), bytes(r["entry"])
+                if idx != start + offset:
+                    raise LedgerCorrupt(
+                        f"ledger entry {start + offset} is missing (the next stored index is {idx}); run opal ledger verify"
+                    )
+                leaf = merkle.leaf_hash(raw)
+                if leaf != bytes(r["leaf_hash"]):
+                    raise LedgerCorrupt(f"ledger entry {idx}: stored leaf hash does not match its bytes; run opal ledger verify")
+                hashes.append(leaf)
+            tree.extend(hashes)
+            if len(rows) < _PAGE:
+                if tree.size > 0 and self.db.one("SELECT 1 AS x FROM ledger WHERE idx = ?", (tree.size - 1,)) is None:
+                    raise LedgerCorrupt(
+                        f"ledger entry {tree.size - 1} was read before and is gone now; entries were deleted"
+                    )
+                return tree
 
     def entries(
         self,
@@ -218,9 +248,21 @@ class Ledger:
         since: str | None = None,
         until: str | None = None,
         limit: int | None = None,
+        start: int | None = None,
+        stop: int | None = None,
     ) -> list[LedgerEntry]:
+        """Entries matching every given filter, in index order. ``since``/``until`` compare
+        ISO-8601 UTC times (``until`` exclusive); ``start``/``stop`` are indexes (``stop`` exclusive)."""
         where, params = [], []
-        for col, val, op in (("type", type, "="), ("actor", actor, "="), ("subject", subject, "="), ("time", since, ">="), ("time", until, "<")):
+        for col, val, op in (
+            ("type", type, "="),
+            ("actor", actor, "="),
+            ("subject", subject, "="),
+            ("time", since, ">="),
+            ("time", until, "<"),
+            ("idx", start, ">="),
+            ("idx", stop, "<"),
+        ):
             if val is not None:
                 where.append(f"{col} {op} ?")
                 params.append(val)
@@ -232,104 +274,92 @@ class Ledger:
             sql += f" LIMIT {int(limit)}"
         return [LedgerEntry.parse(bytes(r["entry"])) for r in self.db.query(sql, params)]
 
-    def checkpoints(self) -> list[Checkpoint]:
-        return [Checkpoint.from_dict(dict(r)) for r in self.db.query("SELECT * FROM checkpoints ORDER BY size, signer")]
+    def entry(self, index: int) -> LedgerEntry:
+        row = self.db.one("SELECT entry FROM ledger WHERE idx = ?", (int(index),))
+        if row is None:
+            raise BadInputError(f"the ledger has no entry {index} (it holds {self.size()}); see opal ledger show")
+        return LedgerEntry.parse(bytes(row["entry"]))
 
-    def _raw_rows(self) -> Iterator[tuple[int, bytes]]:
-        for r in self.db.query("SELECT idx, entry FROM ledger ORDER BY idx"):
-            yield int(r["idx"]), bytes(r["entry"])
+    def index_of(self, leaf_hash_hex: str) -> int:
+        try:
+            leaf = bytes.fromhex(leaf_hash_hex)
+        except ValueError:
+            raise BadInputError(f"expected an entry index or a 64-hex-digit leaf hash, found {leaf_hash_hex!r}") from None
+        row = self.db.one("SELECT idx FROM ledger WHERE leaf_hash = ?", (leaf,))
+        if row is None:
+            raise BadInputError(f"no ledger entry has leaf hash {leaf_hash_hex}; see opal ledger show --json")
+        return int(row["idx"])
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [Checkpoint.from_dict(dict(r)) for r in self.db.query("SELECT * FROM checkpoints ORDER BY size, signer, root")]
+
+    def cosignatures(self, *, size: int | None = None) -> list[Cosignature]:
+        if size is None:
+            rows = self.db.query("SELECT * FROM cosignatures ORDER BY size, witness, root")
+        else:
+            rows = self.db.query("SELECT * FROM cosignatures WHERE size = ? ORDER BY witness", (size,))
+        return [Cosignature.from_dict(dict(r)) for r in rows]
+
+    def latest_checkpoint(self, *, covering: int | None = None) -> Checkpoint | None:
+        """The largest signed checkpoint (covering index ``covering`` if given)."""
+        sql = "SELECT * FROM checkpoints"
+        params: list[Any] = []
+        if covering is not None:
+            sql += " WHERE size > ?"
+            params.append(int(covering))
+        row = self.db.one(sql + " ORDER BY size DESC, time DESC LIMIT 1", params)
+        return Checkpoint.from_dict(dict(row)) if row else None
+
+    def key_state(self) -> KeyState:
+        """Keys added and revoked by the ledger's own entries (not yet verified: see verify)."""
+        state = KeyState()
+        for e in self.db.query(
+            "SELECT idx, entry FROM ledger WHERE type IN ('key_added', 'key_revoked') ORDER BY idx"
+        ):
+            parsed = LedgerEntry.parse(bytes(e["entry"]))
+            try:
+                state.apply(parsed.index, parsed.type, parsed.body)
+            except (ValueError, KeyError, TypeError):
+                raise LedgerCorrupt(f"ledger entry {parsed.index} ({parsed.type}) is malformed; run opal ledger verify") from None
+        return state
+
+    def _raw_rows(self, stop: int) -> Iterator[tuple[int, bytes]]:
+        # Keyset pages: bounded memory on large ledgers, on SQLite and PostgreSQL alike.
+        last = -1
+        while True:
+            rows = self.db.query(
+                "SELECT idx, entry FROM ledger WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?", (last, stop, _PAGE)
+            )
+            for r in rows:
+                last = int(r["idx"])
+                yield last, bytes(r["entry"])
+            if len(rows) < _PAGE:
+                return
 
     # -- verifying ---------------------------------------------------------
 
-    def verify(self, *, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-        """Re-derive every leaf, the root and every signature; raise LedgerCorrupt naming
-        the first bad entry. Returns what was checked."""
-        rows = list(self._raw_rows())
-        return verify_entries(rows, self.checkpoints(), progress=progress)
+    def verify(
+        self,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        against: Checkpoint | None = None,
+        workers: int | None = None,
+    ) -> VerifyReport:
+        """Re-derive every leaf, the root and every signature (see ``opal.ledger.verify``).
 
-
-def verify_entries(
-    rows: list[tuple[int, bytes]],
-    checkpoints: list[Checkpoint],
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> VerifyReport:
-    keys: dict[str, tuple[str, str]] = {}  # key_id -> (public key hex, role)
-    revoked: dict[str, int] = {}  # key_id -> index of its revocation
-    tree = merkle.MerkleTree()
-    roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
-    wanted = {cp.size for cp in checkpoints}
-    runs_open: dict[str, str] = {}
-    runs_seen = 0
-    total = len(rows)
-    for position, (idx, raw) in enumerate(rows):
-        if idx != position:
-            raise LedgerCorrupt(
-                f"ledger entry {position} is missing (next stored index is {idx}); "
-                "entries were deleted or reordered"
-            )
-        try:
-            entry = LedgerEntry.parse(raw)
-            if canonical_json(json.loads(raw)) != raw:
-                raise ValueError("not canonical")
-        except (ValueError, KeyError, TypeError):
-            raise LedgerCorrupt(f"ledger entry {idx} is not a well-formed canonical entry") from None
-        if entry.index != idx:
-            raise LedgerCorrupt(f"ledger entry {idx} claims index {entry.index}; entries were moved")
-        if entry.type == "key_added" and entry.body.get("key_id") not in keys:
-            keys[str(entry.body["key_id"])] = (str(entry.body["public_key"]), str(entry.body["role"]))
-        signer = keys.get(entry.actor)
-        if signer is None:
-            raise LedgerCorrupt(f"ledger entry {idx} is signed by unknown key {entry.actor[:16]}")
-        if entry.actor in revoked and revoked[entry.actor] < idx:
-            raise LedgerCorrupt(
-                f"ledger entry {idx} is signed by key {entry.actor[:16]}, revoked at entry {revoked[entry.actor]}"
-            )
-        try:
-            verify_signature(signer[0], ENTRY_DOMAIN, entry.signed_part(), entry.signature)
-        except TrustError:
-            raise LedgerCorrupt(f"ledger entry {idx} ({entry.type}): signature does not verify") from None
-        if entry.type == "key_revoked":
-            revoked.setdefault(str(entry.body["key_id"]), idx)
-        if entry.type == "run_requested":
-            runs_open[str(entry.body["run_id"])] = "requested"
-        elif entry.type in ("run_started", "run_finished"):
-            run_id = str(entry.body.get("run_id"))
-            if run_id not in runs_open:
-                raise LedgerCorrupt(f"ledger entry {idx} ({entry.type}) is for run {run_id} that was never requested")
-            if runs_open[run_id] == "finished":
-                raise LedgerCorrupt(f"ledger entry {idx}: run {run_id} already has an outcome")
-            if entry.type == "run_finished":
-                runs_open[run_id] = "finished"
-                runs_seen += 1
-        tree.append(merkle.leaf_hash(raw))
-        if tree.size in wanted:
-            roots[tree.size] = tree.root()
-        if progress is not None and (position % 4096 == 0 or position == total - 1):
-            progress(position + 1, total)
-    for cp in checkpoints:
-        signer = keys.get(cp.signer)
-        if signer is None:
-            raise LedgerCorrupt(f"checkpoint at size {cp.size} is signed by unknown key {cp.signer[:16]}")
-        try:
-            verify_signature(signer[0], CHECKPOINT_DOMAIN, cp.statement(), cp.signature)
-        except TrustError:
-            raise LedgerCorrupt(f"checkpoint at size {cp.size}: signature does not verify") from None
-        if cp.size > total:
-            raise LedgerCorrupt(
-                f"signed checkpoint covers {cp.size} entries but the ledger holds {total}; "
-                "the ledger was truncated"
-            )
-        if roots[cp.size].hex() != cp.root:
-            raise LedgerCorrupt(
-                f"root of the first {cp.size} entries does not match the signed checkpoint; "
-                "history was rewritten"
-            )
-    return VerifyReport(
-        size=total,
-        root=tree.root().hex(),
-        signatures=total + len(checkpoints),
-        keys=len(keys),
-        checkpoints=len(checkpoints),
-        runs=runs_seen,
-    )
+        Raises:
+            LedgerCorrupt: naming the first bad entry or checkpoint.
+        """
+        checkpoints = self.checkpoints()
+        cosignatures = self.cosignatures()
+        row = self.db.one("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM ledger")
+        total = int(row["n"]) if row else 0
+        return verify_entries(
+            self._raw_rows(total),
+            checkpoints,
+            cosignatures=cosignatures,
+            against=against,
+            total=total,
+            workers=workers,
+            progress=progress,
+        )

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from opal.release.contributions import (
-    Layout,
+    cell_codes,
     check_finite_values,
+    check_known_units,
     check_layout,
-    factorize_groups,
-    factorize_unit,
+    unit_keys,
 )
 from opal.release.policy import PrivacySpec
 
@@ -139,67 +139,82 @@ def bounded_aggregate(
     """
     layout = check_layout(contributions, privacy)
     frame = contributions
-    n_rows = len(frame)
-    unit_codes, n_units = factorize_unit(frame[layout.unit], known_units)
-    cell_codes, n_cells = factorize_groups(frame, layout.groups)
+    cells = cell_codes(frame, layout.groups)
+    width = cells.size
+    units = unit_keys(frame[layout.unit], max_span=(2**62) // width)
 
     values: np.ndarray | None = None
     if layout.value is not None:
         values = frame[layout.value].to_numpy(dtype=np.float64, na_value=np.nan)
         check_finite_values(values, layout.value)
 
-    # Distinct (unit, cell) pairs.
-    width = max(n_cells, 1)
-    if n_units * width < 2**62:
-        pair = unit_codes * width + cell_codes
-    else:  # pragma: no cover - needs > 2**31 distinct units and cells
-        pair = pd.factorize(pd.MultiIndex.from_arrays([unit_codes, cell_codes]))[0]
-        pair = pair.astype(np.int64)
+    # Distinct (unit, cell) pairs by sorting one int64 key: sorting beats
+    # hashing ten million distinct pairs, and leaves each unit's pairs adjacent.
+    key = units.keys * width + cells.codes
     pair_sum: np.ndarray | None = None
     if values is None:
-        pairs = pd.unique(pair)
+        key.sort()
+        sorted_key = key
     else:
-        pair_codes, pairs = pd.factorize(pair, sort=False)
+        order = np.argsort(key)
+        sorted_key = key[order]
         lo, hi = _bounds(privacy)
-        pair_sum = np.bincount(pair_codes, weights=np.clip(values, lo, hi), minlength=len(pairs))
+        clipped = np.clip(values, lo, hi)[order]
+    first = _run_starts(sorted_key)
+    pairs = sorted_key[first]
+    if values is not None:
+        pair_sum = np.add.reduceat(clipped, np.flatnonzero(first)) if len(pairs) else clipped[:0]
         np.clip(pair_sum, lo, hi, out=pair_sum)
-    pairs = np.asarray(pairs, dtype=np.int64)
+    del key, sorted_key, first
+
     pair_unit = pairs // width
     pair_cell = pairs - pair_unit * width
+    unit_first = _run_starts(pair_unit)
+    if known_units is not None:
+        check_known_units(units.values_of(pair_unit[unit_first]), known_units, layout.unit)
+    dense_unit = np.cumsum(unit_first) - 1
+    n_units = int(dense_unit[-1]) + 1 if len(dense_unit) else 0
 
-    keep = _select_per_unit(pair_unit, n_units, privacy.max_groups_per_unit, rng)
+    keep = _select_per_unit(dense_unit, n_units, privacy.max_groups_per_unit, rng)
     if keep is not None:
         pair_cell = pair_cell[keep]
         if pair_sum is not None:
             pair_sum = pair_sum[keep]
 
     # Compact to the cells that still hold a unit.
-    units_full = np.bincount(pair_cell, minlength=n_cells)
+    units_full = np.bincount(pair_cell, minlength=width)
     live = np.flatnonzero(units_full)
-    remap = np.full(n_cells, -1, dtype=np.int64)
+    remap = np.full(width, -1, dtype=np.int64)
     remap[live] = np.arange(len(live), dtype=np.int64)
     cell = remap[pair_cell]
-    units = units_full[live].astype(np.int64)
-
-    keys = _keys_for(frame, layout, cell_codes, live, n_cells)
+    per_cell = units_full[live].astype(np.int64)
 
     sums = top = abs_totals = None
     if pair_sum is not None:
-        sums = np.bincount(cell, weights=pair_sum, minlength=len(live))
+        sums = np.bincount(cell, weights=pair_sum, minlength=len(live)).astype(np.float64)
         mags = np.abs(pair_sum)
-        abs_totals = np.bincount(cell, weights=mags, minlength=len(live))
+        abs_totals = np.bincount(cell, weights=mags, minlength=len(live)).astype(np.float64)
         top = _top_per_cell(cell, mags, len(live), max(top_n, 2))
 
     return BoundedAggregate(
-        keys=keys,
-        units=units,
+        keys=cells.keys_of(frame, live),
+        units=per_cell,
         sums=sums,
         top=top,
         abs_totals=abs_totals,
-        rows_in=n_rows,
+        rows_in=len(frame),
         units_in=n_units,
         units_verified=known_units is not None,
     )
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first element of each run of equal values."""
+    starts = np.empty(len(sorted_values), dtype=bool)
+    if len(sorted_values):
+        starts[0] = True
+        np.not_equal(sorted_values[1:], sorted_values[:-1], out=starts[1:])
+    return starts
 
 
 def _bounds(privacy: PrivacySpec) -> tuple[float, float]:
@@ -211,7 +226,8 @@ def _select_per_unit(
     pair_unit: np.ndarray, n_units: int, m: int, rng: np.random.Generator | None
 ) -> np.ndarray | None:
     """Mask of the (unit, cell) pairs kept: at most ``m`` per unit, uniformly at
-    random among that unit's cells. ``None`` when no unit is over the bound."""
+    random among that unit's cells. ``pair_unit`` holds dense unit indices.
+    ``None`` when no unit is over the bound."""
     per_unit = np.bincount(pair_unit, minlength=n_units)
     over = per_unit > m
     if not over.any():
@@ -221,50 +237,37 @@ def _select_per_unit(
     units = pair_unit[idx]
     # One sort key: unit in the high bits, random tie-breaker below. Ties among
     # random bits only bias which cells are chosen, never the bound itself.
-    unit_bits = max(int(n_units).bit_length(), 1)
-    rand_bits = 62 - unit_bits
+    rand_bits = 62 - max(int(n_units).bit_length(), 1)
     key = units << rand_bits
     if rand_bits > 0:
         key |= rng.integers(0, 1 << rand_bits, size=len(idx), dtype=np.int64)
-    order = np.argsort(key, kind="quicksort")
-    sorted_units = units[order]
+    order = np.argsort(key)
+    starts = _run_starts(units[order])
     pos = np.arange(len(idx), dtype=np.int64)
-    starts = np.empty(len(idx), dtype=bool)
-    starts[0] = True
-    np.not_equal(sorted_units[1:], sorted_units[:-1], out=starts[1:])
-    run_start = np.maximum.accumulate(np.where(starts, pos, 0))
-    drop = idx[order[(pos - run_start) >= m]]
+    rank = pos - np.maximum.accumulate(np.where(starts, pos, 0))
     keep = np.ones(len(pair_unit), dtype=bool)
-    keep[drop] = False
+    keep[idx[order[rank >= m]]] = False
     return keep
 
 
-def _keys_for(
-    frame: pd.DataFrame, layout: Layout, cell_codes: np.ndarray, live: np.ndarray, n_cells: int
-) -> pd.DataFrame:
-    """The group-column values of each live cell, from its first row."""
-    cols = list(layout.groups)
-    if not cols:
-        return pd.DataFrame(index=pd.RangeIndex(len(live)))
-    # Any row of a cell carries its key; which one a duplicate index keeps
-    # does not matter.
-    first = np.full(n_cells, -1, dtype=np.int64)
-    first[cell_codes] = np.arange(len(cell_codes), dtype=np.int64)
-    return frame[cols].iloc[first[live]].reset_index(drop=True)
-
-
 def _top_per_cell(cell: np.ndarray, mags: np.ndarray, n_cells: int, n: int) -> np.ndarray:
-    """(cells, n) array of each cell's ``n`` largest magnitudes, zero-padded."""
+    """(cells, n) array of each cell's ``n`` largest magnitudes, zero-padded.
+
+    ``n`` rounds of per-cell max, each removing one occurrence of the max.
+    """
     top = np.zeros((n_cells, n), dtype=np.float64)
     if len(cell) == 0:
         return top
-    order = np.lexsort((-mags, cell))
-    c = cell[order]
-    pos = np.arange(len(c), dtype=np.int64)
-    starts = np.empty(len(c), dtype=bool)
-    starts[0] = True
-    np.not_equal(c[1:], c[:-1], out=starts[1:])
-    rank = pos - np.maximum.accumulate(np.where(starts, pos, 0))
-    sel = rank < n
-    top[c[sel], rank[sel]] = mags[order][sel]
+    left = mags.astype(np.float64, copy=True)
+    positions = np.arange(len(cell), dtype=np.int64)
+    for r in range(n):
+        best = np.full(n_cells, -np.inf)
+        np.maximum.at(best, cell, left)
+        top[:, r] = np.where(np.isfinite(best), best, 0.0)
+        if r == n - 1:
+            break
+        hit = np.flatnonzero(left == best[cell])
+        first = np.full(n_cells, len(cell), dtype=np.int64)
+        np.minimum.at(first, cell[hit], positions[hit])
+        left[first[first < len(cell)]] = -np.inf
     return top

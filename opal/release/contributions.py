@@ -16,7 +16,17 @@ import pandas as pd
 from opal.errors import ReleaseRefused
 from opal.release.policy import PrivacySpec
 
-__all__ = ["Layout", "check_layout", "output_column"]
+__all__ = [
+    "Layout",
+    "UnitKeys",
+    "CellCodes",
+    "check_layout",
+    "check_known_units",
+    "check_finite_values",
+    "output_column",
+    "unit_keys",
+    "cell_codes",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,54 +129,118 @@ def check_finite_values(values: np.ndarray, column: str) -> None:
         )
 
 
-def factorize_unit(series: pd.Series, known_units: object | None) -> tuple[np.ndarray, int]:
-    """Integer codes of the unit column; refuses missing units and units the
-    dataset does not have.
+@dataclass(frozen=True, kw_only=True)
+class UnitKeys:
+    """Non-negative int64 keys for the unit column, dense enough to sort.
 
-    # invented units: an algorithm that makes up unit ids could split one
-    # person's rows over many ids and slip past the contribution bound.
+    Integer ids are used as they are (shifted by ``offset``) when their range
+    is small enough, which spares hashing ten million ids; anything else is
+    factorized and ``uniques`` maps keys back to ids.
     """
-    codes, uniques = pd.factorize(series, sort=False, use_na_sentinel=True)
-    if len(codes) and codes.min() < 0:
+
+    keys: np.ndarray
+    span: int                       # keys lie in [0, span)
+    offset: int = 0
+    uniques: pd.Index | None = None
+
+    def values_of(self, keys: np.ndarray) -> pd.Index:
+        if self.uniques is not None:
+            return self.uniques[keys]
+        return pd.Index(keys + self.offset)
+
+
+def unit_keys(series: pd.Series, *, max_span: int) -> UnitKeys:
+    """Keys for the unit column; refuses missing units."""
+    if series.hasnans:
         raise ReleaseRefused(
             f"privacy-unit column {series.name!r} holds missing values; "
             "every contribution needs a unit"
         )
-    if known_units is not None:
-        known = known_units if isinstance(known_units, (pd.Series, pd.Index)) else pd.Index(
-            np.asarray(known_units)
+    if pd.api.types.is_integer_dtype(series.dtype) and len(series):
+        ids = series.to_numpy(dtype=np.int64)
+        lo, hi = int(ids.min()), int(ids.max())
+        if hi - lo + 1 <= max_span:
+            return UnitKeys(keys=ids - lo, span=hi - lo + 1, offset=lo)
+    try:
+        codes, uniques = pd.factorize(series, sort=False, use_na_sentinel=True)
+    except TypeError:
+        raise ReleaseRefused(
+            f"privacy-unit column {series.name!r} holds values that cannot be compared "
+            "(lists, dicts…); return the dataset's own unit ids"
+        ) from None
+    return UnitKeys(
+        keys=codes.astype(np.int64, copy=False), span=max(len(uniques), 1),
+        uniques=pd.Index(uniques),
+    )
+
+
+def check_known_units(units: pd.Index, known_units: object, column: str) -> None:
+    """Refuse unit ids the dataset does not have.
+
+    # invented units: an algorithm that makes up unit ids could split one
+    # person's rows over many ids and slip past the contribution bound.
+    """
+    known = known_units if isinstance(known_units, (pd.Series, pd.Index)) else pd.Index(
+        np.asarray(known_units)
+    )
+    try:
+        ok = units.isin(known)
+    except TypeError:
+        ok = np.zeros(len(units), dtype=bool)
+    if not bool(np.all(ok)):
+        raise ReleaseRefused(
+            f"privacy-unit column {column!r} holds values that are not units of the "
+            f"dataset; return the dataset's own {column!r} values, unchanged"
         )
-        try:
-            ok = pd.Index(uniques).isin(known)
-        except TypeError:
-            ok = np.zeros(len(uniques), dtype=bool)
-        if not bool(np.all(ok)):
-            raise ReleaseRefused(
-                f"privacy-unit column {series.name!r} holds values that are not units of the "
-                f"dataset; return the dataset's own {series.name!r} values, unchanged"
-            )
-    return codes.astype(np.int64, copy=False), len(uniques)
 
 
-def factorize_groups(frame: pd.DataFrame, groups: tuple[str, ...]) -> tuple[np.ndarray, int]:
-    """One integer cell code per row over all group columns (0 cells → all zero)."""
+@dataclass(frozen=True, kw_only=True)
+class CellCodes:
+    """One integer code per row over all group columns, and the way back to keys."""
+
+    codes: np.ndarray
+    size: int                       # codes lie in [0, size)
+    columns: tuple[str, ...]
+    uniques: pd.Index | None        # single group column: code -> value
+
+    def keys_of(self, frame: pd.DataFrame, cells: np.ndarray) -> pd.DataFrame:
+        """The group-column values of the given cell codes."""
+        if not self.columns:
+            return pd.DataFrame(index=pd.RangeIndex(len(cells)))
+        if self.uniques is not None:
+            return pd.DataFrame({self.columns[0]: self.uniques[cells]})
+        # Any row of a cell carries its key; which one a duplicate index keeps
+        # does not matter.
+        first = np.full(self.size, -1, dtype=np.int64)
+        first[self.codes] = np.arange(len(self.codes), dtype=np.int64)
+        return frame[list(self.columns)].iloc[first[cells]].reset_index(drop=True)
+
+
+def cell_codes(frame: pd.DataFrame, groups: tuple[str, ...]) -> CellCodes:
+    """Codes over the group columns (no group columns: one cell, code 0).
+
+    Refuses missing, infinite or ungroupable (list, dict…) group values.
+    """
     n = len(frame)
     if not groups:
-        return np.zeros(n, dtype=np.int64), (1 if n else 0)
+        return CellCodes(
+            codes=np.zeros(n, dtype=np.int64), size=1, columns=(), uniques=None
+        )
     combined: np.ndarray | None = None
     size = 1
+    uniques: pd.Index | None = None
     for col in groups:
         series = frame[col]
+        if series.hasnans:
+            raise _missing_group(col)
         if pd.api.types.is_float_dtype(series.dtype) and not np.isfinite(
-            series.to_numpy(dtype=float, na_value=np.nan)
+            series.to_numpy(dtype=np.float64)
         ).all():
-            if series.isna().any():
-                raise _missing_group(col)
             raise ReleaseRefused(
                 f"group column {col!r} holds infinite values; fix them in the algorithm"
             )
         try:
-            codes, uniques = pd.factorize(series, sort=False, use_na_sentinel=True)
+            codes, uniq = pd.factorize(series, sort=False, use_na_sentinel=True)
         except TypeError:
             raise ReleaseRefused(
                 f"group column {col!r} holds values that cannot be grouped (lists, dicts…); "
@@ -175,22 +249,21 @@ def factorize_groups(frame: pd.DataFrame, groups: tuple[str, ...]) -> tuple[np.n
         if len(codes) and codes.min() < 0:
             raise _missing_group(col)
         codes = codes.astype(np.int64, copy=False)
-        k = max(len(uniques), 1)
+        k = max(len(uniq), 1)
         if combined is None:
-            combined, size = codes, k
-        elif size * k < 2**62:
-            combined, size = combined * k + codes, size * k
+            combined, size, uniques = codes, k, pd.Index(uniq)
         else:
-            combined, firsts = pd.factorize(combined, sort=False)
-            combined = combined.astype(np.int64) * k + codes
-            size = len(firsts) * k
+            uniques = None
+            if size * k >= 2**62:
+                combined, firsts = pd.factorize(combined, sort=False)
+                combined, size = combined.astype(np.int64), len(firsts)
+            combined, size = combined * k + codes, size * k
     assert combined is not None
-    if size > n:
+    if size > max(n, 1):
         # Compact sparse mixed-radix codes so per-cell arrays stay small.
         combined, firsts = pd.factorize(combined, sort=False)
-        combined = combined.astype(np.int64, copy=False)
-        size = len(firsts)
-    return combined, size
+        combined, size = combined.astype(np.int64, copy=False), len(firsts)
+    return CellCodes(codes=combined, size=size, columns=tuple(groups), uniques=uniques)
 
 
 def _missing_group(col: str) -> ReleaseRefused:

@@ -296,7 +296,7 @@ FACADES: dict[str, frozenset[str]] = {
 SAFE_BUILTINS: frozenset[str] = _names(
     """
     abs all any bool callable chr dict divmod enumerate filter float frozenset
-    int isinstance len list map max min next ord pow range repr reversed round
+    int isinstance len list map max min next object ord pow range repr reversed round
     set slice sorted str sum tuple zip
     True False None
     ArithmeticError AssertionError Exception IndexError KeyError LookupError

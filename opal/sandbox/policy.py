@@ -26,8 +26,34 @@ __all__ = ["check_source", "compile_algorithm"]
 MAX_SOURCE_BYTES = 1_000_000
 
 
+# Builtins that reach objects, names or code the guards cannot see; they are
+# absent at run time too, this only makes the rejection clear and static.
+FORBIDDEN_NAMES = frozenset(
+    {
+        "getattr", "setattr", "delattr", "hasattr", "vars", "dir", "globals", "locals",
+        "id", "hash", "type", "super", "memoryview", "bytearray", "open",
+        "exec", "eval", "compile", "breakpoint", "input", "help", "classmethod",
+        "staticmethod", "property", "iter", "aiter", "anext", "issubclass", "format",
+        "exit", "quit", "copyright", "credits", "license",
+    }
+)
+
+
 class _OpalPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
     """RestrictedPython's transformer plus OPAL's stricter statement rules."""
+
+    bound_names: frozenset[str] = frozenset()
+
+    def visit_Name(self, node: ast.Name) -> Any:
+        # A forbidden builtin is only an error when the algorithm did not bind
+        # the name itself (``for id in ids`` is fine; ``id(x)`` is not).
+        if (
+            isinstance(node.ctx, ast.Load)
+            and node.id in FORBIDDEN_NAMES
+            and node.id not in self.bound_names
+        ):
+            self.error(node, f"name '{node.id}' is not allowed")
+        return super().visit_Name(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> Any:
         # Classes bring metaclasses, descriptors and __init_subclass__ hooks.
@@ -102,13 +128,28 @@ def compile_algorithm(
     except SyntaxError as exc:
         raise PolicyViolation(f"{filename}:{exc.lineno}: syntax error: {exc.msg}") from None
     _check_entrypoint(tree, filename=filename, entrypoint=entrypoint)
-    result = compile_restricted_exec(tree, filename=filename, policy=_OpalPolicy)
+    policy = type("_BoundPolicy", (_OpalPolicy,), {"bound_names": _bound_names(tree)})
+    result = compile_restricted_exec(tree, filename=filename, policy=policy)
     if result.errors or result.code is None:
         line, text = _error_line(result.errors[0] if result.errors else "compilation failed")
         where = f"{filename}:{line}" if line is not None else filename
         raise PolicyViolation(f"{where}: {text}")
     code: CodeType = result.code
     return code
+
+
+def _bound_names(tree: ast.Module) -> frozenset[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.split(".")[0])
+    return frozenset(names)
 
 
 def _check_entrypoint(tree: ast.Module, *, filename: str, entrypoint: str) -> None:

@@ -96,6 +96,17 @@ class Keyring:
             raise BadInputError(f"public_key must be 32 bytes of hex, found {len(raw)} bytes")
         if self.find(name) is not None:
             raise BadInputError(f"a key named {name!r} exists already; use --as NAME")
+        key_id = key_id_of(raw)
+        for known in self.by_id(key_id):
+            # one key, one role: a second name must not smuggle in a second role
+            if known.role != role:
+                raise BadInputError(
+                    f"this key is already known as {known.name!r} with role {known.role!r}; "
+                    f"it cannot also be a {role} key"
+                )
+        revoked = self.revoked_at(key_id)
+        if revoked:
+            raise TrustError(f"this key was revoked on {revoked}; a revoked key cannot be imported again")
         info = KeyInfo(name=name, key_id=key_id_of(raw), role=role, public_key=public_key, created=utcnow())
         self._record(info, None, ledger)
         return info
@@ -127,13 +138,29 @@ class Keyring:
     def all(self) -> list[KeyInfo]:
         return [KeyInfo.from_dict(dict(r)) for r in self.db.query("SELECT * FROM keys ORDER BY created, name")]
 
+    def revoked_at(self, key_id: str) -> str | None:
+        """When ``key_id`` was revoked under any name, from the keyring or the ledger; None if never.
+
+        The ledger is read too, so clearing a keyring row does not un-revoke a key.
+        """
+        row = self.db.one(
+            "SELECT MIN(revoked_at) AS at FROM keys WHERE key_id = ? AND revoked_at IS NOT NULL", (key_id,)
+        )
+        if row is not None and row["at"]:
+            return str(row["at"])
+        entry = self.db.one(
+            "SELECT time FROM ledger WHERE type = 'key_revoked' AND subject = ? ORDER BY idx LIMIT 1", (key_id,)
+        )
+        return str(entry["time"]) if entry is not None else None
+
     def holds_private(self, name: str) -> bool:
         return self._pem(name).exists()
 
     def signer(self, name: str) -> Signer:
         info = self.get(name)
-        if info.revoked:
-            raise TrustError(f"key {name!r} was revoked on {info.revoked_at}; use an unrevoked key")
+        revoked = info.revoked_at or self.revoked_at(info.key_id)
+        if revoked:
+            raise TrustError(f"key {name!r} was revoked on {revoked}; use an unrevoked key")
         return Signer(info, load_private_key(self._pem(name)))
 
     def default_signer(self, *roles: str) -> Signer:

@@ -260,3 +260,9 @@ def test_unique_visitors_excludes_residents(world):
     # no subscriber visits their own home region
     joined = got.merge(home.rename("home").reset_index(), on="msisdn")
     assert (joined.region != joined.home).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_source_passes_the_sandbox_static_policy(name):
+    policy = pytest.importorskip("opal.sandbox.policy")
+    policy.check_source((ALGORITHMS / name / "algorithm.py").read_text(), entrypoint="contributions")

@@ -159,7 +159,7 @@ def test_no_shock_writes_no_truth_and_removes_a_stale_one(tmp_path):
     assert not stale.exists()
 
 
-def test_progress_reports_every_step(tmp_path):
+def test_progress_reports_every_day(tmp_path):
     seen: list[tuple[int, int]] = []
     synthesize(tmp_path / "cdr.parquet", subscribers=100, days=3,
                progress=lambda done, total: seen.append((done, total)))
@@ -203,3 +203,12 @@ def test_default_size_is_fast(tmp_path):
     summary = synthesize(tmp_path / "cdr.parquet")
     assert summary.subscribers == 20_000 and summary.days == 14
     assert time.perf_counter() - start < 15
+
+
+def test_unwritable_output_is_bad_input(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BadInputError, match="cannot create the folder"):
+        synthesize(blocker / "sub" / "cdr.parquet", subscribers=10, days=1)
+    with pytest.raises(BadInputError, match="is a directory"):
+        synthesize(tmp_path, subscribers=10, days=1)

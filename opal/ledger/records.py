@@ -1,0 +1,228 @@
+"""The facts the ledger stores and signs: entries, checkpoints, cosignatures.
+
+An entry is canonical JSON (RFC 8785) ``{"entry": {...}, "signature": ...}``
+where ``entry`` names its index, type, time, actor key id and the event's
+fields, and ``signature`` is the actor's Ed25519 signature over the canonical
+bytes of ``entry``. The leaf is SHA-256(0x00 ‖ stored bytes) (RFC 6962 §2.1).
+
+A checkpoint is the operator's signature over ``(origin, size, root)``; a
+cosignature is a board member's (witness's) signature over the same statement,
+given only after checking that it extends the last checkpoint that witness saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from opal.canonical import canonical_json
+from opal.errors import BadInputError
+from opal.ledger import merkle
+
+__all__ = [
+    "CHECKPOINT_DOMAIN",
+    "COSIGN_DOMAIN",
+    "ENTRY_DOMAIN",
+    "ENTRY_VERSION",
+    "Checkpoint",
+    "Cosignature",
+    "LedgerEntry",
+    "VerifyReport",
+    "envelope",
+    "signed_part",
+]
+
+ENTRY_DOMAIN = "ledger-entry"
+CHECKPOINT_DOMAIN = "ledger-checkpoint"
+COSIGN_DOMAIN = "ledger-cosignature"
+ENTRY_VERSION = 1
+
+_HEAD = b'{"entry":'
+_SIG = b',"signature":"'
+
+
+def envelope(signed: bytes, signature: str) -> bytes:
+    """The stored bytes of an entry: canonical JSON of ``{"entry", "signature"}``.
+
+    Built by concatenation: RFC 8785 sorts "entry" before "signature" and a
+    base64 signature needs no escaping, so this equals ``canonical_json`` of
+    the parsed document.
+    """
+    return _HEAD + signed + _SIG + signature.encode("ascii") + b'"}'
+
+
+def signed_part(raw: bytes, signature: str) -> bytes | None:
+    """The bytes the actor signed, sliced out of a canonical ``raw``; None if the shape is off."""
+    tail = _SIG + signature.encode("ascii") + b'"}'
+    if not (raw.startswith(_HEAD) and raw.endswith(tail)):
+        return None
+    return raw[len(_HEAD) : len(raw) - len(tail)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    index: int
+    type: str
+    time: str
+    actor: str
+    actor_role: str
+    body: dict[str, Any]
+    signature: str
+    raw: bytes = field(repr=False)
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return merkle.leaf_hash(self.raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "type": self.type,
+            "time": self.time,
+            "actor": self.actor,
+            "actor_role": self.actor_role,
+            "body": self.body,
+            "signature": self.signature,
+            "leaf_hash": self.leaf_hash.hex(),
+        }
+
+    @classmethod
+    def parse(cls, raw: bytes) -> LedgerEntry:
+        """Parse stored bytes.
+
+        Raises:
+            ValueError, KeyError, TypeError: not an entry document.
+        """
+        doc = json.loads(raw)
+        e = doc["entry"]
+        return cls(
+            index=int(e["index"]),
+            type=str(e["type"]),
+            time=str(e["time"]),
+            actor=str(e["actor"]),
+            actor_role=str(e["actor_role"]),
+            body=dict(e["body"]),
+            signature=str(doc["signature"]),
+            raw=raw,
+        )
+
+    def signed_part(self) -> bytes:
+        part = signed_part(self.raw, self.signature)
+        return part if part is not None else canonical_json(json.loads(self.raw)["entry"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: str
+    signer: str
+    signature: str
+    time: str
+
+    def statement(self) -> bytes:
+        return canonical_json({"origin": self.origin, "size": self.size, "root": self.root})
+
+    @property
+    def root_bytes(self) -> bytes:
+        try:
+            value = bytes.fromhex(self.root)
+        except ValueError:
+            raise BadInputError(f"checkpoint root must be 64 hex digits, found {self.root[:80]!r}") from None
+        if len(value) != merkle.HASH_SIZE:
+            raise BadInputError(f"checkpoint root must be 32 bytes, found {len(value)}")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "root": self.root,
+            "signer": self.signer,
+            "signature": self.signature,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
+        try:
+            return cls(
+                origin=str(d["origin"]),
+                size=int(d["size"]),
+                root=str(d["root"]),
+                signer=str(d["signer"]),
+                signature=str(d["signature"]),
+                time=str(d.get("time", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadInputError(
+                "checkpoint must be the JSON printed by opal ledger checkpoint "
+                "(origin, size, root, signer, signature)"
+            ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cosignature:
+    """A witness's signature over a checkpoint's ``(origin, size, root)``."""
+
+    origin: str
+    size: int
+    root: str
+    witness: str
+    signature: str
+    time: str
+
+    def statement(self) -> bytes:
+        return canonical_json({"origin": self.origin, "size": self.size, "root": self.root})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "root": self.root,
+            "witness": self.witness,
+            "signature": self.signature,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cosignature:
+        try:
+            return cls(
+                origin=str(d["origin"]),
+                size=int(d["size"]),
+                root=str(d["root"]),
+                witness=str(d["witness"]),
+                signature=str(d["signature"]),
+                time=str(d.get("time", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadInputError("cosignature must have origin, size, root, witness, signature") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyReport:
+    size: int
+    root: str
+    signatures: int
+    keys: int
+    checkpoints: int
+    runs: int
+    cosignatures: int = 0
+    against: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "size": self.size,
+            "root": self.root,
+            "signatures_checked": self.signatures,
+            "keys_seen": self.keys,
+            "checkpoints_checked": self.checkpoints,
+            "cosignatures_checked": self.cosignatures,
+            "runs_checked": self.runs,
+            "against": self.against,
+            "seconds": round(self.seconds, 3),
+        }

@@ -1,0 +1,170 @@
+"""What runs inside one sandbox child: compile, execute, hand back one table.
+
+The output channel carries exactly one record: ``R`` + the contributions
+table as Arrow IPC, or ``E`` + a JSON error. Error messages are built here
+from fixed text, the exception *type name* and the algorithm's line number;
+the exception's own message never leaves the child (an algorithm could put a
+data value into it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import types
+from typing import Any
+
+from opal.errors import AlgorithmFailed, InternalError, LimitExceeded, OpalError, PolicyViolation
+
+__all__ = ["run_job", "execute", "encode_error", "RECORD_OK", "RECORD_ERROR"]
+
+RECORD_OK = b"R"
+RECORD_ERROR = b"E"
+
+# Fixed, data-free explanations for common failures.
+_HINTS: dict[str, str] = {
+    "KeyError": "a key or column was not found",
+    "IndexError": "an index was out of range",
+    "ZeroDivisionError": "division by zero",
+    "TypeError": "an operation got a value of the wrong type",
+    "ValueError": "an operation got an invalid value",
+    "AttributeError": "an attribute does not exist",
+    "NameError": "a name is not defined",
+    "RecursionError": "recursion too deep",
+    "OverflowError": "a number was too large",
+    "MergeError": "a merge was not possible",
+    "StopIteration": "an iterator was exhausted",
+    "UnboundLocalError": "a local variable was used before assignment",
+    "AssertionError": "an assertion failed",
+    "OutOfBoundsDatetime": "a date was out of range",
+    "ParserError": "a value could not be parsed",
+    "DateParseError": "a date could not be parsed",
+    "IntCastingNaNError": "missing values cannot be cast to integer",
+    "InvalidIndexError": "an index operation was invalid",
+}
+
+
+def _algorithm_line(exc: BaseException, filename: str) -> int | None:
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError:
+    from opal.sandbox import _guards
+
+    violation = _guards.violation()
+    if violation is not None:
+        return PolicyViolation(violation)
+    if isinstance(exc, OpalError):
+        return exc
+    line = _algorithm_line(exc, filename)
+    where = f"{filename}:{line}" if line is not None else filename
+    if isinstance(exc, MemoryError):
+        return LimitExceeded(f"{where}: memory limit (memory_bytes) exceeded")
+    name = type(exc).__name__
+    if isinstance(exc, ImportError):
+        return InternalError(
+            f"{where}: a library needed a module the sandbox did not preload ({name}); "
+            "report this to the OPAL operators"
+        )
+    hint = _HINTS.get(name)
+    text = f"{where}: {entrypoint}() raised {name}"
+    return AlgorithmFailed(f"{text} ({hint})" if hint else text)
+
+
+def encode_error(error: OpalError) -> bytes:
+    return RECORD_ERROR + json.dumps(error.to_dict()).encode()
+
+
+def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> bytes:
+    import pandas as pd
+    import pyarrow as pa
+
+    if type(result) is not pd.DataFrame:
+        raise AlgorithmFailed(
+            f"{entrypoint}() must return a pandas DataFrame, got {type(result).__name__}"
+        )
+    max_rows = int(limits["max_output_rows"])
+    max_bytes = int(limits["max_output_bytes"])
+    if len(result) > max_rows:
+        raise LimitExceeded(f"result exceeds the max_output_rows limit of {max_rows} rows")
+    if not all(isinstance(c, str) for c in result.columns) or not result.columns.is_unique:
+        raise AlgorithmFailed(f"{entrypoint}() must return a table with unique text column names")
+    if int(result.memory_usage(index=False, deep=True).sum()) > max_bytes:
+        raise LimitExceeded(f"result exceeds the max_output_bytes limit of {max_bytes} bytes")
+    try:
+        table = pa.Table.from_pandas(result, preserve_index=False, nthreads=1)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        payload = sink.getvalue()
+    except (pa.ArrowException, TypeError, ValueError):
+        raise AlgorithmFailed(
+            f"{entrypoint}() returned a column that is not a plain value type"
+        ) from None
+    if payload.size > max_bytes:
+        raise LimitExceeded(f"result exceeds the max_output_bytes limit of {max_bytes} bytes")
+    return RECORD_OK + payload.to_pybytes()
+
+
+def execute(job: dict[str, Any], tables: dict[str, Any]) -> bytes:
+    """Compile and run one job in this process; return the output record."""
+    from opal.sandbox import _guards
+    from opal.sandbox.policy import compile_algorithm
+
+    filename = job["filename"]
+    entrypoint = job["entrypoint"]
+    try:
+        code = compile_algorithm(job["source"], filename=filename, entrypoint=entrypoint)
+        glb = _guards.build_globals(filename=filename, protected=list(tables.values()))
+        data = _guards.make_data(tables)
+        params = json.loads(job["params"])
+        exec(code, glb)
+        fn = glb.get(entrypoint)
+        if not isinstance(fn, types.FunctionType):
+            raise PolicyViolation(f"{filename}: entrypoint '{entrypoint}' is not a function")
+        result = fn(data, params)
+        violation = _guards.violation()
+        if violation is not None:
+            raise PolicyViolation(violation)
+        return _serialize(result, job["limits"], entrypoint=entrypoint)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a scrubbed record
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)) and _guards.violation() is None:
+            return encode_error(AlgorithmFailed(f"{filename}: {entrypoint}() was interrupted"))
+        return encode_error(_failure(exc, filename=filename, entrypoint=entrypoint))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers: dict[str, bool]) -> int:
+    """Entry point in the forked child; returns the process exit status."""
+    from opal.sandbox import _isolation
+
+    try:
+        applied = _isolation.harden(limits=job["limits"], result_fd=result_fd, layers=layers)
+        missing = [name for name, on in layers.items() if on and not applied.get(name)]
+        if missing:
+            raise InternalError(f"sandbox layer {missing[0]} could not be applied")
+    except BaseException as exc:  # noqa: BLE001
+        error = exc if isinstance(exc, OpalError) else InternalError(
+            f"sandbox isolation failed: {type(exc).__name__}"
+        )
+        record = encode_error(error)
+    else:
+        record = execute(job, tables)
+    try:
+        _write_all(result_fd, struct.pack("!Q", len(record)) + record)
+    except OSError:
+        return 3
+    return 0

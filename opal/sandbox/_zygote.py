@@ -1,0 +1,374 @@
+"""The zygote: holds one dataset resident and forks a fresh child per job.
+
+Started by ``Runtime`` with an empty environment, no inherited descriptors but
+its control socket, and an empty temporary working directory, so it never
+holds broker URLs, keys or the ledger. It moves into an empty network
+namespace before any thread exists, loads the tables once (read-only), warms
+the libraries up with a trusted algorithm, then serves jobs: fork, let the
+child harden itself and run, enforce the wall-clock limit, report how the
+child ended.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from opal.sandbox import _isolation, _protocol
+
+ALLOWED_ENV = frozenset(
+    {"LANG", "LC_ALL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+)
+
+_WARMUP_SOURCE = '''
+import numpy as np
+import pandas as pd
+import math
+import statistics
+
+def helper(g):
+    return g["v"].sum()
+
+def contributions(data, params):
+    t = data.t
+    t = t[t.day.between(params["a"], params["b"])]
+    u = t[["uid", "region", "day"]].drop_duplicates()
+    g = t.groupby(["region", "day"]).agg(total=("v", "sum"), n=("uid", "nunique"))
+    g2 = t.groupby("region")["v"].agg(["sum", "mean", "max", "count", "size", "std"])
+    top = t.groupby("uid")["v"].idxmax()
+    vc = t["region"].value_counts()
+    m = u.merge(t[["uid", "cell"]].drop_duplicates(), on="uid", how="left")
+    ts = t["ts"]
+    x = t.assign(hour=ts.dt.hour, dow=ts.dt.dayofweek, d=ts.dt.date, f=ts.dt.floor("h"),
+                 wk=ts.dt.isocalendar().week, nm=ts.dt.day_name(), st=ts.dt.strftime("%Y"))
+    x = x.sort_values(["uid", "ts"], ascending=[True, False]).reset_index(drop=True)
+    s = t["region"].str.lower().str.strip().str.replace("a", "b").str.len()
+    s2 = t["region"].str.contains("x") | t["region"].str.startswith("r") | t["region"].isin(["a"])
+    s3 = t["region"].str.split("-").str[0] + t["region"].str.slice(0, 2)
+    c = pd.cut(t["v"], bins=[0, 1, 10, 100]).astype(str)
+    q = pd.qcut(t["v"].rank(method="first"), 2, labels=False)
+    p = pd.pivot_table(t, index="region", columns="day", values="v", aggfunc="sum", fill_value=0)
+    p2 = t.pivot_table(index="region", values="v", aggfunc="mean")
+    ct = pd.crosstab(t["region"], t["day"])
+    cc = pd.concat([u, u]).rename(columns={"day": "d"}).fillna(0)
+    r = t.set_index("ts").sort_index()["v"].rolling(2).mean()
+    rs = t.set_index("ts")["v"].resample("D").sum()
+    tr = t.groupby("uid")["v"].transform("sum") + t.groupby("uid").cumcount()
+    ap = t.groupby("region").apply(helper)
+    mp = t["region"].map({"r1": 1}).fillna(0).astype(int)
+    ml = t["v"].apply(lambda v: v * 2) + t["v"].map(abs)
+    dt = pd.to_datetime(t["ts"].astype(str), utc=True)
+    td = (t["ts"] - t["ts"].min()).dt.total_seconds()
+    cat = t["event"].astype("category").cat.codes
+    dm = pd.get_dummies(t["event"])
+    ds = t.describe()
+    qq = t["v"].quantile([0.25, 0.75])
+    nn = np.log1p(np.abs(t["v"].to_numpy())).sum() + np.where(t["v"] > 1, 1, 0).sum()
+    un = np.unique(t["uid"].to_numpy(), return_counts=True)
+    st = statistics.mean([1, 2]) + math.sqrt(4) + float(np.median([1, 2]))
+    rows = [row.uid for row in t.head(3).itertuples()]
+    d = {k: v for k, v in zip(["a"], [1])}
+    lst = sorted(set(t["region"].tolist()))
+    st2 = "-".join(lst).upper() + f"{st:.2f}" + str(len(d))
+    dd = t.to_dict("records")
+    mx = t.loc[t["v"] > 0, ["uid", "v"]].iloc[:5].copy()
+    mx["w"] = mx["v"] * 2
+    mx.loc[mx["w"] > 1, "w"] = 0
+    nl = t.nlargest(2, "v").nsmallest(1, "v")
+    out = u.merge(g.reset_index(), on=["region", "day"])
+    return out[["uid", "region", "day"]]
+'''
+
+
+def _warmup_tables() -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+
+    n = 40
+    ts = pd.date_range("2024-01-01", periods=n, freq="7h", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "uid": np.arange(n, dtype="int64") % 7,
+            "ts": ts,
+            "day": np.arange(n, dtype="int64") % 5,
+            "cell": np.arange(n, dtype="int64") % 3,
+            "region": pd.Series([f"r{i % 4}-x" for i in range(n)], dtype="str"),
+            "event": pd.Series(["call", "sms", "data", "call"] * (n // 4), dtype="str"),
+            "v": np.linspace(0.5, 50, n),
+        }
+    )
+    _make_read_only(frame)
+    return {"t": frame}
+
+
+def _preload_modules() -> None:
+    """Import now what pandas/pyarrow import lazily: children cannot read the
+    library directories once they run as an unprivileged user."""
+    import importlib
+    import pkgutil
+
+    import pandas
+
+    skip = ("tests", "plotting", "io.clipboard", "io.excel", "io.sql", "io.pytables", "conftest")
+    for package in ("pandas.core", "pandas._libs", "pandas.tseries"):
+        mod = importlib.import_module(package)
+        for info in pkgutil.walk_packages(mod.__path__, package + "."):
+            if any(part in info.name for part in skip):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except Exception:  # noqa: BLE001 - optional dependencies are absent
+                continue
+    for name in (
+        "pyarrow.compute",
+        "pyarrow.ipc",
+        "pandas.core.arrays.arrow",
+        "pandas.io.formats.format",
+        "pandas.io.formats.printing",
+        "encodings.latin_1",
+        "encodings.ascii",
+        "encodings.utf_16",
+        "encodings.idna",
+        "unicodedata",
+        "statistics",
+        "fractions",
+        "decimal",
+    ):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001
+            continue
+    del pandas
+
+
+def _make_read_only(frame: Any) -> None:
+    for block in frame._mgr.blocks:
+        values = getattr(block, "values", None)
+        flags = getattr(values, "flags", None)
+        if flags is not None:
+            flags.writeable = False
+
+
+def _load_table(path: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.endswith((".arrow", ".feather", ".ipc", ".arrows")):
+        source = pa.memory_map(path, "r")
+        try:
+            table = pa.ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source = pa.memory_map(path, "r")
+            table = pa.ipc.open_stream(source).read_all()
+    else:
+        table = pq.read_table(path, use_threads=False)
+    frame = table.to_pandas(split_blocks=True, use_threads=False)
+    _make_read_only(frame)
+    return frame
+
+
+def _probe(fn: Any) -> bool:
+    """Run ``fn`` in a throwaway child; True if it returned True."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            os.close(read_fd)
+            ok = bool(fn())
+        except BaseException:  # noqa: BLE001
+            ok = False
+        finally:
+            os.write(write_fd, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 1)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return answer == b"1"
+
+
+def _seccomp_works() -> bool:
+    _isolation._load_seccomp()
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except PermissionError:
+        pass
+    else:
+        return False
+    try:
+        pid = os.fork()
+    except PermissionError:
+        return True
+    if pid == 0:
+        os._exit(0)
+    return False
+
+
+def _privilege_drop_works() -> bool:
+    os.setgroups([])
+    os.setresgid(_isolation.NOBODY, _isolation.NOBODY, _isolation.NOBODY)
+    os.setresuid(_isolation.NOBODY, _isolation.NOBODY, _isolation.NOBODY)
+    return os.geteuid() != 0
+
+
+def _clean_environment(control_fd: int) -> bool:
+    if not set(os.environ) <= ALLOWED_ENV:
+        return False
+    if any(Path.cwd().iterdir()):
+        return False
+    fds = {int(name) for name in os.listdir("/proc/self/fd")}
+    # 0-2 are /dev/null, control_fd is the socket; listdir itself holds one fd
+    return len(fds - {0, 1, 2, control_fd}) <= 1
+
+
+def _detect_layers(namespaces: dict[str, bool], control_fd: int) -> dict[str, bool]:
+    layers = {
+        "restricted_python": True,
+        "clean_environment": _clean_environment(control_fd),
+        "rlimits": True,
+        "seccomp": _isolation.seccomp_available() and _probe(_seccomp_works),
+        "network_namespace": namespaces.get("network_namespace", False),
+        "unprivileged_user": os.geteuid() != 0 or _probe(_privilege_drop_works),
+    }
+    return layers
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket, control_fd: int) -> None:
+        self.sock = sock
+        self.control_fd = control_fd
+        self.tables: dict[str, Any] = {}
+        self.layers: dict[str, bool] = {}
+
+    def start(self, namespaces: dict[str, bool]) -> None:
+        config, _ = _protocol.recv(self.sock)
+        self.layers = _detect_layers(namespaces, self.control_fd)
+        import numpy  # noqa: F401
+        import pandas  # noqa: F401
+
+        from opal.sandbox import _child, _guards
+
+        _guards.facades()
+        _preload_modules()
+        tables: dict[str, Any] = {}
+        for name, path in config["tables"].items():
+            tables[name] = _load_table(path)
+        # A trusted warm-up run loads every lazily imported path of the
+        # libraries while this process may still read them.
+        warm = {
+            "source": _WARMUP_SOURCE,
+            "entrypoint": "contributions",
+            "filename": "<opal-warmup>",
+            "params": json.dumps({"a": 0, "b": 3}),
+            "limits": {"max_output_rows": 10**6, "max_output_bytes": 2**30},
+        }
+        record = _child.execute(warm, _warmup_tables())
+        if not record.startswith(_child.RECORD_OK):
+            raise RuntimeError(f"warm-up failed: {record[:300]!r}")
+        _guards.build_globals(filename="<idle>", protected=[])
+        self.tables = tables
+        gc.collect()
+        gc.freeze()
+        _protocol.send(
+            self.sock,
+            {
+                "op": "ready",
+                "layers": self.layers,
+                "tables": {n: {"rows": int(len(f))} for n, f in tables.items()},
+            },
+        )
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message, fds = _protocol.recv(self.sock)
+            except _protocol.ChannelClosed:
+                return
+            if message.get("op") == "exit":
+                return
+            if message.get("op") != "run" or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                _protocol.send(self.sock, {"op": "error", "message": "bad request"})
+                continue
+            self._run(message["job"], fds[0])
+
+    def _run(self, job: dict[str, Any], result_fd: int) -> None:
+        from opal.sandbox import _child
+
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _child.run_job(job, self.tables, result_fd, self.layers)
+            finally:
+                os._exit(code)
+        os.close(result_fd)
+        deadline = started + float(job["limits"]["wall_seconds"])
+        pidfd = os.pidfd_open(pid)
+        timed_out = parent_gone = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                ready, _, _ = select.select([pidfd, self.sock], [], [], remaining)
+                if pidfd in ready:
+                    break
+                if self.sock in ready:
+                    # the Runtime only talks while a job runs if it went away
+                    parent_gone = True
+                    break
+        finally:
+            os.close(pidfd)
+        if timed_out or parent_gone:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        _, status, usage = os.wait4(pid, 0)
+        if parent_gone:
+            sys.exit(0)
+        _protocol.send(
+            self.sock,
+            {
+                "op": "done",
+                "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                "timed_out": timed_out,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "wall_seconds": time.monotonic() - started,
+                "maxrss_kib": usage.ru_maxrss,
+            },
+        )
+
+
+def main(control_fd: int) -> None:
+    # Before anything can start a thread: the new user/network namespace
+    # requires a single-threaded process.
+    namespaces = _isolation.enter_namespaces()
+    sys.dont_write_bytecode = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=control_fd)
+    zygote = Zygote(sock, control_fd)
+    try:
+        zygote.start(namespaces)
+    except Exception as exc:  # noqa: BLE001 - reported to the Runtime, then exit
+        detail = f"{type(exc).__name__}: {exc}"
+        try:
+            _protocol.send(sock, {"op": "failed", "message": detail[:500]})
+        finally:
+            sys.exit(1)
+    zygote.serve()

@@ -1,0 +1,385 @@
+"""The trusted side of the sandbox: start a zygote per dataset, run jobs in it.
+
+``Runtime`` is what a worker holds for its lifetime (one per dataset). It
+never passes its environment, descriptors or working directory on: the
+zygote gets an empty environment, its control socket, an empty temporary
+directory and the table file paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import opal
+from opal.errors import (
+    AlgorithmFailed,
+    BadInputError,
+    InternalError,
+    LimitExceeded,
+    PolicyViolation,
+    error_from_dict,
+)
+from opal.sandbox import _protocol
+from opal.sandbox.limits import LAYERS, Limits
+from opal.sandbox.policy import check_source
+
+__all__ = ["Runtime", "run_algorithm", "active_layers"]
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from opal.sandbox._zygote import main; main(int(sys.argv[2]))"
+)
+_ENV = {
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+_START_TIMEOUT = 300.0
+# How long after the wall limit the Runtime waits before it kills the zygote.
+_BACKSTOP_SECONDS = 15.0
+_FRAME = struct.Struct("!Q")
+
+
+def _check_tables(tables: dict[str, Path]) -> dict[str, str]:
+    if not tables:
+        raise BadInputError("the sandbox needs at least one table; got none")
+    checked: dict[str, str] = {}
+    for name, path in tables.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise BadInputError(f"table name {name!r} must be a public Python identifier")
+        resolved = Path(path).resolve()
+        if not resolved.is_file():
+            raise BadInputError(f"table {name}: file {resolved} does not exist")
+        checked[name] = str(resolved)
+    return checked
+
+
+def _require(layers: dict[str, bool], required: tuple[str, ...]) -> None:
+    missing = [name for name in required if not layers.get(name)]
+    if missing:
+        raise InternalError(
+            f"sandbox isolation layer '{missing[0]}' is required by policy but not active on "
+            "this host; enable it (seccomp: install libseccomp + pyseccomp; "
+            "network_namespace: allow unprivileged user namespaces) or relax require_layers"
+        )
+
+
+class Runtime:
+    """Holds one dataset resident (read-only) and runs many jobs, each in a fresh child.
+
+    Raises (from the constructor):
+        BadInputError: a table path does not exist or a name is not an identifier.
+        InternalError: the zygote could not start, or a required layer is missing.
+    """
+
+    def __init__(self, *, tables: dict[str, Path], limits: Limits = Limits()) -> None:
+        self._tables = _check_tables(tables)
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._workdir: str | None = None
+        self._layers: dict[str, bool] = {}
+        self.table_rows: dict[str, int] = {}
+        self._start()
+        _require(self._layers, limits.require_layers)
+
+    # ----------------------------------------------------------- lifecycle
+
+    def _start(self) -> None:
+        self._workdir = tempfile.mkdtemp(prefix="opal-sandbox-")
+        os.chmod(self._workdir, 0o700)
+        cwd = os.path.join(self._workdir, "cwd")
+        os.mkdir(cwd, 0o700)
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = str(Path(opal.__file__).resolve().parent.parent)
+        log = open(os.path.join(self._workdir, "zygote.log"), "wb")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", _BOOT, root, str(child_sock.fileno())],
+                env=dict(_ENV),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                close_fds=True,
+                pass_fds=(child_sock.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            child_sock.close()
+            log.close()
+        self._sock = parent_sock
+        try:
+            _protocol.send(parent_sock, {"op": "config", "tables": self._tables})
+            parent_sock.settimeout(_START_TIMEOUT)
+            message, _ = _protocol.recv(parent_sock)
+            parent_sock.settimeout(None)
+        except (OSError, _protocol.ChannelClosed, ValueError) as exc:
+            detail = self._log_tail()
+            self._kill()
+            raise InternalError(
+                f"sandbox zygote did not start ({type(exc).__name__}){detail}"
+            ) from None
+        if message.get("op") != "ready":
+            self._kill()
+            raise InternalError(
+                f"sandbox zygote failed to start: {message.get('message', 'unknown error')}"
+            )
+        self._layers = {name: bool(message["layers"].get(name)) for name in LAYERS}
+        self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
+
+    def _log_tail(self) -> str:
+        if not self._workdir:
+            return ""
+        try:
+            lines = Path(self._workdir, "zygote.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1][:300]}" if lines else ""
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+                try:
+                    target()
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        """Stop the zygote and remove its temporary directory."""
+        with self._lock:
+            if self._sock is not None and self._proc is not None:
+                try:
+                    _protocol.send(self._sock, {"op": "exit"})
+                    self._proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self._kill()
+            if self._workdir:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._proc is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def layers(self) -> dict[str, bool]:
+        """Which isolation layers are active for jobs of this runtime."""
+        return dict(self._layers)
+
+    # ----------------------------------------------------------------- runs
+
+    def run(
+        self,
+        *,
+        source: str,
+        entrypoint: str,
+        params: dict[str, Any],
+        filename: str = "algorithm.py",
+        limits: Limits | None = None,
+    ) -> Any:
+        """Run one algorithm in a fresh child and return its contributions table.
+
+        Raises:
+            PolicyViolation: the code broke the sandbox policy (exit 4).
+            LimitExceeded: a resource limit was hit; the message names it (exit 5).
+            AlgorithmFailed: the algorithm raised; type and line only (exit 8).
+            BadInputError: params are not JSON.
+            InternalError: the sandbox itself failed.
+        """
+        limits = limits or self.limits
+        check_source(source, filename=filename, entrypoint=entrypoint)
+        try:
+            params_json = json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError):
+            raise BadInputError("params must be plain JSON values") from None
+        job = {
+            "source": source,
+            "entrypoint": entrypoint,
+            "filename": filename,
+            "params": params_json,
+            "limits": limits.to_dict(),
+        }
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill()
+                self._start()
+            _require(self._layers, limits.require_layers)
+            return self._run_locked(job, limits)
+
+    def _run_locked(self, job: dict[str, Any], limits: Limits) -> Any:
+        assert self._sock is not None
+        read_fd, write_fd = os.pipe()
+        try:
+            _protocol.send(self._sock, {"op": "run", "job": job}, fds=[write_fd])
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._kill()
+            raise InternalError("sandbox zygote is gone; the next run restarts it") from None
+        os.close(write_fd)
+        cap = limits.max_output_bytes + _FRAME.size + 1 + 2**20
+        deadline = time.monotonic() + limits.wall_seconds + _BACKSTOP_SECONDS
+        output = bytearray()
+        status: dict[str, Any] | None = None
+        overflow = False
+        selector = selectors.DefaultSelector()
+        selector.register(read_fd, selectors.EVENT_READ)
+        selector.register(self._sock, selectors.EVENT_READ)
+        pipe_open = True
+        try:
+            while pipe_open or status is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._kill()
+                    raise LimitExceeded(
+                        f"wall-clock limit of {limits.wall_seconds:g} s (wall_seconds) exceeded"
+                    )
+                for key, _ in selector.select(remaining):
+                    if key.fileobj == read_fd:
+                        chunk = os.read(read_fd, 1 << 20)
+                        if not chunk or len(output) + len(chunk) > cap:
+                            overflow = bool(chunk)
+                            selector.unregister(read_fd)
+                            os.close(read_fd)
+                            read_fd = -1
+                            pipe_open = False
+                        else:
+                            output += chunk
+                    else:
+                        try:
+                            message, fds = _protocol.recv(self._sock)
+                        except (_protocol.ChannelClosed, OSError, ValueError):
+                            self._kill()
+                            raise InternalError("sandbox zygote died during a run") from None
+                        for fd in fds:
+                            os.close(fd)
+                        if message.get("op") == "done":
+                            status = message
+                            selector.unregister(self._sock)
+        finally:
+            selector.close()
+            if read_fd >= 0:
+                os.close(read_fd)
+        return _outcome(bytes(output), status, limits, overflow=overflow)
+
+
+def _outcome(output: bytes, status: dict[str, Any], limits: Limits, *, overflow: bool) -> Any:
+    if overflow:
+        raise LimitExceeded(
+            f"result exceeds the max_output_bytes limit of {limits.max_output_bytes} bytes"
+        )
+    if status.get("timed_out"):
+        raise LimitExceeded(
+            f"wall-clock limit of {limits.wall_seconds:g} s (wall_seconds) exceeded"
+        )
+    sig = status.get("signal")
+    cpu = float(status.get("cpu_seconds") or 0.0)
+    if sig is not None:
+        if sig == signal.SIGXCPU or cpu >= limits.cpu_seconds:
+            raise LimitExceeded(f"CPU time limit of {limits.cpu_seconds} s (cpu_seconds) exceeded")
+        if sig == signal.SIGKILL:
+            raise LimitExceeded(
+                f"the run was killed, most likely for memory; memory_bytes limit is "
+                f"{limits.memory_bytes} bytes"
+            )
+        if sig == signal.SIGSYS:
+            raise PolicyViolation("the algorithm made a system call the sandbox forbids")
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        raise AlgorithmFailed(f"the algorithm crashed the interpreter ({name})")
+    if len(output) < _FRAME.size:
+        raise InternalError(f"sandbox child ended without a result (exit status {status.get('exit')})")
+    (size,) = _FRAME.unpack_from(output)
+    record = output[_FRAME.size : _FRAME.size + size]
+    if len(record) != size or not record:
+        raise InternalError("sandbox child sent a truncated result")
+    tag, payload = record[:1], record[1:]
+    if tag == b"E":
+        error = error_from_dict(json.loads(payload))
+        raise error
+    if tag != b"R":
+        raise InternalError("sandbox child sent an unknown record")
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+    if table.num_rows > limits.max_output_rows:
+        raise LimitExceeded(
+            f"result exceeds the max_output_rows limit of {limits.max_output_rows} rows"
+        )
+    return table.to_pandas()
+
+
+def run_algorithm(
+    *,
+    source: str,
+    entrypoint: str,
+    tables: dict[str, Path],
+    params: dict[str, Any],
+    limits: Limits = Limits(),
+    filename: str = "algorithm.py",
+) -> Any:
+    """One-shot convenience: start a Runtime, run one job, stop it."""
+    check_source(source, filename=filename, entrypoint=entrypoint)
+    with Runtime(tables=tables, limits=limits) as runtime:
+        return runtime.run(
+            source=source, entrypoint=entrypoint, params=params, filename=filename, limits=limits
+        )
+
+
+_LAYER_CACHE: dict[str, bool] = {}
+
+
+def active_layers() -> dict[str, bool]:
+    """Which isolation layers a Runtime gets on this host (probed once per process)."""
+    if not _LAYER_CACHE:
+        with tempfile.TemporaryDirectory(prefix="opal-probe-") as tmp:
+            path = Path(tmp, "probe.arrow")
+            import pyarrow as pa
+
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(
+                sink, pa.schema([("x", pa.int64())])
+            ) as writer:
+                writer.write_table(pa.table({"x": [1]}))
+            with Runtime(tables={"probe": path}) as runtime:
+                _LAYER_CACHE.update(runtime.layers())
+    return dict(_LAYER_CACHE)
+

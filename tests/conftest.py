@@ -1,0 +1,101 @@
+"""Shared fixtures: a real Redis (OPAL_TEST_REDIS_URL or an embedded one),
+fresh OPAL homes, the real `opal` CLI in a subprocess, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ALGORITHMS = REPO / "algorithms"
+
+
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("OPAL_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from opal.home import Home
+    from opal.worker.broker import EmbeddedRedis
+
+    home = Home(tmp_path_factory.mktemp("broker")).ensure()
+    broker = EmbeddedRedis(home)
+    yield broker.start()
+    broker.stop()
+
+
+@dataclass
+class Opal:
+    """The real `opal` command against one home."""
+
+    home: Path
+    broker_url: str
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
+        env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url)
+        return env
+
+    def __call__(self, *args: str, check: bool | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "opal", *args], env=self.env, text=True, capture_output=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"opal {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> object:
+        proc = self(*args, "--json", check=True)
+        return json.loads(proc.stdout)
+
+    def start_worker(self, dataset: str, *, key: str | None = None, concurrency: int = 1) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "opal", "worker", "start", "--dataset", dataset, "--concurrency", str(concurrency), "--loglevel", "WARNING"]
+        if key:
+            args += ["--key", key]
+        log = open(self.home / f"worker-{len(self.workers)}.log", "wb")
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=20)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+        self.workers.clear()
+
+
+@pytest.fixture
+def opal(tmp_path: Path, broker_url: str) -> Iterator[Opal]:
+    o = Opal(home=tmp_path / "home", broker_url=broker_url)
+    yield o
+    o.stop_workers()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
