@@ -162,7 +162,8 @@ class Database:
 
     def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         self.path = path
-        self.url = url if url is not None else (os.environ.get("OPAL_DB_URL") or None)
+        # url="" forces SQLite even when OPAL_DB_URL is set (tests, tools).
+        self.url = (url if url is not None else os.environ.get("OPAL_DB_URL")) or None
         self._local = threading.local()
         self._pid = os.getpid()
         if self.url is not None:

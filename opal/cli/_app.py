@@ -15,7 +15,7 @@ from opal.node import Node
 __all__ = ["App", "pass_app", "emit_json", "console", "err_console"]
 
 console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass

@@ -58,14 +58,16 @@ def export(app: App, name: str) -> None:
 @keys.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--as", "as_name", default=None, help="Record the key under another name.")
+@click.option("--key", "by", default=None, help="Operator or board key that records the import in the ledger.")
 @pass_app
-def import_(app: App, file: Path, as_name: str | None) -> None:
+def import_(app: App, file: Path, as_name: str | None, by: str | None) -> None:
     """Import a public key written by opal keys export."""
     try:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         raise BadInputError(f"{file} is not a readable JSON key file (from opal keys export)") from None
-    info = app.node.keyring.import_public(data, app.node.ledger, as_name=as_name)
+    signer = app.node.keyring.signer_for(by, "operator", "board") if by else None
+    info = app.node.keyring.import_public(data, app.node.ledger, as_name=as_name, by=signer)
     console.print(f"imported {info.role} key [bold]{info.name}[/] id {info.key_id[:16]}…")
 
 

@@ -1,12 +1,25 @@
-"""opal ledger verify/show"""
+"""opal ledger verify/show/trace/prove/checkpoint/cosign/export — the board's audit verbs."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from opal.cli._app import App, console, emit_json, err_console, pass_app
+from opal.errors import BadInputError, LedgerCorrupt
+from opal.ledger import merkle
+from opal.ledger.export import export_range, parse_range, verify_export
+from opal.ledger.records import Checkpoint
+from opal.ledger.trace import trace as trace_algorithm
+from opal.ledger.witness import cosign as cosign_checkpoint
+from opal.ledger.witness import load_checkpoint_file, witness_state_path
+
+_PROGRESS_MIN = 5_000  # entries; below this a bar only flickers
 
 
 @click.group("ledger")
@@ -15,41 +28,79 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
+@click.option("--against", "against_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A signed checkpoint you hold: the ledger must extend it (detects truncation and forks).")
+@click.option("--file", "export_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Verify an export (opal ledger export) offline, without a database.")
+@click.option("--log-key", "log_keys", multiple=True, help="Key id trusted to sign checkpoints (with --file; repeatable).")
+@click.option("--workers", type=int, default=None, help="Signature-checking processes (default: one per core on large ledgers).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def verify(app: App, as_json: bool) -> None:
+def verify(app: App, against_file: Path | None, export_file: Path | None, log_keys: tuple[str, ...],
+           workers: int | None, as_json: bool) -> None:
     """Re-derive every leaf, the root and every signature; exit 7 on tampering."""
+    against = load_checkpoint_file(against_file) if against_file else None
+    if export_file is not None:
+        try:
+            with open(export_file, encoding="utf-8") as fh:
+                result = verify_export(fh, trusted_log_keys=set(log_keys) if log_keys else None, against=against)
+        except FileNotFoundError:
+            raise BadInputError(f"no export file at {export_file}") from None
+        if as_json:
+            emit_json(result)
+            return
+        start, stop = result["range"]
+        console.print(
+            f"export ok: entries {start}…{stop - 1} ({result['entries_checked']}) proven in the signed checkpoint "
+            f"of size {result['checkpoint']['size']} (root {result['checkpoint']['root'][:16]}…), "
+            f"{result['cosignatures_checked']} cosignature(s)"
+            + ("" if result["log_key_pinned"] else "; log key not pinned (use --log-key)")
+        )
+        return
+    node = app.node
     with Progress(TextColumn("verifying ledger"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  console=err_console, transient=True, disable=as_json) as bar:
+                  TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=as_json or not err_console.is_terminal) as bar:
         task = bar.add_task("verify", total=None)
-        report = app.node.ledger.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+        def progress(done: int, total: int) -> None:
+            if total >= _PROGRESS_MIN:
+                bar.update(task, completed=done, total=total)
+
+        report = node.ledger.verify(progress=progress, against=against, workers=workers)
     if as_json:
         emit_json(report.to_dict())
         return
     console.print(
         f"ledger ok: {report.size} entries, {report.signatures} signatures by {report.keys} keys, "
-        f"{report.checkpoints} signed checkpoint(s), {report.runs} run outcome(s) checked; "
-        f"root {report.root[:16]}…"
+        f"{report.checkpoints} signed checkpoint(s), {report.cosignatures} cosignature(s), "
+        f"{report.runs} run outcome(s) checked in {report.seconds:.1f}s; root {report.root[:16]}…"
+        + (f"; extends your checkpoint of size {report.against['size']}" if report.against else "")
     )
 
 
 @ledger.command("show")
-@click.option("--type", "type_", default=None)
-@click.option("--actor", default=None, help="Actor key id.")
-@click.option("--algorithm", default=None)
-@click.option("--since", default=None)
-@click.option("--until", default=None)
-@click.option("--limit", type=int, default=None)
+@click.option("--type", "type_", default=None, help="Entry type, e.g. run_finished.")
+@click.option("--actor", default=None, help="Actor key id, or the name of a key in this keyring.")
+@click.option("--algorithm", default=None, help="Algorithm name (bundle and run entries).")
+@click.option("--since", default=None, help="ISO-8601 UTC time, inclusive.")
+@click.option("--until", default=None, help="ISO-8601 UTC time, exclusive.")
+@click.option("--limit", type=click.IntRange(min=0), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def show(app: App, type_: str | None, actor: str | None, algorithm: str | None, since: str | None,
          until: str | None, limit: int | None, as_json: bool) -> None:
     """List ledger entries."""
-    entries = app.node.ledger.entries(type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit)
+    node = app.node
+    if actor is not None and len(actor) != 64:
+        info = node.keyring.find(actor)
+        if info is not None:
+            actor = info.key_id
+    entries = node.ledger.entries(type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit)
     if as_json:
         emit_json([e.to_dict() for e in entries])
         return
-    names = {k.key_id: k.name for k in app.node.keyring.all()}
+    names = {k.key_id: k.name for k in node.keyring.all()}
     table = Table("#", "time", "type", "actor", "about")
     for e in entries:
         about = e.body.get("run_id") or e.body.get("name") or e.body.get("dataset") or ""
@@ -57,6 +108,170 @@ def show(app: App, type_: str | None, actor: str | None, algorithm: str | None, 
             about = f"{about} {e.body.get('outcome')}"
         table.add_row(str(e.index), e.time[:19], e.type, names.get(e.actor, e.actor[:12]), str(about))
     console.print(table)
+
+
+@ledger.command("trace")
+@click.argument("algorithm")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def trace(app: App, algorithm: str, as_json: bool) -> None:
+    """Full lifecycle of ALGORITHM (name or name@version): submitted, reviews, runs, releases, revocation."""
+    result = trace_algorithm(app.node.ledger, algorithm)
+    if as_json:
+        emit_json(result)
+        return
+    names = {k.key_id: k.name for k in app.node.keyring.all()}
+    who = lambda key_id: names.get(key_id, key_id[:12])  # noqa: E731
+    s = result["summary"]
+    console.print(f"[bold]{algorithm}[/]: {s['versions']} version(s), {s['approvals']} approval(s), "
+                  f"{s['runs']} run(s), {s['released']} released, {s['revoked']} revoked")
+    for v in result["versions"]:
+        sub = v.get("submitted", {})
+        console.print(f"  {v['version']} {str(v['digest'])[:16]}… submitted #{sub.get('index', '?')} by {who(sub.get('author', ''))}")
+        for r in v["reviews"]:
+            console.print(f"    #{r['index']} {r['verdict']} by {who(r['reviewer'])} {r['time'][:19]}")
+        if v["revoked"]:
+            console.print(f"    #{v['revoked']['index']} revoked by {who(v['revoked']['by'])}: {v['revoked']['reason']}")
+    for r in result["runs"]:
+        steps = " → ".join(f"{k} #{r[k]['index']}" for k in ("requested", "started", "finished") if k in r)
+        console.print(f"  run {str(r['run_id'])[:12]} {steps} {r.get('outcome', 'open')}"
+                      + (f" ({r['reason']})" if r.get("reason") else ""))
+
+
+@ledger.group("prove")
+def prove() -> None:
+    """Print RFC 9162 inclusion and consistency proofs."""
+
+
+@prove.command("inclusion")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def prove_inclusion(app: App, target: str, as_json: bool) -> None:
+    """Prove that entry TARGET (an index or a leaf hash) is in the latest signed checkpoint."""
+    led = app.node.ledger
+    index = int(target) if target.isdigit() else led.index_of(target)
+    tree = led.tree()
+    if index >= tree.size:
+        raise BadInputError(f"the ledger has no entry {index} (it holds {tree.size})")
+    cp = led.latest_checkpoint(covering=index)
+    size = cp.size if cp is not None else tree.size
+    if cp is not None and (cp.size > tree.size or tree.root(cp.size).hex() != cp.root):
+        raise LedgerCorrupt(f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify")
+    proof = tree.inclusion_proof(index, size)
+    leaf = tree.leaf(index)
+    merkle.verify_inclusion(leaf_hash=leaf, index=index, size=size, proof=proof, root=tree.root(size))
+    result: dict[str, Any] = {
+        "index": index,
+        "leaf_hash": leaf.hex(),
+        "size": size,
+        "root": tree.root(size).hex(),
+        "proof": [p.hex() for p in proof],
+        "checkpoint": cp.to_dict() if cp is not None else None,
+        "verified": True,
+    }
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"entry {index} (leaf {leaf.hex()[:16]}…) is in the tree of size {size}, root {result['root'][:16]}…"
+                  + ("" if cp else " (no signed checkpoint covers it yet: unsigned)"))
+    for i, p in enumerate(result["proof"]):
+        console.print(f"  {i}: {p}")
+
+
+def _size_or_checkpoint(value: str) -> tuple[int, Checkpoint | None]:
+    if value.isdigit():
+        return int(value), None
+    cp = load_checkpoint_file(Path(value))
+    return cp.size, cp
+
+
+@prove.command("consistency")
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def prove_consistency(app: App, old: str, new: str, as_json: bool) -> None:
+    """Prove that the tree of size OLD is a prefix of the tree of size NEW (sizes or checkpoint files)."""
+    old_size, old_cp = _size_or_checkpoint(old)
+    new_size, new_cp = _size_or_checkpoint(new)
+    tree = app.node.ledger.tree()
+    for size in (old_size, new_size):
+        if size > tree.size:
+            raise LedgerCorrupt(f"the ledger holds {tree.size} entries, fewer than size {size}; it was truncated") \
+                if (old_cp or new_cp) else BadInputError(f"the ledger holds only {tree.size} entries, not {size}")
+    if old_size > new_size:
+        raise BadInputError(f"OLD must not be larger than NEW, found {old_size} > {new_size}")
+    old_root = old_cp.root_bytes if old_cp else tree.root(old_size)
+    new_root = new_cp.root_bytes if new_cp else tree.root(new_size)
+    proof = tree.consistency_proof(old_size, new_size)
+    merkle.verify_consistency(old_size=old_size, new_size=new_size, old_root=old_root, new_root=new_root, proof=proof)
+    result = {
+        "old_size": old_size,
+        "new_size": new_size,
+        "old_root": old_root.hex(),
+        "new_root": new_root.hex(),
+        "proof": [p.hex() for p in proof],
+        "verified": True,
+    }
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"tree {old_size} ({result['old_root'][:16]}…) is a prefix of tree {new_size} "
+                  f"({result['new_root'][:16]}…); proof of {len(proof)} hash(es):")
+    for i, p in enumerate(result["proof"]):
+        console.print(f"  {i}: {p}")
+
+
+@ledger.command("checkpoint")
+@click.option("--key", default=None, help="Operator key that signs (default: this node's only operator key).")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry; the output is always JSON.")
+@pass_app
+def checkpoint(app: App, key: str | None, as_json: bool) -> None:
+    """Sign (origin, size, root) of the committed ledger and print the signed checkpoint JSON."""
+    signer = app.node.keyring.signer_for(key, "operator")
+    emit_json(app.node.ledger.checkpoint(signer).to_dict())
+
+
+@ledger.command("cosign")
+@click.option("--key", required=True, help="Your board key (the witness).")
+@click.option("--against", "against_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The last checkpoint you saw (default: the one this witness cosigned last on this node).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None:
+    """Witness the latest signed checkpoint: check it extends the last one you saw, then co-sign it."""
+    signer = app.node.keyring.signer_for(key, "board")
+    last = load_checkpoint_file(against_file) if against_file else None
+    state = witness_state_path(app.node.home.root / "witness", signer.name)
+    result = cosign_checkpoint(app.node.ledger, signer, last_seen=last, state_file=state)
+    if as_json:
+        emit_json(result)
+        return
+    cp, c = result["checkpoint"], result["consistency"]
+    console.print(f"cosigned checkpoint of size {cp['size']} (root {cp['root'][:16]}…) with {signer.name}"
+                  + (f"; consistent with the size {c['from_size']} you saw" if c else "; first checkpoint this witness saw")
+                  + f"; {len(result['cosignatures'])} cosignature(s) on it")
+
+
+@ledger.command("export")
+@click.option("--range", "range_", default=":", show_default=True, help="A:B, entries A to B-1.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout).")
+@pass_app
+def export(app: App, range_: str, out: Path | None) -> None:
+    """Write entries with inclusion proofs and the signed checkpoint (JSONL) for offline audit."""
+    import json
+
+    led = app.node.ledger
+    start, stop = parse_range(range_, led.size())
+    lines = export_range(led, start, stop)
+    fh = open(out, "w", encoding="utf-8") if out else sys.stdout
+    try:
+        for item in lines:
+            fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+    finally:
+        if out:
+            fh.close()
 
 
 COMMANDS = [ledger]

@@ -353,6 +353,9 @@ def verify_entries(
             # Name the first bad entry: a signature checked in the pool may
             # have failed at an earlier index.
             earlier = first_pool_failure() if pool is not None else None
+            unsent = _check_signatures([j for j in jobs if j[0] < bad.index])
+            if unsent is not None and (earlier is None or unsent[0] < earlier.index):
+                earlier = _Bad(*unsent)
             raise earlier if earlier is not None and earlier.index < bad.index else bad from None
         if pool is not None:
             failure = first_pool_failure()

@@ -17,6 +17,11 @@ import resource
 import signal
 from typing import Any
 
+try:  # imported up front: after the uid drop the library files may be unreadable
+    import pyseccomp as _seccomp
+except Exception:  # noqa: BLE001 - libseccomp missing: the layer is reported inactive
+    _seccomp = None
+
 __all__ = ["enter_namespaces", "harden", "seccomp_available"]
 
 CLONE_NEWIPC = 0x08000000
@@ -60,11 +65,7 @@ def enter_namespaces() -> dict[str, bool]:
 
 
 def seccomp_available() -> bool:
-    try:
-        import pyseccomp  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _seccomp is not None
 
 
 # Syscalls refused with EPERM. Threads stay possible (clone with CLONE_THREAD)
@@ -105,8 +106,9 @@ _DENIED_SYSCALLS = (
 
 
 def _load_seccomp() -> None:
-    import pyseccomp as sc
-
+    sc = _seccomp
+    if sc is None:
+        raise OSError(errno.ENOSYS, "pyseccomp/libseccomp is not available")
     flt = sc.SyscallFilter(defaction=sc.ALLOW)
     eperm = sc.ERRNO(errno.EPERM)
     for name in _DENIED_SYSCALLS:

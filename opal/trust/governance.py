@@ -187,7 +187,10 @@ def draft_policy(
         "approval_lifetime_days": _int(spec.get("approval_lifetime_days"), 90, "approval_lifetime_days"),
         "author_may_approve": bool(spec.get("author_may_approve", False)),
     }
-    TrustPolicy.from_signed(signed)  # raises on thresholds out of range, empty roles
+    try:
+        TrustPolicy.from_signed(signed)  # thresholds out of range, empty roles
+    except TrustError as exc:
+        raise BadInputError(exc.message) from None
     return {"signed": signed, "signatures": []}
 
 

@@ -79,7 +79,9 @@ class Keyring:
         self._record(info, Signer(info, private), ledger)
         return info
 
-    def import_public(self, data: dict[str, Any], ledger: Ledger, *, as_name: str | None = None) -> KeyInfo:
+    def import_public(
+        self, data: dict[str, Any], ledger: Ledger, *, as_name: str | None = None, by: Signer | None = None
+    ) -> KeyInfo:
         """Import another node's public key (``opal keys export`` output)."""
         try:
             name = as_name or str(data["name"])
@@ -108,10 +110,16 @@ class Keyring:
         if revoked:
             raise TrustError(f"this key was revoked on {revoked}; a revoked key cannot be imported again")
         info = KeyInfo(name=name, key_id=key_id_of(raw), role=role, public_key=public_key, created=utcnow())
-        self._record(info, None, ledger)
+        self._record(info, None, ledger, recorder=by)
         return info
 
-    def _record(self, info: KeyInfo, signer: Signer | None, ledger: Ledger) -> None:
+    def _record(self, info: KeyInfo, signer: Signer | None, ledger: Ledger, *, recorder: Signer | None = None) -> None:
+        if signer is None and recorder is None:
+            # imported keys are recorded by the node's operator (or, failing that, its board key)
+            try:
+                recorder = self.default_signer("operator")
+            except BadInputError:
+                recorder = self.default_signer("board")
         with self.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO keys(name, key_id, role, public_key, created) VALUES (?,?,?,?,?)",
@@ -120,7 +128,9 @@ class Keyring:
             body = {"name": info.name, "role": info.role, "key_id": info.key_id, "public_key": info.public_key}
             # A new key's own entry is self-signed: it proves possession of the
             # private key. Imported keys are recorded by the node's operator.
-            ledger.append_in(tx, type="key_added", body=body, signer=signer or self.default_signer("operator", "board"), subject=info.key_id)
+            actor = signer or recorder
+            assert actor is not None
+            ledger.append_in(tx, type="key_added", body=body, signer=actor, subject=info.key_id)
 
     def find(self, name: str) -> KeyInfo | None:
         row = self.db.one("SELECT * FROM keys WHERE name = ?", (name,))

@@ -17,10 +17,11 @@ approvals, roles as recorded in the keyring, no board.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from opal.canonical import canonical_json, sha256_hex
 from opal.errors import BadInputError, TrustError

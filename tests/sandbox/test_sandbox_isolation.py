@@ -1,0 +1,170 @@
+"""Process isolation holds on its own, below the compile policy and guards."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from conftest import HOST_SECRET, Listener, known_cdr
+from opal.errors import BadInputError, InternalError, LimitExceeded
+from opal.sandbox import LAYERS, Limits, Runtime, active_layers, run_algorithm
+from opal.sandbox import _isolation
+
+TRIVIAL = "def contributions(data, params):\n    return data.cdr[['msisdn']].head(2)\n"
+IS_ROOT = os.geteuid() == 0
+
+
+def _hardened_child(checks: dict[str, object]) -> dict[str, str]:
+    """Fork, apply only the process layers (no RestrictedPython), run raw checks."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        results: dict[str, str] = {}
+        try:
+            layers = {"seccomp": True, "unprivileged_user": IS_ROOT, "clean_environment": True}
+            limits = Limits().to_dict()
+            _isolation.harden(limits=limits, result_fd=write_fd, layers=layers)
+            for name, check in checks.items():
+                try:
+                    check()  # type: ignore[operator]
+                    results[name] = "allowed"
+                except OSError as exc:
+                    results[name] = errno.errorcode.get(exc.errno or 0, "OSError")
+        except BaseException as exc:  # noqa: BLE001
+            results["setup"] = repr(exc)
+        os.write(write_fd, json.dumps(results).encode())
+        os._exit(0)
+    os.close(write_fd)
+    data = b""
+    while chunk := os.read(read_fd, 65536):
+        data += chunk
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_all_layers_active_on_this_host(runtime: Runtime) -> None:
+    layers = runtime.layers()
+    assert set(layers) == set(LAYERS)
+    if IS_ROOT:
+        assert all(layers.values()), layers
+    assert active_layers() == layers
+
+
+def test_required_layer_missing_refuses_to_run(runtime: Runtime) -> None:
+    saved = dict(runtime._layers)
+    runtime._layers["seccomp"] = False
+    try:
+        with pytest.raises(InternalError, match="'seccomp' is required"):
+            runtime.run(source=TRIVIAL, entrypoint="contributions", params={},
+                        limits=Limits(require_layers=("seccomp",)))
+    finally:
+        runtime._layers.update(saved)
+
+
+def test_unknown_layer_is_bad_input() -> None:
+    with pytest.raises(BadInputError, match="unknown isolation layer"):
+        Limits(require_layers=("magic",))
+
+
+def test_seccomp_and_uid_block_raw_syscalls(sandbox_dir: Path, listener: Listener) -> None:
+    canary = sandbox_dir / "canary" / "raw.out"
+    private = sandbox_dir / "private.txt"
+    private.write_text(HOST_SECRET)
+    private.chmod(0o600)
+
+    def connect() -> None:
+        s = socket.socket()
+        s.settimeout(1)
+        s.connect(("127.0.0.1", listener.port))
+
+    results = _hardened_child({
+        "socket_connect": connect,
+        "write_file": lambda: open(canary, "w").write("x"),
+        "read_private": lambda: open(private).read(),
+        "fork": lambda: os._exit(0) if os.fork() == 0 else None,
+        "exec": lambda: os.execv("/bin/true", ["true"]),
+        "kill_parent": lambda: os.kill(os.getppid(), 0),
+    })
+    assert "setup" not in results, results
+    assert results["socket_connect"] == "EPERM"
+    assert results["write_file"] == "EPERM"
+    assert results["fork"] == "EPERM"
+    assert results["exec"] == "EPERM"
+    assert results["kill_parent"] == "EPERM"
+    if IS_ROOT:
+        assert results["read_private"] == "EACCES"
+    assert not canary.exists()
+    assert listener.connections == 0
+
+
+def test_zygote_has_clean_env_fds_and_own_network(cdr_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPAL_BROKER_URL", "redis://user:broker-secret@10.0.0.1/0")
+    keep = open(cdr_path, "rb")  # an open descriptor in the parent must not leak
+    try:
+        with Runtime(tables={"cdr": cdr_path}) as rt:
+            pid = rt._proc.pid
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"broker-secret" not in environ and b"OPAL_BROKER_URL" not in environ
+            fds = os.listdir(f"/proc/{pid}/fd")
+            assert len(fds) <= 4, fds  # stdin, stdout, stderr (log), control socket
+            assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            assert os.listdir(os.readlink(f"/proc/{pid}/cwd")) == []
+    finally:
+        keep.close()
+
+
+def test_wall_timeout_leaves_no_process_behind(runtime: Runtime) -> None:
+    busy = "def contributions(data, params):\n    while True:\n        pass\n"
+    with pytest.raises(LimitExceeded, match="wall_seconds"):
+        runtime.run(source=busy, entrypoint="contributions", params={},
+                    limits=Limits(cpu_seconds=30, wall_seconds=0.5))
+    pid = runtime._proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert children == []
+    assert len(runtime.run(source=TRIVIAL, entrypoint="contributions", params={})) == 2
+
+
+def test_runtime_restarts_a_dead_zygote(cdr_path: Path) -> None:
+    with Runtime(tables={"cdr": cdr_path}) as rt:
+        os.kill(rt._proc.pid, 9)
+        rt._proc.wait()
+        assert len(rt.run(source=TRIVIAL, entrypoint="contributions", params={})) == 2
+
+
+def test_arrow_ipc_table_is_memory_mapped_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "cdr.arrow"
+    table = pa.Table.from_pandas(known_cdr(), preserve_index=False)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    src = "def contributions(data, params):\n    return data.cdr[data.cdr.day == 2][['msisdn']]\n"
+    out = run_algorithm(source=src, entrypoint="contributions", tables={"cdr": path}, params={})
+    assert out["msisdn"].tolist() == [1003]
+
+
+def test_bad_table_path_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="does not exist"):
+        Runtime(tables={"cdr": tmp_path / "missing.parquet"})
+    with pytest.raises(BadInputError, match="identifier"):
+        Runtime(tables={"not valid": tmp_path})
+
+
+def test_params_must_be_json(runtime: Runtime) -> None:
+    with pytest.raises(BadInputError, match="JSON"):
+        runtime.run(source=TRIVIAL, entrypoint="contributions", params={"x": object()})
+
+
+def test_trivial_run_is_fast(runtime: Runtime) -> None:
+    runtime.run(source=TRIVIAL, entrypoint="contributions", params={})
+    started = time.perf_counter()
+    for _ in range(5):
+        runtime.run(source=TRIVIAL, entrypoint="contributions", params={})
+    per_run = (time.perf_counter() - started) / 5
+    assert per_run < 1.0  # generous: a loaded 2-core box; the report carries real numbers

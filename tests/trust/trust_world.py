@@ -1,0 +1,102 @@
+"""Shared helpers for the trust tests: a node with keys, bundles, and an attacker's toolbox."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from opal.bundle.registry import Bundle
+from opal.canonical import canonical_json
+from opal.node import Node
+from opal.trust.review import APPROVAL_DOMAIN, Approval, approve, submit
+
+REPO = Path(__file__).resolve().parents[2]
+PD = REPO / "algorithms" / "population_density"
+
+CAST = [
+    ("olga", "operator"),
+    ("sam", "statistician"),
+    ("rita", "reviewer"),
+    ("ravi", "reviewer"),
+    ("rex", "reviewer"),
+]
+
+
+def make_node(tmp_path: Path, *, board: int = 0) -> Node:
+    node = Node.open(tmp_path / "home")
+    for name, role in CAST + [(f"b{i}", "board") for i in range(1, board + 1)]:
+        node.keyring.new(name, role, node.ledger)
+    return node
+
+
+def bundle_folder(tmp_path: Path, version: str = "1.0.0", *, comment: str = "") -> Path:
+    folder = tmp_path / f"pd-{version}{'-' + str(abs(hash(comment))) if comment else ''}"
+    shutil.copytree(PD, folder)
+    toml = folder / "opal.toml"
+    toml.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', toml.read_text()))
+    if comment:
+        (folder / "algorithm.py").write_text((folder / "algorithm.py").read_text() + f"\n# {comment}\n")
+    return folder
+
+
+def submitted(node: Node, tmp_path: Path, version: str = "1.0.0", *, approvers: tuple[str, ...] = (), comment: str = "") -> str:
+    bundle = Bundle.from_folder(bundle_folder(tmp_path, version, comment=comment))
+    submit(node, bundle, signer=node.keyring.signer("sam"))
+    for name in approvers:
+        approve(node, bundle.digest, signer=node.keyring.signer(name))
+    return bundle.digest
+
+
+def stored_file(node: Node, digest: str, path: str) -> Path:
+    target = node.home.registry_dir / digest / path
+    target.parent.chmod(0o755)
+    if target.exists():
+        target.chmod(0o644)
+    return target
+
+
+def forge_approval(
+    node: Node,
+    digest: str,
+    *,
+    signer_name: str,
+    time: datetime | None = None,
+    expires: datetime | None = None,
+    verdict: str = "approve",
+) -> None:
+    """What an attacker with database access does: sign a statement with any key and insert the row."""
+    row = node.db.one("SELECT * FROM bundles WHERE digest = ?", (digest,))
+    assert row is not None
+    signer = node.keyring.signer(signer_name)
+    now = time or datetime.now(timezone.utc)
+    approval = Approval(
+        digest=digest,
+        name=row["name"],
+        version=row["version"],
+        reviewer=signer.key_id,
+        verdict=verdict,
+        time=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        expires=(expires or now + timedelta(days=30)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        comment="",
+    )
+    statement = approval.statement()
+    signature = signer.sign(APPROVAL_DOMAIN, canonical_json(statement))
+    with node.db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
+            (digest, signer.key_id, json.dumps(statement), signature, verdict, approval.time),
+        )
+
+
+def forged_signature() -> str:
+    return base64.b64encode(bytes(range(64))).decode()
+
+
+def second_name(node: Node, name: str, alias: str) -> None:
+    """Register the key ``name`` again under ``alias`` (public import + a copy of its private key)."""
+    node.keyring.import_public(json.loads(node.keyring.export(name)), node.ledger, as_name=alias)
+    shutil.copy(node.home.keys_dir / f"{name}.pem", node.home.keys_dir / f"{alias}.pem")
