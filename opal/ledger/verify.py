@@ -165,7 +165,7 @@ def check_entry(idx: int, raw: bytes, keys: KeyState) -> LedgerEntry:
     exports and receipts. Raises LedgerCorrupt."""
     try:
         e, public, part, signature = _inspect(idx, raw, keys)
-        failure = _check_signatures([(idx, public, part, signature)])
+        failure = _check_signatures([(idx, public, part, signature, e["type"])])
         if failure is not None:
             raise _Bad(*failure)
     except _Bad as bad:
@@ -200,13 +200,13 @@ def parse_canonical(raw: bytes) -> Any:
     return doc
 
 
-def _check_signatures(jobs: list[tuple[int, str, bytes, str]]) -> tuple[int, str] | None:
+def _check_signatures(jobs: list[tuple[int, str, bytes, str, str]]) -> tuple[int, str] | None:
     """Verify a chunk; return the first failure ``(index, message)``. Runs in pool workers."""
-    for index, public, message, signature in jobs:
+    for index, public, message, signature, type_ in jobs:
         try:
             verify_signature(public, ENTRY_DOMAIN, message, signature)
         except TrustError:
-            return index, f"ledger entry {index}: signature does not verify"
+            return index, f"ledger entry {index} ({type_}): signature does not verify"
     return None
 
 
@@ -281,8 +281,8 @@ def verify_entries(
     runs_seen = 0
     sha256 = hashlib.sha256
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 0 else None
-    pending: list[tuple[Future[tuple[int, str] | None], list[tuple[int, str, bytes, str]]]] = []
-    jobs: list[tuple[int, str, bytes, str]] = []
+    pending: list[tuple[Future[tuple[int, str] | None], list[tuple[int, str, bytes, str, str]]]] = []
+    jobs: list[tuple[int, str, bytes, str, str]] = []
 
     failures: list[tuple[int, str]] = []
 
@@ -331,7 +331,7 @@ def verify_entries(
                     )
                 e, public, part, signature = _inspect(idx, raw, keys)
                 type_ = e["type"]
-                jobs.append((idx, public, part, signature))
+                jobs.append((idx, public, part, signature, type_))
                 if pool is None or len(jobs) >= _CHUNK:
                     flush()
                 if type_ == "run_requested":

@@ -138,7 +138,7 @@ def _reject_clock(label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         items = value if isinstance(value, (list, tuple)) else (value,)
         for item in items:
             if isinstance(item, str) and item.strip().lower() in _CLOCK_WORDS:
-                raise _deny(f"{label}('{item.strip()}') reads the clock, which is not allowed")
+                raise _deny(f"{label}() was asked to read the clock, which is not allowed")
 
 
 def _clock_checked(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -391,7 +391,11 @@ def _vet_function(value: Any, where: str) -> None:
     if isinstance(value, str):
         if value in A.REDUCER_NAMES:
             return
-        raise _deny(f"{where}() does not accept the name '{value}'; use a reducer name or a function")
+        # The rejected name is not echoed: it may have been computed from data.
+        raise _deny(
+            f"{where}() was given a name that is not an allowed reducer "
+            "(sum, mean, count, nunique, ...); pass a reducer name or a function"
+        )
     if isinstance(value, (list, tuple)):
         for item in value:
             _vet_function(item, where)

@@ -8,8 +8,10 @@ directory and the table file paths.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -300,10 +302,91 @@ class Runtime:
             selector.close()
             if read_fd >= 0:
                 os.close(read_fd)
-        return _outcome(bytes(output), status, limits, overflow=overflow)
+        return _outcome(
+            bytes(output), status, limits, overflow=overflow,
+            source=job["source"], filename=job["filename"],
+        )
 
 
-def _outcome(output: bytes, status: dict[str, Any], limits: Limits, *, overflow: bool) -> Any:
+# Error kinds a child may report; anything else it claims becomes InternalError.
+_CHILD_ERRORS = (PolicyViolation, LimitExceeded, AlgorithmFailed, InternalError)
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_RAISED = re.compile(r"raised (\w+)")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def _known_exception_names() -> frozenset[str]:
+    names = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    import pandas.errors
+
+    names.update(n for n, v in vars(pandas.errors).items() if isinstance(v, type))
+    names.update({"ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError", "AxisError",
+                  "DTypePromotionError", "ArrowIndexError", "ArrowKeyError"})
+    return frozenset(names)
+
+
+_EXCEPTION_NAMES: list[frozenset[str]] = []
+
+
+def _known_exceptions() -> frozenset[str]:
+    if not _EXCEPTION_NAMES:
+        _EXCEPTION_NAMES.append(_known_exception_names())
+    return _EXCEPTION_NAMES[0]
+
+
+def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limits) -> OpalError:
+    """Rebuild the child's error; withhold its text unless it provably holds no data.
+
+    The child already builds messages from fixed text, names from the source
+    and line numbers. This re-checks that on the trusted side, in case the
+    child was subverted: every quoted token must occur in the source, every
+    number must be a line of the source or a limit, every raised type a known
+    exception class.
+    """
+    try:
+        data = json.loads(payload)
+        error = error_from_dict(data)
+    except (ValueError, TypeError, AttributeError):
+        return InternalError("sandbox child sent a malformed error")
+    if not isinstance(error, _CHILD_ERRORS):
+        return InternalError("sandbox child reported an error kind it may not report")
+    message = error.message
+    lines = source.count("\n") + 1
+    allowed_numbers = {str(v) for v in limits.to_dict().values() if isinstance(v, (int, float))}
+    allowed_numbers |= {f"{v:g}" for v in limits.to_dict().values() if isinstance(v, float)}
+    ok = len(message) <= 500 and message.isascii() and message.isprintable()
+    if ok:
+        for match in _QUOTED.finditer(message):
+            token = match.group(1) if match.group(1) is not None else match.group(2)
+            if token and token not in source and token != filename:
+                ok = False
+        for match in _RAISED.finditer(message):
+            if match.group(1) not in _known_exceptions():
+                ok = False
+        body = message.replace(filename, "")
+        for match in _NUMBER.finditer(body):
+            number = match.group(0)
+            if number in allowed_numbers:
+                continue
+            if number.isdigit() and int(number) <= lines and f":{number}" in message:
+                continue
+            ok = False
+    if ok:
+        return error
+    return type(error)(f"{filename}: {error.kind} error (details withheld: the message failed the data check)")
+
+
+
+
+def _outcome(
+    output: bytes,
+    status: dict[str, Any],
+    limits: Limits,
+    *,
+    overflow: bool,
+    source: str,
+    filename: str,
+) -> Any:
     if overflow:
         raise LimitExceeded(
             f"result exceeds the max_output_bytes limit of {limits.max_output_bytes} bytes"
@@ -334,8 +417,7 @@ def _outcome(output: bytes, status: dict[str, Any], limits: Limits, *, overflow:
         raise InternalError("sandbox child sent a truncated result")
     tag, payload = record[:1], record[1:]
     if tag == b"E":
-        error = error_from_dict(json.loads(payload))
-        raise error
+        raise _scrubbed_error(payload, source=source, filename=filename, limits=limits)
     if tag != b"R":
         raise InternalError("sandbox child sent an unknown record")
     import pyarrow as pa

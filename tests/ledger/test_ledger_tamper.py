@@ -48,7 +48,7 @@ def test_flipped_byte_is_detected_with_triggers_dropped(ledger: Ledger, actors: 
     pos = raw.index(b'"outcome":"released"') + 12
     flipped = raw[:pos] + bytes([raw[pos] ^ 0x01]) + raw[pos + 1 :]
     conn.execute("UPDATE ledger SET entry = ? WHERE idx = 8", (flipped,))
-    with pytest.raises(LedgerCorrupt, match=r"^ledger entry 7 \(run_finished\): signature does not verify"):
+    with pytest.raises(LedgerCorrupt, match=r"^ledger entry 8 \(run_finished\): signature does not verify"):
         ledger.verify()
 
 
@@ -189,7 +189,7 @@ def test_first_bad_entry_is_named_when_the_pool_checks_signatures(ledger: Ledger
     for idx in (300, 1100):
         (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
         conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw.replace(b'"run', b'"rux', 1), idx))
-    with pytest.raises(LedgerCorrupt, match=r"^ledger entry 300: signature does not verify"):
+    with pytest.raises(LedgerCorrupt, match=r"^ledger entry 300 \(run_requested\): signature does not verify"):
         ledger.verify(workers=2)
 
 

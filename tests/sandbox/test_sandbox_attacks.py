@@ -225,6 +225,9 @@ PAYLOADS: list[tuple[str, str, int, Limits | None]] = [
         def contributions(data, params):
             return f(0)
     """), FAILED, None),
+    ("policy_message_exfil", fn("return data.cdr.agg(data.cdr.region.iloc[-1])"), POLICY, None),
+    ("transform_name_exfil", fn("return data.cdr.groupby('msisdn').duration_s.transform(str(data.cdr.msisdn.max()))"), POLICY, None),
+    ("clock_word_from_data", fn("return pd.Timestamp(data.cdr.region.iloc[-1])"), FAILED, None),
     ("non_dataframe_result", fn("return data.cdr.region.iloc[-1]"), FAILED, None),
 ]
 

@@ -168,3 +168,31 @@ def test_trivial_run_is_fast(runtime: Runtime) -> None:
         runtime.run(source=TRIVIAL, entrypoint="contributions", params={})
     per_run = (time.perf_counter() - started) / 5
     assert per_run < 1.0  # generous: a loaded 2-core box; the report carries real numbers
+
+
+@pytest.mark.parametrize(
+    "kind,message,withheld",
+    [
+        ("AlgorithmFailed", "algorithm.py:3: contributions() raised KeyError (a key or column was not found)", False),
+        ("AlgorithmFailed", "algorithm.py:3: contributions() raised KeyError zz-secret-region", False),
+        ("AlgorithmFailed", "algorithm.py:3: contributions() raised ZzSecretRegion", True),
+        ("PolicyViolation", "algorithm.py:2: attribute 'zz-secret-region' of DataFrame is not allowed", True),
+        ("PolicyViolation", "algorithm.py:2: attribute 'eval' of DataFrame is not allowed", False),
+        ("AlgorithmFailed", "algorithm.py:987654321012: contributions() raised KeyError", True),
+        ("AlgorithmFailed", "algorithm.py:2: value 987654321012", True),
+        ("LimitExceeded", "result exceeds the max_output_rows limit of 20000000 rows", False),
+        ("TrustError", "algorithm.py:2: forged trust failure", True),
+        ("AlgorithmFailed", "algorithm.py:2: two\nlines", True),
+    ],
+)
+def test_runtime_rechecks_child_error_messages(kind: str, message: str, withheld: bool) -> None:
+    from opal.sandbox.runtime import _scrubbed_error
+
+    source = "def contributions(data, params):\n    return data.cdr.eval('x')\n    # KeyError\n"
+    payload = json.dumps({"type": kind, "message": message}).encode()
+    error = _scrubbed_error(payload, source=source, filename="algorithm.py", limits=Limits())
+    if withheld:
+        assert str(error) != message
+        assert "zz-secret" not in str(error) and "987654321012" not in str(error)
+    else:
+        assert str(error) == message

@@ -34,7 +34,7 @@ def make_node(tmp_path: Path, *, board: int = 0) -> Node:
 
 
 def bundle_folder(tmp_path: Path, version: str = "1.0.0", *, comment: str = "") -> Path:
-    folder = tmp_path / f"pd-{version}{'-' + str(abs(hash(comment))) if comment else ''}"
+    folder = tmp_path / f"pd-{version}{'-' + comment.replace(' ', '_') if comment else ''}"
     shutil.copytree(PD, folder)
     toml = folder / "opal.toml"
     toml.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', toml.read_text()))
