@@ -43,4 +43,6 @@ class Node:
 
     @property
     def trust_policy(self) -> TrustPolicy:
-        return TrustPolicy.load(self.home.governance_dir / "trust_policy.json")
+        from opal.trust.governance import policy_in_force
+
+        return policy_in_force(self)

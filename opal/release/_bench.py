@@ -25,7 +25,7 @@ __all__ = ["main"]
 def _table(rows: int, units: int, groups: int, seed: int = 7) -> tuple[pd.DataFrame, pd.Series]:
     """Contributions with pseudonymous 9-digit ids, like ``opal dataset synth``."""
     rng = np.random.default_rng(seed)  # synthetic bench data only, never noise
-    ids = rng.choice(np.arange(100_000_000, 1_000_000_000, dtype=np.int64), units, replace=False)
+    ids = 100_000_000 + rng.choice(900_000_000, units, replace=False).astype(np.int64)
     df = pd.DataFrame(
         {
             "msisdn": ids[rng.integers(0, units, rows)],

@@ -325,13 +325,44 @@ def _known_exception_names() -> frozenset[str]:
     return frozenset(names)
 
 
-_EXCEPTION_NAMES: list[frozenset[str]] = []
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CACHE: dict[str, frozenset[str]] = {}
 
 
 def _known_exceptions() -> frozenset[str]:
-    if not _EXCEPTION_NAMES:
-        _EXCEPTION_NAMES.append(_known_exception_names())
-    return _EXCEPTION_NAMES[0]
+    if "exceptions" not in _CACHE:
+        _CACHE["exceptions"] = _known_exception_names()
+    return _CACHE["exceptions"]
+
+
+def _vocabulary() -> frozenset[str]:
+    """Every word a legitimate child message can contain that is not from the
+    source: the words of the sandbox's and RestrictedPython's message texts,
+    exception names and library class names."""
+    if "vocabulary" in _CACHE:
+        return _CACHE["vocabulary"]
+    import ast
+    import datetime
+    import types
+
+    import numpy
+    import pandas
+    import RestrictedPython.transformer
+    from pandas.api import typing as pdt
+
+    words: set[str] = set(_known_exceptions())
+    files = list(Path(__file__).parent.glob("*.py"))
+    files.append(Path(RestrictedPython.transformer.__file__))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                words.update(_WORD.findall(node.value))
+    for module in (builtins, types, datetime, numpy, pandas, pdt):
+        for value in vars(module).values():
+            if isinstance(value, type):
+                words.add(value.__name__)
+    _CACHE["vocabulary"] = frozenset(words)
+    return _CACHE["vocabulary"]
 
 
 def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limits) -> OpalError:
@@ -360,8 +391,13 @@ def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limit
             token = match.group(1) if match.group(1) is not None else match.group(2)
             if token and token not in source and token != filename:
                 ok = False
+        known = _vocabulary()
+        source_words = set(_WORD.findall(source)) | {filename}
+        for word in _WORD.findall(message.replace(filename, "")):
+            if word not in known and word not in source_words:
+                ok = False
         for match in _RAISED.finditer(message):
-            if match.group(1) not in _known_exceptions():
+            if match.group(1) not in known:
                 ok = False
         body = message.replace(filename, "")
         for match in _NUMBER.finditer(body):

@@ -1,0 +1,120 @@
+"""The board's CLI verbs, driven through the real ``opal`` command."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from opal.cli import cli
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("OPAL_DB_URL", raising=False)
+    monkeypatch.delenv("OPAL_HOME", raising=False)
+    h = tmp_path / "home"
+    for name, role in (("op", "operator"), ("board1", "board"), ("rev1", "reviewer")):
+        result = CliRunner().invoke(cli, ["--home", str(h), "keys", "new", name, "--role", role])
+        assert result.exit_code == 0, result.output
+    return h
+
+
+def opal(home: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--home", str(home), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def checkpoint(home: Path, tmp_path: Path, name: str) -> Path:
+    code, out, _ = opal(home, "ledger", "checkpoint")
+    assert code == 0
+    path = tmp_path / name
+    path.write_text(out)
+    return path
+
+
+def tamper(home: Path, sql: str, params: tuple = ()) -> None:
+    conn = sqlite3.connect(str(home / "opal.db"), isolation_level=None)
+    conn.execute("DROP TRIGGER IF EXISTS ledger_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS ledger_no_delete")
+    conn.execute(sql, params)
+    conn.close()
+
+
+def test_verify_show_prove_checkpoint_json(home: Path, tmp_path: Path) -> None:
+    cp = json.loads(checkpoint(home, tmp_path, "cp.json").read_text())
+    assert cp["size"] == 3 and len(cp["root"]) == 64
+    code, out, _ = opal(home, "ledger", "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["size"] == 3
+    code, out, _ = opal(home, "ledger", "show", "--type", "key_added", "--limit", "2", "--json")
+    assert code == 0 and [e["index"] for e in json.loads(out)] == [0, 1]
+    code, out, _ = opal(home, "ledger", "show", "--actor", "board1", "--json")
+    assert [e["index"] for e in json.loads(out)] == [1]
+    code, out, _ = opal(home, "ledger", "prove", "inclusion", "1", "--json")
+    proof = json.loads(out)
+    assert code == 0 and proof["verified"] and proof["checkpoint"]["size"] == 3
+    code, out, _ = opal(home, "ledger", "prove", "inclusion", proof["leaf_hash"], "--json")
+    assert json.loads(out)["index"] == 1
+    code, out, _ = opal(home, "ledger", "prove", "consistency", "1", "3", "--json")
+    assert code == 0 and json.loads(out)["verified"]
+
+
+def test_flipped_byte_exits_7_naming_the_entry(home: Path) -> None:
+    conn = sqlite3.connect(str(home / "opal.db"))
+    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = 1").fetchone()
+    conn.close()
+    tamper(home, "UPDATE ledger SET entry = ? WHERE idx = 1", (raw.replace(b"board1", b"board2"),))
+    code, out, err = opal(home, "ledger", "verify")
+    assert code == 7
+    assert "ledger entry 1 (key_added)" in err and "Traceback" not in err
+
+
+def test_truncation_exits_7_against_a_held_checkpoint(home: Path, tmp_path: Path) -> None:
+    held = checkpoint(home, tmp_path, "held.json")
+    tamper(home, "DELETE FROM ledger WHERE idx = 2")
+    tamper(home, "DELETE FROM checkpoints")
+    assert opal(home, "ledger", "verify")[0] == 0
+    code, _, err = opal(home, "ledger", "verify", "--against", str(held))
+    assert code == 7 and "truncated" in err
+
+
+def test_equivocation_exits_7(home: Path, tmp_path: Path) -> None:
+    held = json.loads(checkpoint(home, tmp_path, "held.json").read_text())
+    tamper(home, "INSERT INTO checkpoints(size, root, origin, signer, signature, time) VALUES (?,?,?,?,?,?)",
+           (held["size"], "22" * 32, held["origin"], held["signer"], held["signature"], held["time"]))
+    code, _, err = opal(home, "ledger", "verify")
+    assert code == 7 and ("equivocation" in err or "signature" in err)
+
+
+def test_export_verifies_offline_and_tampering_exits_7(home: Path, tmp_path: Path) -> None:
+    checkpoint(home, tmp_path, "cp.json")
+    out = tmp_path / "export.jsonl"
+    assert opal(home, "ledger", "export", "--range", "0:3", "--out", str(out))[0] == 0
+    # Offline: another machine, no OPAL home, no database.
+    elsewhere = tmp_path / "nowhere"
+    code, stdout, _ = opal(elsewhere, "ledger", "verify", "--file", str(out), "--json")
+    assert code == 0 and json.loads(stdout)["entries_checked"] == 3
+    assert not elsewhere.exists()
+    lines = out.read_text().splitlines()
+    lines[-1] = lines[-1].replace("rev1", "rev2")
+    out.write_text("\n".join(lines) + "\n")
+    code, _, err = opal(elsewhere, "ledger", "verify", "--file", str(out))
+    assert code == 7 and "ledger entry 2" in err
+
+
+def test_cosign_and_trace_cli(home: Path, tmp_path: Path) -> None:
+    checkpoint(home, tmp_path, "a.json")
+    code, out, _ = opal(home, "ledger", "cosign", "--key", "board1", "--json")
+    assert code == 0 and json.loads(out)["consistency"] is None
+    assert (home / "witness" / "board1.json").exists()
+    assert opal(home, "keys", "new", "stat1", "--role", "statistician")[0] == 0
+    checkpoint(home, tmp_path, "b.json")
+    code, out, _ = opal(home, "ledger", "cosign", "--key", "board1", "--json")
+    assert code == 0 and json.loads(out)["consistency"]["from_size"] == 3
+    code, out, _ = opal(home, "ledger", "verify", "--json")
+    assert json.loads(out)["cosignatures_checked"] == 2
+    code, _, err = opal(home, "ledger", "trace", "nothing")
+    assert code == 2
