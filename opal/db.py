@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from opal.errors import InternalError
 
-__all__ = ["Database", "SCHEMA", "Row"]
+__all__ = ["SCHEMA", "Database", "Row"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -145,8 +145,15 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 _PG_APPEND_ONLY = """
 CREATE OR REPLACE FUNCTION opal_ledger_append_only() RETURNS trigger AS $$
 BEGIN RAISE EXCEPTION 'the ledger is append-only'; END; $$ LANGUAGE plpgsql;
-CREATE OR REPLACE TRIGGER ledger_no_update BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
-FOR EACH STATEMENT EXECUTE FUNCTION opal_ledger_append_only();
+DO $$ BEGIN
+  -- Only when missing: CREATE OR REPLACE TRIGGER would lock the ledger table
+  -- against every other node each time a process opens the database.
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'ledger_no_update'
+                 AND tgrelid = 'ledger'::regclass) THEN
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION opal_ledger_append_only();
+  END IF;
+END $$;
 """
 
 # Key of the database-wide write lock on PostgreSQL ("opal" in ASCII).
@@ -260,7 +267,7 @@ class Row(tuple):  # type: ignore[type-arg]
 
     _names: dict[str, int]
 
-    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> Row:
+    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> Self:
         row = super().__new__(cls, values)
         row._names = names
         return row
@@ -284,20 +291,28 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
 
 def _primary_keys(schema: str) -> dict[str, tuple[str, ...]]:
     keys: dict[str, tuple[str, ...]] = {}
-    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", schema, re.S):
+    for table, body in re.findall(
+        r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", schema, re.DOTALL
+    ):
         m = re.search(r"PRIMARY KEY \(([^)]*)\)", body)
         if m:
             keys[table] = tuple(c.strip() for c in m.group(1).split(","))
             continue
-        m = re.search(r"^\s*(\w+)\s+\w+\s+PRIMARY KEY", body, re.M)
+        m = re.search(r"^\s*(\w+)\s+\w+\s+PRIMARY KEY", body, re.MULTILINE)
         if m:
             keys[table] = (m.group(1),)
     return keys
 
 
 _PRIMARY_KEYS = _primary_keys(SCHEMA)
-_TYPES = [(re.compile(r"\bINTEGER\b"), "BIGINT"), (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA")]
-_INSERT_OR = re.compile(r"^\s*INSERT\s+OR\s+(REPLACE|IGNORE)\s+INTO\s+(\w+)\s*\(([^)]*)\)", re.I | re.S)
+_TYPES = [
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+]
+_INSERT_OR = re.compile(
+    r"^\s*INSERT\s+OR\s+(REPLACE|IGNORE)\s+INTO\s+(\w+)\s*\(([^)]*)\)", re.IGNORECASE | re.DOTALL
+)
 
 
 def translate(sql: str) -> str:
@@ -321,7 +336,11 @@ def translate(sql: str) -> str:
     text = "".join(out)
     m = _INSERT_OR.match(text)
     if m:
-        action, table, cols = m.group(1).upper(), m.group(2), [c.strip() for c in m.group(3).split(",")]
+        action, table, cols = (
+            m.group(1).upper(),
+            m.group(2),
+            [c.strip() for c in m.group(3).split(",")],
+        )
         text = "INSERT INTO" + text[m.start(2) - 1 :].rstrip().rstrip(";")
         if action == "IGNORE":
             text += " ON CONFLICT DO NOTHING"
@@ -330,7 +349,9 @@ def translate(sql: str) -> str:
             if key:
                 rest = [c for c in cols if c not in key]
                 update = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
-                text += f" ON CONFLICT ({', '.join(key)}) " + (f"DO UPDATE SET {update}" if rest else "DO NOTHING")
+                text += f" ON CONFLICT ({', '.join(key)}) " + (
+                    f"DO UPDATE SET {update}" if rest else "DO NOTHING"
+                )
     return text
 
 
@@ -351,12 +372,16 @@ class _PgConnection:
         try:
             import psycopg
         except ImportError:  # pragma: no cover - psycopg is a dependency
-            raise InternalError("OPAL_DB_URL needs psycopg; pip install 'psycopg[binary]'") from None
+            raise InternalError(
+                "OPAL_DB_URL needs psycopg; pip install 'psycopg[binary]'"
+            ) from None
         try:
             conn = psycopg.connect(url, autocommit=True, row_factory=_row_factory)
         except psycopg.Error as exc:
             where = re.sub(r"//[^@/]*@", "//", url)
-            raise InternalError(f"cannot connect to {where}: {str(exc).strip().splitlines()[0]}") from None
+            raise InternalError(
+                f"cannot connect to {where}: {str(exc).strip().splitlines()[0]}"
+            ) from None
         return cls(conn)
 
     def begin(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,22 +30,50 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
-@click.option("--against", "against_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A signed checkpoint you hold: the ledger must extend it (detects truncation and forks).")
-@click.option("--file", "export_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Verify an export (opal ledger export) offline, without a database.")
-@click.option("--log-key", "log_keys", multiple=True, help="Key id trusted to sign checkpoints (with --file; repeatable).")
-@click.option("--workers", type=int, default=None, help="Signature-checking processes (default: one per core on large ledgers).")
+@click.option(
+    "--against",
+    "against_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A signed checkpoint you hold: the ledger must extend it (detects truncation and forks).",
+)
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify an export (opal ledger export) offline, without a database.",
+)
+@click.option(
+    "--log-key",
+    "log_keys",
+    multiple=True,
+    help="Key id trusted to sign checkpoints (with --file; repeatable).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Signature-checking processes (default: one per core on large ledgers).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def verify(app: App, against_file: Path | None, export_file: Path | None, log_keys: tuple[str, ...],
-           workers: int | None, as_json: bool) -> None:
+def verify(
+    app: App,
+    against_file: Path | None,
+    export_file: Path | None,
+    log_keys: tuple[str, ...],
+    workers: int | None,
+    as_json: bool,
+) -> None:
     """Re-derive every leaf, the root and every signature; exit 7 on tampering."""
     against = load_checkpoint_file(against_file) if against_file else None
     if export_file is not None:
         try:
             with open(export_file, encoding="utf-8") as fh:
-                result = verify_export(fh, trusted_log_keys=set(log_keys) if log_keys else None, against=against)
+                result = verify_export(
+                    fh, trusted_log_keys=set(log_keys) if log_keys else None, against=against
+                )
         except FileNotFoundError:
             raise BadInputError(f"no export file at {export_file}") from None
         if as_json:
@@ -58,9 +88,15 @@ def verify(app: App, against_file: Path | None, export_file: Path | None, log_ke
         )
         return
     node = app.node
-    with Progress(TextColumn("verifying ledger"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=err_console, transient=True,
-                  disable=as_json or not err_console.is_terminal) as bar:
+    with Progress(
+        TextColumn("verifying ledger"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json or not err_console.is_terminal,
+    ) as bar:
         task = bar.add_task("verify", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -88,15 +124,25 @@ def verify(app: App, against_file: Path | None, export_file: Path | None, log_ke
 @click.option("--limit", type=click.IntRange(min=0), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def show(app: App, type_: str | None, actor: str | None, algorithm: str | None, since: str | None,
-         until: str | None, limit: int | None, as_json: bool) -> None:
+def show(
+    app: App,
+    type_: str | None,
+    actor: str | None,
+    algorithm: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """List ledger entries."""
     node = app.node
     if actor is not None and len(actor) != 64:
         info = node.keyring.find(actor)
         if info is not None:
             actor = info.key_id
-    entries = node.ledger.entries(type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit)
+    entries = node.ledger.entries(
+        type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit
+    )
     if as_json:
         emit_json([e.to_dict() for e in entries])
         return
@@ -106,7 +152,9 @@ def show(app: App, type_: str | None, actor: str | None, algorithm: str | None, 
         about = e.body.get("run_id") or e.body.get("name") or e.body.get("dataset") or ""
         if e.type == "run_finished":
             about = f"{about} {e.body.get('outcome')}"
-        table.add_row(str(e.index), e.time[:19], e.type, names.get(e.actor, e.actor[:12]), str(about))
+        table.add_row(
+            str(e.index), e.time[:19], e.type, names.get(e.actor, e.actor[:12]), str(about)
+        )
     console.print(table)
 
 
@@ -121,21 +169,36 @@ def trace(app: App, algorithm: str, as_json: bool) -> None:
         emit_json(result)
         return
     names = {k.key_id: k.name for k in app.node.keyring.all()}
-    who = lambda key_id: names.get(key_id, key_id[:12])  # noqa: E731
+
+    def who(key_id: str) -> str:
+        return names.get(key_id, key_id[:12])
+
     s = result["summary"]
-    console.print(f"[bold]{algorithm}[/]: {s['versions']} version(s), {s['approvals']} approval(s), "
-                  f"{s['runs']} run(s), {s['released']} released, {s['revoked']} revoked")
+    console.print(
+        f"[bold]{algorithm}[/]: {s['versions']} version(s), {s['approvals']} approval(s), "
+        f"{s['runs']} run(s), {s['released']} released, {s['revoked']} revoked"
+    )
     for v in result["versions"]:
         sub = v.get("submitted", {})
-        console.print(f"  {v['version']} {str(v['digest'])[:16]}… submitted #{sub.get('index', '?')} by {who(sub.get('author', ''))}")
+        console.print(
+            f"  {v['version']} {str(v['digest'])[:16]}… submitted #{sub.get('index', '?')} by {who(sub.get('author', ''))}"
+        )
         for r in v["reviews"]:
-            console.print(f"    #{r['index']} {r['verdict']} by {who(r['reviewer'])} {r['time'][:19]}")
+            console.print(
+                f"    #{r['index']} {r['verdict']} by {who(r['reviewer'])} {r['time'][:19]}"
+            )
         if v["revoked"]:
-            console.print(f"    #{v['revoked']['index']} revoked by {who(v['revoked']['by'])}: {v['revoked']['reason']}")
+            console.print(
+                f"    #{v['revoked']['index']} revoked by {who(v['revoked']['by'])}: {v['revoked']['reason']}"
+            )
     for r in result["runs"]:
-        steps = " → ".join(f"{k} #{r[k]['index']}" for k in ("requested", "started", "finished") if k in r)
-        console.print(f"  run {str(r['run_id'])[:12]} {steps} {r.get('outcome', 'open')}"
-                      + (f" ({r['reason']})" if r.get("reason") else ""))
+        steps = " → ".join(
+            f"{k} #{r[k]['index']}" for k in ("requested", "started", "finished") if k in r
+        )
+        console.print(
+            f"  run {str(r['run_id'])[:12]} {steps} {r.get('outcome', 'open')}"
+            + (f" ({r['reason']})" if r.get("reason") else "")
+        )
 
 
 @ledger.group("prove")
@@ -157,10 +220,14 @@ def prove_inclusion(app: App, target: str, as_json: bool) -> None:
     cp = led.latest_checkpoint(covering=index)
     size = cp.size if cp is not None else tree.size
     if cp is not None and (cp.size > tree.size or tree.root(cp.size).hex() != cp.root):
-        raise LedgerCorrupt(f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify")
+        raise LedgerCorrupt(
+            f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify"
+        )
     proof = tree.inclusion_proof(index, size)
     leaf = tree.leaf(index)
-    merkle.verify_inclusion(leaf_hash=leaf, index=index, size=size, proof=proof, root=tree.root(size))
+    merkle.verify_inclusion(
+        leaf_hash=leaf, index=index, size=size, proof=proof, root=tree.root(size)
+    )
     result: dict[str, Any] = {
         "index": index,
         "leaf_hash": leaf.hex(),
@@ -173,8 +240,10 @@ def prove_inclusion(app: App, target: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    console.print(f"entry {index} (leaf {leaf.hex()[:16]}…) is in the tree of size {size}, root {result['root'][:16]}…"
-                  + ("" if cp else " (no signed checkpoint covers it yet: unsigned)"))
+    console.print(
+        f"entry {index} (leaf {leaf.hex()[:16]}…) is in the tree of size {size}, root {result['root'][:16]}…"
+        + ("" if cp else " (no signed checkpoint covers it yet: unsigned)")
+    )
     for i, p in enumerate(result["proof"]):
         console.print(f"  {i}: {p}")
 
@@ -198,15 +267,22 @@ def prove_consistency(app: App, old: str, new: str, as_json: bool) -> None:
     tree = app.node.ledger.tree()
     for size in (old_size, new_size):
         if size > tree.size:
-            raise LedgerCorrupt(f"the ledger holds {tree.size} entries, fewer than size {size}; it was truncated") \
-                if (old_cp or new_cp) else BadInputError(f"the ledger holds only {tree.size} entries, not {size}")
+            raise (
+                LedgerCorrupt(
+                    f"the ledger holds {tree.size} entries, fewer than size {size}; it was truncated"
+                )
+                if (old_cp or new_cp)
+                else BadInputError(f"the ledger holds only {tree.size} entries, not {size}")
+            )
     if old_size > new_size:
         raise BadInputError(f"OLD must not be larger than NEW, found {old_size} > {new_size}")
     old_root = old_cp.root_bytes if old_cp else tree.root(old_size)
     new_root = new_cp.root_bytes if new_cp else tree.root(new_size)
     proof = tree.consistency_proof(old_size, new_size)
-    merkle.verify_consistency(old_size=old_size, new_size=new_size, old_root=old_root, new_root=new_root, proof=proof)
-    result = {
+    merkle.verify_consistency(
+        old_size=old_size, new_size=new_size, old_root=old_root, new_root=new_root, proof=proof
+    )
+    result: dict[str, Any] = {
         "old_size": old_size,
         "new_size": new_size,
         "old_root": old_root.hex(),
@@ -217,15 +293,21 @@ def prove_consistency(app: App, old: str, new: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    console.print(f"tree {old_size} ({result['old_root'][:16]}…) is a prefix of tree {new_size} "
-                  f"({result['new_root'][:16]}…); proof of {len(proof)} hash(es):")
+    console.print(
+        f"tree {old_size} ({result['old_root'][:16]}…) is a prefix of tree {new_size} "
+        f"({result['new_root'][:16]}…); proof of {len(proof)} hash(es):"
+    )
     for i, p in enumerate(result["proof"]):
         console.print(f"  {i}: {p}")
 
 
 @ledger.command("checkpoint")
-@click.option("--key", default=None, help="Operator key that signs (default: this node's only operator key).")
-@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry; the output is always JSON.")
+@click.option(
+    "--key", default=None, help="Operator key that signs (default: this node's only operator key)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Accepted for symmetry; the output is always JSON."
+)
 @pass_app
 def checkpoint(app: App, key: str | None, as_json: bool) -> None:
     """Sign (origin, size, root) of the committed ledger and print the signed checkpoint JSON."""
@@ -235,8 +317,13 @@ def checkpoint(app: App, key: str | None, as_json: bool) -> None:
 
 @ledger.command("cosign")
 @click.option("--key", required=True, help="Your board key (the witness).")
-@click.option("--against", "against_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The last checkpoint you saw (default: the one this witness cosigned last on this node).")
+@click.option(
+    "--against",
+    "against_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The last checkpoint you saw (default: the one this witness cosigned last on this node).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None:
@@ -249,29 +336,34 @@ def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None
         emit_json(result)
         return
     cp, c = result["checkpoint"], result["consistency"]
-    console.print(f"cosigned checkpoint of size {cp['size']} (root {cp['root'][:16]}…) with {signer.name}"
-                  + (f"; consistent with the size {c['from_size']} you saw" if c else "; first checkpoint this witness saw")
-                  + f"; {len(result['cosignatures'])} cosignature(s) on it")
+    console.print(
+        f"cosigned checkpoint of size {cp['size']} (root {cp['root'][:16]}…) with {signer.name}"
+        + (
+            f"; consistent with the size {c['from_size']} you saw"
+            if c
+            else "; first checkpoint this witness saw"
+        )
+        + f"; {len(result['cosignatures'])} cosignature(s) on it"
+    )
 
 
 @ledger.command("export")
 @click.option("--range", "range_", default=":", show_default=True, help="A:B, entries A to B-1.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File (default: stdout).",
+)
 @pass_app
 def export(app: App, range_: str, out: Path | None) -> None:
     """Write entries with inclusion proofs and the signed checkpoint (JSONL) for offline audit."""
-    import json
-
     led = app.node.ledger
     start, stop = parse_range(range_, led.size())
     lines = export_range(led, start, stop)
-    fh = open(out, "w", encoding="utf-8") if out else sys.stdout
-    try:
+    with open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout) as fh:
         for item in lines:
             fh.write(json.dumps(item, separators=(",", ":")) + "\n")
-    finally:
-        if out:
-            fh.close()
 
 
 COMMANDS = [ledger]

@@ -22,9 +22,22 @@ from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.log import Ledger
 from opal.ledger.records import Checkpoint, Cosignature
-from opal.ledger.verify import KeyState, check_checkpoint_signature, check_cosignature, check_entry, check_equivocation
+from opal.ledger.verify import (
+    KeyState,
+    check_checkpoint_signature,
+    check_cosignature,
+    check_entry,
+    check_equivocation,
+)
 
-__all__ = ["FORMAT", "export_range", "parse_range", "proven_item", "check_proven_item", "verify_export"]
+__all__ = [
+    "FORMAT",
+    "check_proven_item",
+    "export_range",
+    "parse_range",
+    "proven_item",
+    "verify_export",
+]
 
 FORMAT = "opal-ledger-export/1"
 
@@ -42,7 +55,9 @@ def parse_range(text: str, size: int) -> tuple[int, int]:
     return a, b
 
 
-def proven_item(kind: str, index: int, raw: bytes, tree: merkle.MerkleTree, size: int) -> dict[str, Any]:
+def proven_item(
+    kind: str, index: int, raw: bytes, tree: merkle.MerkleTree, size: int
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "index": index,
@@ -61,10 +76,16 @@ def check_proven_item(item: dict[str, Any], cp: Checkpoint) -> tuple[int, bytes]
         raise LedgerCorrupt("a proven entry must have index, entry and a hex proof") from None
     try:
         merkle.verify_inclusion(
-            leaf_hash=merkle.leaf_hash(raw), index=index, size=cp.size, proof=proof, root=cp.root_bytes
+            leaf_hash=merkle.leaf_hash(raw),
+            index=index,
+            size=cp.size,
+            proof=proof,
+            root=cp.root_bytes,
         )
     except LedgerCorrupt as exc:
-        raise LedgerCorrupt(f"ledger entry {index} is not in the signed checkpoint: {exc.message}") from None
+        raise LedgerCorrupt(
+            f"ledger entry {index} is not in the signed checkpoint: {exc.message}"
+        ) from None
     return index, raw
 
 
@@ -82,7 +103,9 @@ def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, An
         )
     tree = ledger.tree()
     if cp.size > tree.size or tree.root(cp.size).hex() != cp.root:
-        raise LedgerCorrupt(f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify")
+        raise LedgerCorrupt(
+            f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify"
+        )
     yield {
         "kind": "checkpoint",
         "format": FORMAT,
@@ -100,8 +123,12 @@ def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, An
             yield proven_item("entry", e.index, e.raw, tree, cp.size)
 
 
-def verify_export(lines: Iterable[str], *, trusted_log_keys: set[str] | None = None,
-                  against: Checkpoint | None = None) -> dict[str, Any]:
+def verify_export(
+    lines: Iterable[str],
+    *,
+    trusted_log_keys: set[str] | None = None,
+    against: Checkpoint | None = None,
+) -> dict[str, Any]:
     """Verify an export with no database: proofs, signatures, completeness of the range.
 
     ``trusted_log_keys``: key ids allowed to sign the checkpoint (None: the
@@ -136,7 +163,9 @@ def verify_export(lines: Iterable[str], *, trusted_log_keys: set[str] | None = N
         else:
             raise BadInputError(f"line {n} of the export has unknown kind {kind!r}")
     if header is None or header.get("format") != FORMAT:
-        raise BadInputError(f"not an OPAL ledger export (expected a {FORMAT} checkpoint header on the first line)")
+        raise BadInputError(
+            f"not an OPAL ledger export (expected a {FORMAT} checkpoint header on the first line)"
+        )
     cp = Checkpoint.from_dict(header["checkpoint"])
     cosignatures = [Cosignature.from_dict(c) for c in header.get("cosignatures", [])]
     try:
@@ -144,21 +173,29 @@ def verify_export(lines: Iterable[str], *, trusted_log_keys: set[str] | None = N
     except (KeyError, TypeError, ValueError):
         raise BadInputError("export header must have range [A, B]") from None
     if not 0 <= start <= stop <= cp.size:
-        raise LedgerCorrupt(f"export range {start}:{stop} is outside its checkpoint of size {cp.size}")
+        raise LedgerCorrupt(
+            f"export range {start}:{stop} is outside its checkpoint of size {cp.size}"
+        )
     keys = KeyState()
     proven_keys = sorted((check_proven_item(i, cp) for i in key_items), key=lambda x: x[0])
     for index, raw in proven_keys:
         check_entry(index, raw, keys)
     if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
         # An explicit (even empty) pin fails closed: no trusted key, no trust.
-        raise TrustError(f"the checkpoint is signed by {cp.signer[:16]}, not one of the trusted log keys")
+        raise TrustError(
+            f"the checkpoint is signed by {cp.signer[:16]}, not one of the trusted log keys"
+        )
     check_checkpoint_signature(cp, keys)
     for cs in cosignatures:
         if (cs.size, cs.root) != (cp.size, cp.root):
-            raise LedgerCorrupt(f"a cosignature in the export is for size {cs.size}, not the checkpoint's {cp.size}")
+            raise LedgerCorrupt(
+                f"a cosignature in the export is for size {cs.size}, not the checkpoint's {cp.size}"
+            )
         check_cosignature(cs, keys)
     if against is not None:
-        check_equivocation([(against.size, against.root, against.signer), (cp.size, cp.root, cp.signer)])
+        check_equivocation(
+            [(against.size, against.root, against.signer), (cp.size, cp.root, cp.signer)]
+        )
         if against.size > cp.size:
             raise LedgerCorrupt(
                 f"the held checkpoint covers {against.size} entries, the export's only {cp.size}; the log was rolled back"
@@ -179,7 +216,9 @@ def verify_export(lines: Iterable[str], *, trusted_log_keys: set[str] | None = N
         check_entry(index, raw, keys)
         expected += 1
     if expected != stop:
-        raise LedgerCorrupt(f"ledger entry {expected} is missing from the export (range {start}:{stop}); it was truncated")
+        raise LedgerCorrupt(
+            f"ledger entry {expected} is missing from the export (range {start}:{stop}); it was truncated"
+        )
     return {
         "ok": True,
         "origin": cp.origin,

@@ -89,16 +89,26 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------
 
-    def append(self, *, type: str, body: dict[str, Any], signer: SignerLike, subject: str | None = None) -> LedgerEntry:
+    def append(
+        self, *, type: str, body: dict[str, Any], signer: SignerLike, subject: str | None = None
+    ) -> LedgerEntry:
         with self.db.transaction() as tx:
             return self.append_in(tx, type=type, body=body, signer=signer, subject=subject)
 
-    def append_many(self, events: Sequence[Mapping[str, Any]], *, signer: SignerLike) -> list[LedgerEntry]:
+    def append_many(
+        self, events: Sequence[Mapping[str, Any]], *, signer: SignerLike
+    ) -> list[LedgerEntry]:
         """Group commit: append ``events`` (each ``{"type", "body", "subject"?}``) in one
         transaction, so they cost one durable commit (one fsync) together."""
         with self.db.transaction() as tx:
             return [
-                self.append_in(tx, type=str(e["type"]), body=dict(e["body"]), signer=signer, subject=e.get("subject"))
+                self.append_in(
+                    tx,
+                    type=str(e["type"]),
+                    body=dict(e["body"]),
+                    signer=signer,
+                    subject=e.get("subject"),
+                )
                 for e in events
             ]
 
@@ -160,14 +170,17 @@ class Ledger:
         with self._tree_lock:
             tree = self._sync_tree()
             latest = self.latest_checkpoint()
-            if latest is not None:
-                if latest.size > tree.size or tree.root(latest.size).hex() != latest.root:
-                    raise LedgerCorrupt(
-                        f"refusing to sign: the ledger ({tree.size} entries) does not extend the signed "
-                        f"checkpoint of size {latest.size}; run opal ledger verify"
-                    )
+            if latest is not None and (
+                latest.size > tree.size or tree.root(latest.size).hex() != latest.root
+            ):
+                raise LedgerCorrupt(
+                    f"refusing to sign: the ledger ({tree.size} entries) does not extend the signed "
+                    f"checkpoint of size {latest.size}; run opal ledger verify"
+                )
             size, root = tree.size, tree.root().hex()
-        statement = Checkpoint(origin=self.origin, size=size, root=root, signer=signer.key_id, signature="", time="")
+        statement = Checkpoint(
+            origin=self.origin, size=size, root=root, signer=signer.key_id, signature="", time=""
+        )
         cp = Checkpoint(
             origin=self.origin,
             size=size,
@@ -218,7 +231,8 @@ class Ledger:
         while True:
             start = tree.size
             rows = self.db.query(
-                "SELECT idx, entry, leaf_hash FROM ledger WHERE idx >= ? ORDER BY idx LIMIT ?", (start, _PAGE)
+                "SELECT idx, entry, leaf_hash FROM ledger WHERE idx >= ? ORDER BY idx LIMIT ?",
+                (start, _PAGE),
             )
             hashes = []
             for offset, r in enumerate(rows):
@@ -229,11 +243,17 @@ class Ledger:
                     )
                 leaf = merkle.leaf_hash(raw)
                 if leaf != bytes(r["leaf_hash"]):
-                    raise LedgerCorrupt(f"ledger entry {idx}: stored leaf hash does not match its bytes; run opal ledger verify")
+                    raise LedgerCorrupt(
+                        f"ledger entry {idx}: stored leaf hash does not match its bytes; run opal ledger verify"
+                    )
                 hashes.append(leaf)
             tree.extend(hashes)
             if len(rows) < _PAGE:
-                if tree.size > 0 and self.db.one("SELECT 1 AS x FROM ledger WHERE idx = ?", (tree.size - 1,)) is None:
+                if (
+                    tree.size > 0
+                    and self.db.one("SELECT 1 AS x FROM ledger WHERE idx = ?", (tree.size - 1,))
+                    is None
+                ):
                     raise LedgerCorrupt(
                         f"ledger entry {tree.size - 1} was read before and is gone now; entries were deleted"
                     )
@@ -277,27 +297,38 @@ class Ledger:
     def entry(self, index: int) -> LedgerEntry:
         row = self.db.one("SELECT entry FROM ledger WHERE idx = ?", (int(index),))
         if row is None:
-            raise BadInputError(f"the ledger has no entry {index} (it holds {self.size()}); see opal ledger show")
+            raise BadInputError(
+                f"the ledger has no entry {index} (it holds {self.size()}); see opal ledger show"
+            )
         return LedgerEntry.parse(bytes(row["entry"]))
 
     def index_of(self, leaf_hash_hex: str) -> int:
         try:
             leaf = bytes.fromhex(leaf_hash_hex)
         except ValueError:
-            raise BadInputError(f"expected an entry index or a 64-hex-digit leaf hash, found {leaf_hash_hex!r}") from None
+            raise BadInputError(
+                f"expected an entry index or a 64-hex-digit leaf hash, found {leaf_hash_hex!r}"
+            ) from None
         row = self.db.one("SELECT idx FROM ledger WHERE leaf_hash = ?", (leaf,))
         if row is None:
-            raise BadInputError(f"no ledger entry has leaf hash {leaf_hash_hex}; see opal ledger show --json")
+            raise BadInputError(
+                f"no ledger entry has leaf hash {leaf_hash_hex}; see opal ledger show --json"
+            )
         return int(row["idx"])
 
     def checkpoints(self) -> list[Checkpoint]:
-        return [Checkpoint.from_dict(dict(r)) for r in self.db.query("SELECT * FROM checkpoints ORDER BY size, signer, root")]
+        return [
+            Checkpoint.from_dict(dict(r))
+            for r in self.db.query("SELECT * FROM checkpoints ORDER BY size, signer, root")
+        ]
 
     def cosignatures(self, *, size: int | None = None) -> list[Cosignature]:
         if size is None:
             rows = self.db.query("SELECT * FROM cosignatures ORDER BY size, witness, root")
         else:
-            rows = self.db.query("SELECT * FROM cosignatures WHERE size = ? ORDER BY witness", (size,))
+            rows = self.db.query(
+                "SELECT * FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
+            )
         return [Cosignature.from_dict(dict(r)) for r in rows]
 
     def latest_checkpoint(self, *, covering: int | None = None) -> Checkpoint | None:
@@ -320,7 +351,9 @@ class Ledger:
             try:
                 state.apply(parsed.index, parsed.type, parsed.body)
             except (ValueError, KeyError, TypeError):
-                raise LedgerCorrupt(f"ledger entry {parsed.index} ({parsed.type}) is malformed; run opal ledger verify") from None
+                raise LedgerCorrupt(
+                    f"ledger entry {parsed.index} ({parsed.type}) is malformed; run opal ledger verify"
+                ) from None
         return state
 
     def _raw_rows(self, stop: int) -> Iterator[tuple[int, bytes]]:
@@ -328,7 +361,8 @@ class Ledger:
         last = -1
         while True:
             rows = self.db.query(
-                "SELECT idx, entry FROM ledger WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?", (last, stop, _PAGE)
+                "SELECT idx, entry FROM ledger WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?",
+                (last, stop, _PAGE),
             )
             for r in rows:
                 last = int(r["idx"])

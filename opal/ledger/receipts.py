@@ -16,7 +16,13 @@ from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger.export import check_proven_item, proven_item
 from opal.ledger.log import Ledger
 from opal.ledger.records import Checkpoint, Cosignature, LedgerEntry
-from opal.ledger.verify import KeyState, check_checkpoint_signature, check_cosignature, check_entry, check_equivocation
+from opal.ledger.verify import (
+    KeyState,
+    check_checkpoint_signature,
+    check_cosignature,
+    check_entry,
+    check_equivocation,
+)
 
 __all__ = ["RECEIPT_FORMAT", "make_receipt", "verify_receipt"]
 
@@ -39,7 +45,9 @@ def make_receipt(ledger: Ledger, index: int) -> dict[str, Any]:
         )
     tree = ledger.tree()
     if cp.size > tree.size or tree.root(cp.size).hex() != cp.root:
-        raise LedgerCorrupt(f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify")
+        raise LedgerCorrupt(
+            f"the signed checkpoint of size {cp.size} does not match the ledger; run opal ledger verify"
+        )
     related: list[LedgerEntry] = []
     run_id = entry.body.get("run_id")
     if entry.type in _RUN_TYPES and run_id is not None:
@@ -55,15 +63,28 @@ def make_receipt(ledger: Ledger, index: int) -> dict[str, Any]:
     signers = {entry.actor, cp.signer, *(e.actor for e in related)}
     cosignatures = ledger.cosignatures(size=cp.size)
     signers |= {c.witness for c in cosignatures}
-    key_entries = [
+    all_key_entries = [
         e for t in ("key_added", "key_revoked") for e in ledger.entries(type=t, stop=cp.size)
-        if str(e.body.get("key_id")) in signers
     ]
+    # Close over the keys that signed the key entries too (an imported key's
+    # key_added is signed by the operator who imported it).
+    while True:
+        key_entries = [e for e in all_key_entries if str(e.body.get("key_id")) in signers]
+        more = {e.actor for e in key_entries} - signers
+        if not more:
+            break
+        signers |= more
     return {
         "format": RECEIPT_FORMAT,
         "entry": proven_item("entry", entry.index, entry.raw, tree, cp.size),
-        "related": [proven_item("entry", e.index, e.raw, tree, cp.size) for e in sorted(related, key=lambda e: e.index)],
-        "keys": [proven_item("key", e.index, e.raw, tree, cp.size) for e in sorted(key_entries, key=lambda e: e.index)],
+        "related": [
+            proven_item("entry", e.index, e.raw, tree, cp.size)
+            for e in sorted(related, key=lambda e: e.index)
+        ],
+        "keys": [
+            proven_item("key", e.index, e.raw, tree, cp.size)
+            for e in sorted(key_entries, key=lambda e: e.index)
+        ],
         "checkpoint": cp.to_dict(),
         "cosignatures": [c.to_dict() for c in cosignatures],
     }
@@ -112,31 +133,49 @@ def verify_receipt(
         check_entry(index, raw, keys)
     if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
         # An explicit (even empty) pin fails closed.
-        raise TrustError(f"the receipt's checkpoint is signed by {cp.signer[:16]}, not a trusted log key")
+        raise TrustError(
+            f"the receipt's checkpoint is signed by {cp.signer[:16]}, not a trusted log key"
+        )
     check_checkpoint_signature(cp, keys)
     for cs in cosignatures:
         if (cs.size, cs.root) != (cp.size, cp.root):
-            raise LedgerCorrupt(f"a cosignature in the receipt is for size {cs.size}, not the checkpoint's {cp.size}")
+            raise LedgerCorrupt(
+                f"a cosignature in the receipt is for size {cs.size}, not the checkpoint's {cp.size}"
+            )
         check_cosignature(cs, keys)
-    check_equivocation([(cp.size, cp.root, cp.signer)] + [(c.size, c.root, c.witness) for c in cosignatures])
+    check_equivocation(
+        [(cp.size, cp.root, cp.signer)] + [(c.size, c.root, c.witness) for c in cosignatures]
+    )
     entries = [check_entry(*check_proven_item(i, cp), keys) for i in items]
     if result_digest is None:
         return
     main, related = entries[0], entries[1:]
     if main.type != "run_finished" or main.body.get("outcome") != "released":
-        raise TrustError(f"ledger entry {main.index} is a {main.type} ({main.body.get('outcome')}), not a released run")
+        raise TrustError(
+            f"ledger entry {main.index} is a {main.type} ({main.body.get('outcome')}), not a released run"
+        )
     if main.body.get("result_digest") != result_digest:
         raise TrustError(
             f"ledger entry {main.index} records result digest {str(main.body.get('result_digest'))[:16]}…, "
             f"the result has {result_digest[:16]}…; this is not the released result"
         )
     run_id = main.body.get("run_id")
-    started = [e for e in related if e.type == "run_started" and e.body.get("run_id") == run_id and e.index < main.index]
+    started = [
+        e
+        for e in related
+        if e.type == "run_started" and e.body.get("run_id") == run_id and e.index < main.index
+    ]
     if not started or not started[0].body.get("digest"):
         raise TrustError(f"the receipt does not show run {run_id} being started on a bundle digest")
     digest = started[0].body["digest"]
     approvals = [
-        e for e in related if e.type == "bundle_approved" and e.body.get("digest") == digest and e.index < started[0].index
+        e
+        for e in related
+        if e.type == "bundle_approved"
+        and e.body.get("digest") == digest
+        and e.index < started[0].index
     ]
     if not approvals:
-        raise TrustError(f"the receipt shows no approval of bundle {digest[:16]}… before run {run_id} started")
+        raise TrustError(
+            f"the receipt shows no approval of bundle {digest[:16]}… before run {run_id} started"
+        )

@@ -129,7 +129,9 @@ class Checkpoint:
         try:
             value = bytes.fromhex(self.root)
         except ValueError:
-            raise BadInputError(f"checkpoint root must be 64 hex digits, found {self.root[:80]!r}") from None
+            raise BadInputError(
+                f"checkpoint root must be 64 hex digits, found {self.root[:80]!r}"
+            ) from None
         if len(value) != merkle.HASH_SIZE:
             raise BadInputError(f"checkpoint root must be 32 bytes, found {len(value)}")
         return value
@@ -198,7 +200,9 @@ class Cosignature:
                 time=str(d.get("time", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise BadInputError("cosignature must have origin, size, root, witness, signature") from None
+            raise BadInputError(
+                "cosignature must have origin, size, root, witness, signature"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)

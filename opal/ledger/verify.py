@@ -83,7 +83,9 @@ def _bad(index: int, message: str) -> _Bad:
 class KeyState:
     """Which keys the ledger has added and revoked, replayed entry by entry."""
 
-    keys: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # key_id -> (public hex, role, added at)
+    keys: dict[str, tuple[str, str, int]] = field(
+        default_factory=dict
+    )  # key_id -> (public hex, role, added at)
     revoked: dict[str, int] = field(default_factory=dict)  # key_id -> index of its revocation
 
     def apply(self, index: int, type_: str, body: Any) -> None:
@@ -101,15 +103,21 @@ class KeyState:
         """The public key (hex) of ``key_id`` usable at index ``at``; raise LedgerCorrupt if not."""
         found = self.keys.get(key_id)
         if found is None:
-            raise LedgerCorrupt(f"{what} is signed by unknown key {key_id[:16]}; no key_added entry names it")
+            raise LedgerCorrupt(
+                f"{what} is signed by unknown key {key_id[:16]}; no key_added entry names it"
+            )
         public, role, added = found
         if added > at:
-            raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]}, added only later at entry {added}")
+            raise LedgerCorrupt(
+                f"{what} is signed by key {key_id[:16]}, added only later at entry {added}"
+            )
         when = self.revoked.get(key_id)
         if when is not None and when < at:
             raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]}, revoked at entry {when}")
         if roles is not None and role not in roles:
-            raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]} with role {role!r}; expected {' or '.join(roles)}")
+            raise LedgerCorrupt(
+                f"{what} is signed by key {key_id[:16]} with role {role!r}; expected {' or '.join(roles)}"
+            )
         return public
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,9 +136,9 @@ def _inspect(idx: int, raw: bytes, keys: KeyState) -> tuple[dict[str, Any], str,
             raise ValueError("unexpected fields")
         e, signature = doc["entry"], doc["signature"]
         if not isinstance(signature, str) or not isinstance(e["body"], dict):
-            raise ValueError("wrong types")
+            raise TypeError("wrong types")
         if not all(isinstance(e[k], str) for k in ("type", "time", "actor", "actor_role")):
-            raise ValueError("wrong types")
+            raise TypeError("wrong types")
     except (ValueError, KeyError, TypeError):
         raise _bad(idx, "is not a well-formed canonical entry") from None
     if e["index"] != idx:
@@ -148,7 +156,10 @@ def _inspect(idx: int, raw: bytes, keys: KeyState) -> tuple[dict[str, Any], str,
     except LedgerCorrupt as exc:
         raise _Bad(idx, exc.message) from None
     if keys.keys[actor][1] != e["actor_role"]:
-        raise _bad(idx, f"claims role {e['actor_role']!r} but key {actor[:16]} has role {keys.keys[actor][1]!r}")
+        raise _bad(
+            idx,
+            f"claims role {e['actor_role']!r} but key {actor[:16]} has role {keys.keys[actor][1]!r}",
+        )
     part = signed_part(raw, signature)
     if part is None:
         raise _bad(idx, "is not a well-formed canonical entry")
@@ -280,8 +291,12 @@ def verify_entries(
     runs_open: dict[str, str] = {}
     runs_seen = 0
     sha256 = hashlib.sha256
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 0 else None
-    pending: list[tuple[Future[tuple[int, str] | None], list[tuple[int, str, bytes, str, str]]]] = []
+    pool = (
+        ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 0 else None
+    )
+    pending: list[
+        tuple[Future[tuple[int, str] | None], list[tuple[int, str, bytes, str, str]]]
+    ] = []
     jobs: list[tuple[int, str, bytes, str, str]] = []
 
     failures: list[tuple[int, str]] = []
@@ -327,7 +342,9 @@ def verify_entries(
         try:
             for position, (idx, raw) in enumerate(rows):
                 if idx != position:
-                    raise _bad(position, f"is missing (the next stored index is {idx}); entries were deleted or reordered",
+                    raise _bad(
+                        position,
+                        f"is missing (the next stored index is {idx}); entries were deleted or reordered",
                     )
                 e, public, part, signature = _inspect(idx, raw, keys)
                 type_ = e["type"]
@@ -391,14 +408,18 @@ def verify_entries(
 
 
 def _check_against_tree(
-    tree: merkle.MerkleTree, keys: KeyState, checkpoints: Sequence[Checkpoint], cosignatures: Sequence[Cosignature]
+    tree: merkle.MerkleTree,
+    keys: KeyState,
+    checkpoints: Sequence[Checkpoint],
+    cosignatures: Sequence[Cosignature],
 ) -> None:
     for cp in checkpoints:
         check_checkpoint_signature(cp, keys)
     for cs in cosignatures:
         check_cosignature(cs, keys)
     check_equivocation(
-        [(cp.size, cp.root, cp.signer) for cp in checkpoints] + [(cs.size, cs.root, cs.witness) for cs in cosignatures]
+        [(cp.size, cp.root, cp.signer) for cp in checkpoints]
+        + [(cs.size, cs.root, cs.witness) for cs in cosignatures]
     )
     for size, root, what in [(cp.size, cp.root, "signed checkpoint") for cp in checkpoints] + [
         (cs.size, cs.root, "cosigned checkpoint") for cs in cosignatures
@@ -424,7 +445,11 @@ def check_against(tree: merkle.MerkleTree, keys: KeyState, held: Checkpoint) -> 
     proof = tree.consistency_proof(held.size)
     try:
         merkle.verify_consistency(
-            old_size=held.size, new_size=tree.size, old_root=held.root_bytes, new_root=tree.root(), proof=proof
+            old_size=held.size,
+            new_size=tree.size,
+            old_root=held.root_bytes,
+            new_root=tree.root(),
+            proof=proof,
         )
     except LedgerCorrupt as exc:
         raise LedgerCorrupt(

@@ -43,8 +43,13 @@ def load_checkpoint_file(path: Path) -> Checkpoint:
     return Checkpoint.from_dict(data)
 
 
-def cosign(ledger: Ledger, witness: SignerLike, *, last_seen: Checkpoint | None = None,
-           state_file: Path | None = None) -> dict[str, Any]:
+def cosign(
+    ledger: Ledger,
+    witness: SignerLike,
+    *,
+    last_seen: Checkpoint | None = None,
+    state_file: Path | None = None,
+) -> dict[str, Any]:
     """Check the latest signed checkpoint and co-sign it with ``witness``.
 
     ``last_seen`` (default: the checkpoint stored in ``state_file``) is the
@@ -61,7 +66,9 @@ def cosign(ledger: Ledger, witness: SignerLike, *, last_seen: Checkpoint | None 
         raise TrustError(f"witnessing needs a board key; this key has role {witness.role!r}")
     current = ledger.latest_checkpoint()
     if current is None:
-        raise BadInputError("the ledger has no signed checkpoint yet; sign one with opal ledger checkpoint")
+        raise BadInputError(
+            "the ledger has no signed checkpoint yet; sign one with opal ledger checkpoint"
+        )
     keys = ledger.key_state()
     check_checkpoint_signature(current, keys)
     check_equivocation(
@@ -82,8 +89,15 @@ def cosign(ledger: Ledger, witness: SignerLike, *, last_seen: Checkpoint | None 
             raise BadInputError(
                 f"the last seen checkpoint is of log {last_seen.origin!r}, this ledger is {current.origin!r}"
             )
-        check_checkpoint_signature(last_seen, keys, what=f"the last seen checkpoint (size {last_seen.size})")
-        check_equivocation([(last_seen.size, last_seen.root, last_seen.signer), (current.size, current.root, current.signer)])
+        check_checkpoint_signature(
+            last_seen, keys, what=f"the last seen checkpoint (size {last_seen.size})"
+        )
+        check_equivocation(
+            [
+                (last_seen.size, last_seen.root, last_seen.signer),
+                (current.size, current.root, current.signer),
+            ]
+        )
         if last_seen.size > current.size:
             raise LedgerCorrupt(
                 f"the latest checkpoint has size {current.size}, smaller than the {last_seen.size} this witness "
@@ -92,15 +106,22 @@ def cosign(ledger: Ledger, witness: SignerLike, *, last_seen: Checkpoint | None 
         proof = tree.consistency_proof(last_seen.size, current.size)
         try:
             merkle.verify_consistency(
-                old_size=last_seen.size, new_size=current.size, old_root=last_seen.root_bytes,
-                new_root=current.root_bytes, proof=proof,
+                old_size=last_seen.size,
+                new_size=current.size,
+                old_root=last_seen.root_bytes,
+                new_root=current.root_bytes,
+                proof=proof,
             )
         except LedgerCorrupt as exc:
             raise LedgerCorrupt(
                 f"checkpoint {current.size} does not extend the one this witness saw ({last_seen.size}): "
                 f"{exc.message}; refusing to cosign"
             ) from None
-        consistency = {"from_size": last_seen.size, "to_size": current.size, "proof": [p.hex() for p in proof]}
+        consistency = {
+            "from_size": last_seen.size,
+            "to_size": current.size,
+            "proof": [p.hex() for p in proof],
+        }
     cs = Cosignature(
         origin=current.origin,
         size=current.size,

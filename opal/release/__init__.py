@@ -11,14 +11,14 @@ from opal.release.gate import CellDecision, Release, release
 from opal.release.policy import PrivacySpec, ReleasePolicy
 
 __all__ = [
-    "release",
-    "Release",
+    "BoundedAggregate",
     "CellDecision",
     "PrivacySpec",
+    "Release",
     "ReleasePolicy",
-    "bounded_aggregate",
-    "BoundedAggregate",
-    "sensitivity",
     "Sensitivity",
+    "bounded_aggregate",
     "dominance_failures",
+    "release",
+    "sensitivity",
 ]

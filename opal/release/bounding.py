@@ -28,7 +28,7 @@ from opal.release.contributions import (
 )
 from opal.release.policy import PrivacySpec
 
-__all__ = ["BoundedAggregate", "Sensitivity", "bounded_aggregate", "sensitivity", "os_rng"]
+__all__ = ["BoundedAggregate", "Sensitivity", "bounded_aggregate", "os_rng", "sensitivity"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,17 +70,29 @@ def sensitivity(privacy: PrivacySpec) -> Sensitivity:
     m = privacy.max_groups_per_unit
     if privacy.value_bounds is None or privacy.aggregation == "count":
         return Sensitivity(
-            cells=m, count_linf=1, count_l1=m,
-            sum_linf=None, sum_l1=None, sum_l2=None,
-            centered_linf=None, centered_l1=None, centered_l2=None,
+            cells=m,
+            count_linf=1,
+            count_l1=m,
+            sum_linf=None,
+            sum_l1=None,
+            sum_l2=None,
+            centered_linf=None,
+            centered_l1=None,
+            centered_l2=None,
         )
     lo, hi = (float(b) for b in privacy.value_bounds)
     c = max(abs(lo), abs(hi))
     half = (hi - lo) / 2.0
     return Sensitivity(
-        cells=m, count_linf=1, count_l1=m,
-        sum_linf=c, sum_l1=m * c, sum_l2=math.sqrt(m) * c,
-        centered_linf=half, centered_l1=m * half, centered_l2=math.sqrt(m) * half,
+        cells=m,
+        count_linf=1,
+        count_l1=m,
+        sum_linf=c,
+        sum_l1=m * c,
+        sum_l2=math.sqrt(m) * c,
+        centered_linf=half,
+        centered_l1=m * half,
+        centered_l2=math.sqrt(m) * half,
     )
 
 
@@ -94,10 +106,10 @@ class BoundedAggregate:
     Trusted-side only: these are exact values and must never leave the gate.
     """
 
-    keys: pd.DataFrame          # group columns, one row per cell (cell order)
-    units: np.ndarray           # int64 distinct units per cell
-    sums: np.ndarray | None     # float64 sum of clamped per-unit contributions
-    top: np.ndarray | None      # float64 (cells, n) largest |contribution|, descending
+    keys: pd.DataFrame  # group columns, one row per cell (cell order)
+    units: np.ndarray  # int64 distinct units per cell
+    sums: np.ndarray | None  # float64 sum of clamped per-unit contributions
+    top: np.ndarray | None  # float64 (cells, n) largest |contribution|, descending
     abs_totals: np.ndarray | None  # float64 sum of |contribution| per cell
     rows_in: int
     units_in: int
@@ -225,9 +237,9 @@ def _bounds(privacy: PrivacySpec) -> tuple[float, float]:
 def _select_per_unit(
     pair_unit: np.ndarray, n_units: int, m: int, rng: np.random.Generator | None
 ) -> np.ndarray | None:
-    """Mask of the (unit, cell) pairs kept: at most ``m`` per unit, uniformly at
-    random among that unit's cells. ``pair_unit`` holds dense unit indices.
-    ``None`` when no unit is over the bound."""
+    """Mask of the (unit, cell) pairs kept: at most ``m`` per unit, a uniformly
+    random subset of that unit's cells. ``pair_unit`` holds dense unit indices
+    in non-decreasing order. ``None`` when no unit is over the bound."""
     per_unit = np.bincount(pair_unit, minlength=n_units)
     over = per_unit > m
     if not over.any():
@@ -235,16 +247,20 @@ def _select_per_unit(
     rng = rng if rng is not None else os_rng()
     idx = np.flatnonzero(over[pair_unit])
     units = pair_unit[idx]
-    # One sort key: unit in the high bits, random tie-breaker below. Ties among
-    # random bits only bias which cells are chosen, never the bound itself.
+    # Sort by (unit, random): unit in the high bits, random bits below. Units
+    # stay in place (they are already sorted), so a pair's rank in its unit is
+    # its position minus where the unit's run starts. Ties among random bits
+    # only bias which cells are chosen, never the bound itself.
     rand_bits = 62 - max(int(n_units).bit_length(), 1)
     key = units << rand_bits
     if rand_bits > 0:
-        key |= rng.integers(0, 1 << rand_bits, size=len(idx), dtype=np.int64)
+        key |= (rng.bit_generator.random_raw(len(idx)) >> np.uint64(64 - rand_bits)).astype(
+            np.int64
+        )
     order = np.argsort(key)
-    starts = _run_starts(units[order])
-    pos = np.arange(len(idx), dtype=np.int64)
-    rank = pos - np.maximum.accumulate(np.where(starts, pos, 0))
+    in_idx = np.where(over, per_unit, 0)
+    run_start = np.cumsum(in_idx) - in_idx  # where each unit starts in idx
+    rank = np.arange(len(idx), dtype=np.int64) - run_start[units]
     keep = np.ones(len(pair_unit), dtype=bool)
     keep[idx[order[rank >= m]]] = False
     return keep

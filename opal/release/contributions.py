@@ -17,15 +17,15 @@ from opal.errors import ReleaseRefused
 from opal.release.policy import PrivacySpec
 
 __all__ = [
+    "CellCodes",
     "Layout",
     "UnitKeys",
-    "CellCodes",
-    "check_layout",
-    "check_known_units",
+    "cell_codes",
     "check_finite_values",
+    "check_known_units",
+    "check_layout",
     "output_column",
     "unit_keys",
-    "cell_codes",
 ]
 
 
@@ -76,7 +76,7 @@ def check_layout(contributions: object, privacy: PrivacySpec) -> Layout:
         ):
             raise ReleaseRefused(
                 f"contributions have a value column {privacy.value_column!r}, but aggregation "
-                "'count' takes no value; drop it, or declare aggregation = \"sum\" or \"mean\""
+                '\'count\' takes no value; drop it, or declare aggregation = "sum" or "mean"'
             )
     else:
         value = privacy.value_column
@@ -139,7 +139,7 @@ class UnitKeys:
     """
 
     keys: np.ndarray
-    span: int                       # keys lie in [0, span)
+    span: int  # keys lie in [0, span)
     offset: int = 0
     uniques: pd.Index | None = None
 
@@ -169,7 +169,8 @@ def unit_keys(series: pd.Series, *, max_span: int) -> UnitKeys:
             "(lists, dicts…); return the dataset's own unit ids"
         ) from None
     return UnitKeys(
-        keys=codes.astype(np.int64, copy=False), span=max(len(uniques), 1),
+        keys=codes.astype(np.int64, copy=False),
+        span=max(len(uniques), 1),
         uniques=pd.Index(uniques),
     )
 
@@ -180,8 +181,10 @@ def check_known_units(units: pd.Index, known_units: object, column: str) -> None
     # invented units: an algorithm that makes up unit ids could split one
     # person's rows over many ids and slip past the contribution bound.
     """
-    known = known_units if isinstance(known_units, (pd.Series, pd.Index)) else pd.Index(
-        np.asarray(known_units)
+    known = (
+        known_units
+        if isinstance(known_units, (pd.Series, pd.Index))
+        else pd.Index(np.asarray(known_units))
     )
     try:
         ok = units.isin(known)
@@ -199,9 +202,9 @@ class CellCodes:
     """One integer code per row over all group columns, and the way back to keys."""
 
     codes: np.ndarray
-    size: int                       # codes lie in [0, size)
+    size: int  # codes lie in [0, size)
     columns: tuple[str, ...]
-    uniques: pd.Index | None        # single group column: code -> value
+    uniques: pd.Index | None  # single group column: code -> value
 
     def keys_of(self, frame: pd.DataFrame, cells: np.ndarray) -> pd.DataFrame:
         """The group-column values of the given cell codes."""
@@ -223,9 +226,7 @@ def cell_codes(frame: pd.DataFrame, groups: tuple[str, ...]) -> CellCodes:
     """
     n = len(frame)
     if not groups:
-        return CellCodes(
-            codes=np.zeros(n, dtype=np.int64), size=1, columns=(), uniques=None
-        )
+        return CellCodes(codes=np.zeros(n, dtype=np.int64), size=1, columns=(), uniques=None)
     combined: np.ndarray | None = None
     size = 1
     uniques: pd.Index | None = None
@@ -233,9 +234,10 @@ def cell_codes(frame: pd.DataFrame, groups: tuple[str, ...]) -> CellCodes:
         series = frame[col]
         if series.hasnans:
             raise _missing_group(col)
-        if pd.api.types.is_float_dtype(series.dtype) and not np.isfinite(
-            series.to_numpy(dtype=np.float64)
-        ).all():
+        if (
+            pd.api.types.is_float_dtype(series.dtype)
+            and not np.isfinite(series.to_numpy(dtype=np.float64)).all()
+        ):
             raise ReleaseRefused(
                 f"group column {col!r} holds infinite values; fix them in the algorithm"
             )
@@ -268,6 +270,6 @@ def cell_codes(frame: pd.DataFrame, groups: tuple[str, ...]) -> CellCodes:
 
 def _missing_group(col: str) -> ReleaseRefused:
     return ReleaseRefused(
-        f"group column {col!r} holds missing values; fill them (e.g. with \"unknown\") "
+        f'group column {col!r} holds missing values; fill them (e.g. with "unknown") '
         "in the algorithm"
     )

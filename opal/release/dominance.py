@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["nk_fails", "p_percent_fails", "dominance_failures"]
+__all__ = ["dominance_failures", "nk_fails", "p_percent_fails"]
 
 
 def nk_fails(top: np.ndarray, totals: np.ndarray, *, n: int, k: float) -> np.ndarray:
@@ -30,7 +30,9 @@ def nk_fails(top: np.ndarray, totals: np.ndarray, *, n: int, k: float) -> np.nda
         return np.where(totals > 0, lead > k * totals, False)
 
 
-def p_percent_fails(top: np.ndarray, totals: np.ndarray, counts: np.ndarray, *, p: float) -> np.ndarray:
+def p_percent_fails(
+    top: np.ndarray, totals: np.ndarray, counts: np.ndarray, *, p: float
+) -> np.ndarray:
     """Per cell: is ``total - largest - second < p * largest``?
 
     ``counts`` is the number of contributors per cell (true, pre-noise).
@@ -39,7 +41,8 @@ def p_percent_fails(top: np.ndarray, totals: np.ndarray, counts: np.ndarray, *, 
     second = top[:, 1] if top.shape[1] > 1 else np.zeros_like(first)
     rest = totals - first - second
     small = (totals <= 0) | (counts <= 1)
-    return small | (rest < p * first)
+    fails: np.ndarray = small | (rest < p * first)
+    return fails
 
 
 def dominance_failures(

@@ -35,6 +35,8 @@ from opal.release.bounding import BoundedAggregate, bounded_aggregate, sensitivi
 from opal.release.contributions import output_column
 from opal.release.dominance import nk_fails, p_percent_fails
 from opal.release.noise import (
+    CountPlan,
+    SumPlan,
     noisy_threshold_counts,
     noisy_values,
     plan_count,
@@ -42,7 +44,7 @@ from opal.release.noise import (
 )
 from opal.release.policy import PrivacySpec, ReleasePolicy
 
-__all__ = ["release", "Release", "CellDecision"]
+__all__ = ["CellDecision", "Release", "release"]
 
 REASON_RELEASED = "released"
 
@@ -102,17 +104,13 @@ class Release:
         }
 
     def analyst_view(self) -> dict[str, Any]:
-        """What may leave to the analyst: the released table, the guarantee, and
-        the released cells' decisions. Omits the suppressed count, which is the
-        exact number of distinct groups minus the released ones."""
-        return {
-            "table": table_to_dict(self.table),
-            "decisions": [d.to_dict() for d in self.decisions if d.released],
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "mechanism": self.mechanism,
-            "cells_released": self.cells_released,
-        }
+        """What may leave to the analyst: ``to_dict()`` without the suppressed
+        count and the suppressed decisions, which give the exact (un-noised)
+        number of distinct groups in the contributions."""
+        view = self.to_dict()
+        del view["cells_suppressed"]
+        view["decisions"] = [d for d in view["decisions"] if d["released"]]
+        return view
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Release:
@@ -170,7 +168,9 @@ def release(
     eps_value = 0.0 if kind == "count" else eps / 2.0
     delta_select = policy.delta / 2.0 if gaussian else policy.delta
     count_plan = plan_count(
-        epsilon=eps_count, cells=sens.cells, min_units=policy.min_units_per_cell,
+        epsilon=eps_count,
+        cells=sens.cells,
+        min_units=policy.min_units_per_cell,
         delta=delta_select,
     )
     value_plan = None
@@ -180,8 +180,11 @@ def release(
         l2 = sens.centered_l2 if centered else sens.sum_l2
         assert l1 is not None and l2 is not None
         value_plan = plan_sum(
-            mechanism=policy.sum_mechanism, epsilon=eps_value,
-            delta=policy.delta / 2.0 if gaussian else 0.0, l1=l1, l2=l2,
+            mechanism=policy.sum_mechanism,
+            epsilon=eps_value,
+            delta=policy.delta / 2.0 if gaussian else 0.0,
+            l1=l1,
+            l2=l2,
         )
 
     agg = bounded_aggregate(
@@ -192,7 +195,9 @@ def release(
 
     suppressed: dict[str, int] = {}
     if below:
-        suppressed[f"noisy unit count below the release threshold of {count_plan.threshold}"] = below
+        suppressed[f"noisy unit count below the release threshold of {count_plan.threshold}"] = (
+            below
+        )
 
     if kind != "count":
         kept, noisy_units = _apply_dominance(agg, kept, noisy_units, policy, suppressed)
@@ -220,7 +225,8 @@ def release(
 
     decisions = [
         CellDecision(
-            released=True, reason=REASON_RELEASED,
+            released=True,
+            reason=REASON_RELEASED,
             group={c: _jsonable(v) for c, v in zip(group_cols, row)},
         )
         for row in table[group_cols].itertuples(index=False, name=None)
@@ -230,9 +236,16 @@ def release(
 
     delta_total = count_plan.delta + (value_plan.delta if value_plan is not None else 0.0)
     mechanism = _describe(
-        privacy=privacy, policy=policy, eps=eps, eps_count=eps_count, eps_value=eps_value,
-        count_plan=count_plan, value_plan=value_plan, sens=sens.to_dict(),
-        delta_total=delta_total, units_verified=agg.units_verified,
+        privacy=privacy,
+        policy=policy,
+        eps=eps,
+        eps_count=eps_count,
+        eps_value=eps_value,
+        count_plan=count_plan,
+        value_plan=value_plan,
+        sens=sens.to_dict(),
+        delta_total=delta_total,
+        units_verified=agg.units_verified,
     )
     return Release(
         table=table,
@@ -300,10 +313,11 @@ def _released_values(
     noisy_units: np.ndarray,
     privacy: PrivacySpec,
     policy: ReleasePolicy,
-    value_plan: Any,
+    value_plan: SumPlan | None,
 ) -> np.ndarray:
     if privacy.aggregation == "count":
-        return np.maximum(noisy_units, 0).astype(np.int64)
+        counts: np.ndarray = np.maximum(noisy_units, 0).astype(np.int64)
+        return counts
     assert agg.sums is not None and privacy.value_bounds is not None and value_plan is not None
     lo, hi = float(privacy.value_bounds[0]), float(privacy.value_bounds[1])
     sums = agg.sums[kept]
@@ -314,12 +328,14 @@ def _released_values(
             noisy = np.maximum(noisy, 0.0)
         if hi <= 0:
             noisy = np.minimum(noisy, 0.0)
-        return np.round(noisy, policy.value_decimals)
+        rounded: np.ndarray = np.round(noisy, policy.value_decimals)
+        return rounded
     mid = (lo + hi) / 2.0
     centered = sums - mid * agg.units[kept]
     noisy_centered = noisy_values(centered, value_plan)
     mean = mid + noisy_centered / np.maximum(noisy_units, 1)
-    return np.round(np.clip(mean, lo, hi), policy.value_decimals)
+    clamped: np.ndarray = np.round(np.clip(mean, lo, hi), policy.value_decimals)
+    return clamped
 
 
 def _sorted(table: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
@@ -353,8 +369,8 @@ def _describe(
     eps: float,
     eps_count: float,
     eps_value: float,
-    count_plan: Any,
-    value_plan: Any,
+    count_plan: CountPlan,
+    value_plan: SumPlan | None,
     sens: dict[str, Any],
     delta_total: float,
     units_verified: bool,
@@ -389,7 +405,9 @@ def _describe(
                 "mid + noisy sum of (value - mid) / noisy unit count, clamped to value_bounds"
             )
         desc["dominance"] = {
-            "n": policy.dominance_n, "k": policy.dominance_k, "p": policy.dominance_p,
+            "n": policy.dominance_n,
+            "k": policy.dominance_k,
+            "p": policy.dominance_p,
             "applies_to": "true per-unit contributions (ACRO rules, not differentially private)",
         }
         desc["value_decimals"] = policy.value_decimals

@@ -27,12 +27,12 @@ dp.enable_features("contrib")
 __all__ = [
     "CountPlan",
     "SumPlan",
-    "plan_count",
-    "plan_sum",
-    "noisy_threshold_counts",
-    "noisy_values",
     "discrete_laplace_mean_abs",
     "discrete_laplace_tail",
+    "noisy_threshold_counts",
+    "noisy_values",
+    "plan_count",
+    "plan_sum",
 ]
 
 _MAX_THRESHOLD = 2**31 - 1
@@ -44,10 +44,10 @@ class CountPlan:
 
     scale: float
     threshold: int
-    epsilon: float          # from OpenDP's privacy map
-    delta: float            # from OpenDP's privacy map: a new key slipping through
-    cells: int              # l0: cells one unit can touch
-    linf: int = 1           # most one unit moves one cell's count
+    epsilon: float  # from OpenDP's privacy map
+    delta: float  # from OpenDP's privacy map: a new key slipping through
+    cells: int  # l0: cells one unit can touch
+    linf: int = 1  # most one unit moves one cell's count
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,11 +65,11 @@ class CountPlan:
 class SumPlan:
     """Laplace (L1) or Gaussian (L2) noise on a vector of per-cell sums."""
 
-    mechanism: str          # laplace | gaussian
-    scale: float            # Laplace b, or Gaussian standard deviation
+    mechanism: str  # laplace | gaussian
+    scale: float  # Laplace b, or Gaussian standard deviation
     epsilon: float
     delta: float
-    sensitivity: float      # l1 for laplace, l2 for gaussian
+    sensitivity: float  # l1 for laplace, l2 for gaussian
 
     def describe(self) -> dict[str, Any]:
         impl = {
@@ -88,6 +88,7 @@ class SumPlan:
 
 
 # --- counts -----------------------------------------------------------------
+
 
 def _threshold_space() -> tuple[Any, Any]:
     return (
@@ -112,8 +113,9 @@ def plan_count(*, epsilon: float, cells: int, min_units: int, delta: float) -> C
 @functools.lru_cache(maxsize=256)
 def _plan_count(epsilon: float, cells: int, min_units: int, delta: float) -> CountPlan:
     d_in = (cells, cells, 1)
-    scale = _calibrate(lambda s: _threshold_measurement(s, _MAX_THRESHOLD).map(d_in)[0],
-                       cells / epsilon, epsilon)
+    scale = _calibrate(
+        lambda s: _threshold_measurement(s, _MAX_THRESHOLD).map(d_in)[0], cells / epsilon, epsilon
+    )
 
     def delta_at(t: int) -> float:
         return float(_threshold_measurement(scale, t).map(d_in)[1])
@@ -139,7 +141,10 @@ def _plan_count(epsilon: float, cells: int, min_units: int, delta: float) -> Cou
         threshold = hi
     eps_out, delta_out = _threshold_measurement(scale, threshold).map(d_in)
     return CountPlan(
-        scale=scale, threshold=threshold, epsilon=float(eps_out), delta=float(delta_out),
+        scale=scale,
+        threshold=threshold,
+        epsilon=float(eps_out),
+        delta=float(delta_out),
         cells=cells,
     )
 
@@ -159,6 +164,7 @@ def noisy_threshold_counts(units: np.ndarray, plan: CountPlan) -> tuple[np.ndarr
 
 # --- sums -------------------------------------------------------------------
 
+
 def _float_vector_space(norm: str) -> tuple[Any, Any]:
     metric = dp.l1_distance(T=float) if norm == "l1" else dp.l2_distance(T=float)
     return dp.vector_domain(dp.atom_domain(T=float, nan=False)), metric
@@ -175,9 +181,7 @@ def _gaussian(scale: float, delta: float) -> Any:
     )
 
 
-def plan_sum(
-    *, mechanism: str, epsilon: float, delta: float, l1: float, l2: float
-) -> SumPlan:
+def plan_sum(*, mechanism: str, epsilon: float, delta: float, l1: float, l2: float) -> SumPlan:
     """Noise scale for per-cell sums with the given sensitivities."""
     return _plan_sum(mechanism, float(epsilon), float(delta), float(l1), float(l2))
 
@@ -187,8 +191,11 @@ def _plan_sum(mechanism: str, epsilon: float, delta: float, l1: float, l2: float
     if mechanism == "laplace":
         scale = _calibrate(lambda s: _laplace(s).map(l1), l1 / epsilon, epsilon)
         return SumPlan(
-            mechanism="laplace", scale=scale, epsilon=float(_laplace(scale).map(l1)),
-            delta=0.0, sensitivity=l1,
+            mechanism="laplace",
+            scale=scale,
+            epsilon=float(_laplace(scale).map(l1)),
+            delta=0.0,
+            sensitivity=l1,
         )
     if mechanism == "gaussian":
         scale = float(
@@ -196,7 +203,10 @@ def _plan_sum(mechanism: str, epsilon: float, delta: float, l1: float, l2: float
         )
         eps_out, delta_out = _gaussian(scale, delta).map(l2)
         return SumPlan(
-            mechanism="gaussian", scale=scale, epsilon=float(eps_out), delta=float(delta_out),
+            mechanism="gaussian",
+            scale=scale,
+            epsilon=float(eps_out),
+            delta=float(delta_out),
             sensitivity=l2,
         )
     raise ReleaseRefused(f"unknown sum mechanism {mechanism!r}; use laplace or gaussian")
@@ -207,13 +217,14 @@ def noisy_values(values: np.ndarray, plan: SumPlan) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, dtype=np.float64)
     vec = np.ascontiguousarray(values, dtype=np.float64)
-    meas = _laplace(plan.scale) if plan.mechanism == "laplace" else _gaussian(
-        plan.scale, plan.delta
+    meas = (
+        _laplace(plan.scale) if plan.mechanism == "laplace" else _gaussian(plan.scale, plan.delta)
     )
     return np.asarray(meas(vec), dtype=np.float64)
 
 
 # --- helpers ----------------------------------------------------------------
+
 
 def _calibrate(eps_of_scale: Any, scale: float, epsilon: float) -> float:
     """Nudge ``scale`` up until OpenDP's map says it costs at most ``epsilon``

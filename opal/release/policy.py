@@ -12,7 +12,7 @@ from typing import Any
 
 from opal.errors import BadInputError
 
-__all__ = ["PrivacySpec", "ReleasePolicy", "AGGREGATIONS", "COUNT_MECHANISMS", "SUM_MECHANISMS"]
+__all__ = ["AGGREGATIONS", "COUNT_MECHANISMS", "SUM_MECHANISMS", "PrivacySpec", "ReleasePolicy"]
 
 AGGREGATIONS = ("count", "sum", "mean")
 COUNT_MECHANISMS = ("discrete_laplace",)

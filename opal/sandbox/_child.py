@@ -82,6 +82,15 @@ def encode_error(error: OpalError) -> bytes:
     return RECORD_ERROR + json.dumps(error.to_dict()).encode()
 
 
+def _index_as_columns(result: Any) -> Any:
+    """Named index levels (a groupby result without reset_index) become
+    columns; an unnamed index carries no contribution and is dropped."""
+    names = list(result.index.names)
+    if all(isinstance(n, str) for n in names) and not any(n in result.columns for n in names):
+        return result.reset_index()
+    return result
+
+
 def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> bytes:
     import pandas as pd
     import pyarrow as pa
@@ -94,6 +103,7 @@ def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> bytes
     max_bytes = int(limits["max_output_bytes"])
     if len(result) > max_rows:
         raise LimitExceeded(f"result exceeds the max_output_rows limit of {max_rows} rows")
+    result = _index_as_columns(result)
     if not all(isinstance(c, str) for c in result.columns) or not result.columns.is_unique:
         raise AlgorithmFailed(f"{entrypoint}() must return a table with unique text column names")
     if int(result.memory_usage(index=False, deep=True).sum()) > max_bytes:

@@ -125,11 +125,16 @@ def compile_algorithm(
         raise PolicyViolation(f"{filename}: entrypoint '{entrypoint}' is not a public function name")
     try:
         tree = ast.parse(source, filename=filename)
+        _check_entrypoint(tree, filename=filename, entrypoint=entrypoint)
+        policy = type("_BoundPolicy", (_OpalPolicy,), {"bound_names": _bound_names(tree)})
+        result = compile_restricted_exec(tree, filename=filename, policy=policy)
     except SyntaxError as exc:
         raise PolicyViolation(f"{filename}:{exc.lineno}: syntax error: {exc.msg}") from None
-    _check_entrypoint(tree, filename=filename, entrypoint=entrypoint)
-    policy = type("_BoundPolicy", (_OpalPolicy,), {"bound_names": _bound_names(tree)})
-    result = compile_restricted_exec(tree, filename=filename, policy=policy)
+    except (RecursionError, MemoryError):
+        # hostile nesting must not take down the trusted process that checks it
+        raise PolicyViolation(f"{filename}: source is nested too deeply to compile") from None
+    except ValueError as exc:
+        raise PolicyViolation(f"{filename}: source cannot be compiled ({type(exc).__name__})") from None
     if result.errors or result.code is None:
         line, text = _error_line(result.errors[0] if result.errors else "compilation failed")
         where = f"{filename}:{line}" if line is not None else filename

@@ -99,12 +99,20 @@ class Runtime:
         self._workdir: str | None = None
         self._layers: dict[str, bool] = {}
         self.table_rows: dict[str, int] = {}
+        self._units_cache: dict[tuple[str, str], Any] = {}
+        self._owner = os.getpid()
         self._start()
-        _require(self._layers, limits.require_layers)
+        try:
+            _require(self._layers, limits.require_layers)
+        except InternalError:
+            self.close()
+            raise
 
     # ----------------------------------------------------------- lifecycle
 
     def _start(self) -> None:
+        if self._workdir and self._owner == os.getpid():
+            shutil.rmtree(self._workdir, ignore_errors=True)
         self._workdir = tempfile.mkdtemp(prefix="opal-sandbox-")
         os.chmod(self._workdir, 0o700)
         cwd = os.path.join(self._workdir, "cwd")
@@ -113,7 +121,7 @@ class Runtime:
         root = str(Path(opal.__file__).resolve().parent.parent)
         log = open(os.path.join(self._workdir, "zygote.log"), "wb")
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [sys.executable, "-I", "-B", "-c", _BOOT, root, str(child_sock.fileno())],
                 env=dict(_ENV),
                 cwd=cwd,
@@ -124,6 +132,9 @@ class Runtime:
                 pass_fds=(child_sock.fileno(),),
                 start_new_session=True,
             )
+        except OSError as exc:
+            parent_sock.close()
+            raise InternalError(f"cannot start the sandbox zygote: {exc.strerror}") from None
         finally:
             child_sock.close()
             log.close()
@@ -146,6 +157,17 @@ class Runtime:
             )
         self._layers = {name: bool(message["layers"].get(name)) for name in LAYERS}
         self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
+
+    def _ensure_started(self) -> None:
+        if self._owner != os.getpid():
+            # Inherited across fork (e.g. a Celery prefork child): the zygote
+            # and its socket belong to the parent; start our own.
+            self._proc, self._sock, self._workdir = None, None, None
+            self._owner = os.getpid()
+            self._start()
+        if self._proc is None or self._proc.poll() is not None:
+            self._kill()
+            self._start()
 
     def _log_tail(self) -> str:
         if not self._workdir:
@@ -175,6 +197,13 @@ class Runtime:
     def close(self) -> None:
         """Stop the zygote and remove its temporary directory."""
         with self._lock:
+            if self._owner != os.getpid():
+                # A forked copy: the zygote belongs to the parent process.
+                if self._sock is not None:
+                    self._sock.close()
+                self._proc = self._sock = None
+                self._workdir = None
+                return
             if self._sock is not None and self._proc is not None:
                 try:
                     _protocol.send(self._sock, {"op": "exit"})
@@ -207,6 +236,41 @@ class Runtime:
     def layers(self) -> dict[str, bool]:
         """Which isolation layers are active for jobs of this runtime."""
         return dict(self._layers)
+
+    def units(self, column: str, *, table: str | None = None) -> Any:
+        """Distinct values of ``column`` in the resident table (a pandas Series),
+        for the release gate's check that units are the dataset's own.
+
+        Raises:
+            BadInputError: no such table or column.
+        """
+        if table is None:
+            if len(self._tables) != 1:
+                raise BadInputError("units() needs table= when the runtime holds several tables")
+            table = next(iter(self._tables))
+        key = (table, column)
+        if key in self._units_cache:
+            return self._units_cache[key].copy()
+        import pyarrow as pa
+
+        with self._lock:
+            self._ensure_started()
+            assert self._sock is not None
+            read_fd, write_fd = os.pipe()
+            try:
+                _protocol.send(self._sock, {"op": "units", "table": table, "column": column},
+                               fds=[write_fd])
+            finally:
+                os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                payload = pipe.read()
+            reply, _ = _protocol.recv(self._sock)
+        if not reply.get("ok"):
+            raise BadInputError(f"table {table!r} has no column {column!r}")
+        series = pa.ipc.open_stream(pa.py_buffer(payload)).read_all().column(0).to_pandas()
+        series.name = column
+        self._units_cache[key] = series
+        return series.copy()
 
     # ----------------------------------------------------------------- runs
 
@@ -242,9 +306,7 @@ class Runtime:
             "limits": limits.to_dict(),
         }
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._kill()
-                self._start()
+            self._ensure_started()
             _require(self._layers, limits.require_layers)
             return self._run_locked(job, limits)
 

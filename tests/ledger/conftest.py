@@ -20,12 +20,19 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def make_signer(name: str, role: str) -> Signer:
     private = generate_private_key()
     raw = public_raw(private)
-    info = KeyInfo(name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow())
+    info = KeyInfo(
+        name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow()
+    )
     return Signer(info, private)
 
 
 def add_key(ledger: Ledger, signer: Signer, by: Signer | None = None) -> None:
-    body = {"name": signer.name, "role": signer.role, "key_id": signer.key_id, "public_key": signer.info.public_key}
+    body = {
+        "name": signer.name,
+        "role": signer.role,
+        "key_id": signer.key_id,
+        "public_key": signer.info.public_key,
+    }
     ledger.append(type="key_added", body=body, signer=by or signer, subject=signer.key_id)
 
 
@@ -45,20 +52,44 @@ def populate(ledger: Ledger, actors: Actors, *, runs: int = 2) -> dict[str, Any]
     """Keys, a bundle submitted and approved, ``runs`` released runs; returns facts for assertions."""
     actors.register(ledger)
     digest = "ab" * 32
-    ledger.append(type="bundle_submitted", body={"digest": digest, "name": "pop", "version": "1.0.0"},
-                  signer=actors.stat, subject="pop")
-    ledger.append(type="bundle_approved", body={"digest": digest, "name": "pop", "version": "1.0.0"},
-                  signer=actors.reviewer, subject="pop")
+    ledger.append(
+        type="bundle_submitted",
+        body={"digest": digest, "name": "pop", "version": "1.0.0"},
+        signer=actors.stat,
+        subject="pop",
+    )
+    ledger.append(
+        type="bundle_approved",
+        body={"digest": digest, "name": "pop", "version": "1.0.0"},
+        signer=actors.reviewer,
+        subject="pop",
+    )
     finished = []
     for i in range(runs):
         run_id = f"run{i:04d}"
-        ledger.append(type="run_requested", body={"run_id": run_id, "algorithm": "pop@1.0.0", "digest": digest},
-                      signer=actors.stat, subject="pop")
-        ledger.append(type="run_started", body={"run_id": run_id, "digest": digest, "epsilon_reserved": 0.5},
-                      signer=actors.op, subject="pop")
-        e = ledger.append(type="run_finished", body={"run_id": run_id, "outcome": "released",
-                                                      "result_digest": f"{i:064x}", "epsilon_spent": 0.5},
-                          signer=actors.op, subject="pop")
+        ledger.append(
+            type="run_requested",
+            body={"run_id": run_id, "algorithm": "pop@1.0.0", "digest": digest},
+            signer=actors.stat,
+            subject="pop",
+        )
+        ledger.append(
+            type="run_started",
+            body={"run_id": run_id, "digest": digest, "epsilon_reserved": 0.5},
+            signer=actors.op,
+            subject="pop",
+        )
+        e = ledger.append(
+            type="run_finished",
+            body={
+                "run_id": run_id,
+                "outcome": "released",
+                "result_digest": f"{i:064x}",
+                "epsilon_spent": 0.5,
+            },
+            signer=actors.op,
+            subject="pop",
+        )
         finished.append(e)
     return {"digest": digest, "finished": finished}
 
@@ -86,7 +117,7 @@ def _pg_available() -> bool:
 
         psycopg.connect(PG_ADMIN, connect_timeout=2).close()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means: skip the PostgreSQL tests
         return False
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import add_key, make_signer  # noqa: E402
+from conftest import add_key, make_signer
 
-from opal.db import Database  # noqa: E402
-from opal.ledger import Ledger  # noqa: E402
+from opal.db import Database
+from opal.ledger import Ledger
 
 
 def main() -> None:
@@ -33,7 +33,13 @@ def main() -> None:
     done = 0
     while a.forever or done < a.n:
         if a.batch > 1:
-            ledger.append_many([{"type": "note", "body": {"i": done + k, "pad": "x" * 200}} for k in range(a.batch)], signer=me)
+            ledger.append_many(
+                [
+                    {"type": "note", "body": {"i": done + k, "pad": "x" * 200}}
+                    for k in range(a.batch)
+                ],
+                signer=me,
+            )
             done += a.batch
         else:
             ledger.append(type="note", body={"i": done}, signer=me)

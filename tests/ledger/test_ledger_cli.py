@@ -67,7 +67,7 @@ def test_flipped_byte_exits_7_naming_the_entry(home: Path) -> None:
     (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = 1").fetchone()
     conn.close()
     tamper(home, "UPDATE ledger SET entry = ? WHERE idx = 1", (raw.replace(b"board1", b"board2"),))
-    code, out, err = opal(home, "ledger", "verify")
+    code, _, err = opal(home, "ledger", "verify")
     assert code == 7
     assert "ledger entry 1 (key_added)" in err and "Traceback" not in err
 
@@ -83,8 +83,11 @@ def test_truncation_exits_7_against_a_held_checkpoint(home: Path, tmp_path: Path
 
 def test_equivocation_exits_7(home: Path, tmp_path: Path) -> None:
     held = json.loads(checkpoint(home, tmp_path, "held.json").read_text())
-    tamper(home, "INSERT INTO checkpoints(size, root, origin, signer, signature, time) VALUES (?,?,?,?,?,?)",
-           (held["size"], "22" * 32, held["origin"], held["signer"], held["signature"], held["time"]))
+    tamper(
+        home,
+        "INSERT INTO checkpoints(size, root, origin, signer, signature, time) VALUES (?,?,?,?,?,?)",
+        (held["size"], "22" * 32, held["origin"], held["signer"], held["signature"], held["time"]),
+    )
     code, _, err = opal(home, "ledger", "verify")
     assert code == 7 and ("equivocation" in err or "signature" in err)
 
@@ -116,5 +119,5 @@ def test_cosign_and_trace_cli(home: Path, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["consistency"]["from_size"] == 3
     code, out, _ = opal(home, "ledger", "verify", "--json")
     assert json.loads(out)["cosignatures_checked"] == 2
-    code, _, err = opal(home, "ledger", "trace", "nothing")
+    code, _, _ = opal(home, "ledger", "trace", "nothing")
     assert code == 2

@@ -19,7 +19,9 @@ APPENDER = Path(__file__).parent / "ledger_appender.py"
 
 def start(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "OPAL_DB_URL"}
-    return subprocess.Popen([sys.executable, str(APPENDER), *args], stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(APPENDER), *args], stdout=subprocess.PIPE, text=True, env=env
+    )
 
 
 def assert_whole(ledger: Ledger, expected: int | None = None) -> None:
@@ -55,7 +57,9 @@ def test_four_processes_append_without_gaps_or_duplicates_postgres(pg_url: str) 
 def test_kill_9_during_appends_leaves_no_half_entry(tmp_path: Path, batch: str) -> None:
     db = tmp_path / "opal.db"
     Database(db, url="").close()
-    procs = [start("--db", str(db), "--forever", "--batch", batch, "--sleep", "0.003") for _ in range(2)]
+    procs = [
+        start("--db", str(db), "--forever", "--batch", batch, "--sleep", "0.003") for _ in range(2)
+    ]
     for p in procs:
         assert p.stdout is not None
         p.stdout.readline()  # it is appending now

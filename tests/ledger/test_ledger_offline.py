@@ -62,12 +62,18 @@ def test_export_needs_a_checkpoint_covering_the_range(ledger: Ledger, actors: Ac
         list(export_range(ledger, 0, 5))
 
 
-def test_receipt_proves_a_released_result_from_an_approved_run(ledger: Ledger, actors: Actors) -> None:
+def test_receipt_proves_a_released_result_from_an_approved_run(
+    ledger: Ledger, actors: Actors
+) -> None:
     facts = populate(ledger, actors)
     ledger.checkpoint(actors.op)
     finished = facts["finished"][1]
-    receipt = json.loads(json.dumps(make_receipt(ledger, finished.index)))  # survives JSON transport
-    verify_receipt(receipt, result_digest=finished.body["result_digest"], trusted_log_keys={actors.op.key_id})
+    receipt = json.loads(
+        json.dumps(make_receipt(ledger, finished.index))
+    )  # survives JSON transport
+    verify_receipt(
+        receipt, result_digest=finished.body["result_digest"], trusted_log_keys={actors.op.key_id}
+    )
     with pytest.raises(TrustError, match="not the released result"):
         verify_receipt(receipt, result_digest="00" * 32)
     with pytest.raises(TrustError, match="not a trusted log key"):
@@ -89,7 +95,9 @@ def test_tampered_receipt_fails(ledger: Ledger, actors: Actors) -> None:
     ledger.checkpoint(actors.op)
     receipt = make_receipt(ledger, facts["finished"][0].index)
     bad = copy.deepcopy(receipt)
-    bad["entry"]["entry"] = bad["entry"]["entry"].replace('"epsilon_spent":0.5', '"epsilon_spent":0.1')
+    bad["entry"]["entry"] = bad["entry"]["entry"].replace(
+        '"epsilon_spent":0.5', '"epsilon_spent":0.1'
+    )
     with pytest.raises(LedgerCorrupt):
         verify_receipt(bad)
     bad = copy.deepcopy(receipt)
@@ -132,10 +140,43 @@ def test_witness_cosigns_only_consistent_checkpoints(tmp_path: Path, actors: Act
 
 def test_trace_lists_the_lifecycle(ledger: Ledger, actors: Actors) -> None:
     populate(ledger, actors)
-    ledger.append(type="bundle_revoked", body={"digest": "ab" * 32, "name": "pop", "version": "1.0.0",
-                                                "reason": "bug"}, signer=actors.board, subject="pop")
+    ledger.append(
+        type="bundle_revoked",
+        body={"digest": "ab" * 32, "name": "pop", "version": "1.0.0", "reason": "bug"},
+        signer=actors.board,
+        subject="pop",
+    )
     t = trace(ledger, "pop")
     assert t["summary"] == {"versions": 1, "approvals": 1, "runs": 2, "released": 2, "revoked": 1}
     assert all({"requested", "started", "finished"} <= set(r) for r in t["runs"])
     with pytest.raises(BadInputError):
         trace(ledger, "nothing")
+
+
+def test_receipt_carries_the_key_that_imported_a_signer(ledger: Ledger, actors: Actors) -> None:
+    from conftest import add_key
+
+    add_key(ledger, actors.op)
+    add_key(ledger, actors.stat)
+    add_key(ledger, actors.reviewer, by=actors.op)  # imported: its key_added is signed by op
+    digest = "cd" * 32
+    ledger.append(
+        type="bundle_approved", body={"digest": digest}, signer=actors.reviewer, subject="x"
+    )
+    ledger.append(
+        type="run_requested",
+        body={"run_id": "r", "digest": digest},
+        signer=actors.stat,
+        subject="x",
+    )
+    ledger.append(
+        type="run_started", body={"run_id": "r", "digest": digest}, signer=actors.op, subject="x"
+    )
+    done = ledger.append(
+        type="run_finished",
+        body={"run_id": "r", "outcome": "released", "result_digest": "ee" * 32},
+        signer=actors.op,
+        subject="x",
+    )
+    ledger.checkpoint(actors.op)
+    verify_receipt(make_receipt(ledger, done.index), result_digest="ee" * 32)

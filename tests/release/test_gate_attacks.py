@@ -27,7 +27,13 @@ from opal.release.noise import discrete_laplace_tail
 
 COUNT = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=1)
 POLICY = ReleasePolicy()
-HOEFFDING_1E6 = math.sqrt(math.log(1e6) / 2)   # slack * sqrt(n) for P < 1e-6
+HOEFFDING_1E6 = math.sqrt(math.log(1e6) / 2)  # slack * sqrt(n) for P < 1e-6
+
+
+def by_region(sizes: dict[str, int]) -> pd.DataFrame:
+    """One row per unit; region ``k`` holds ``sizes[k]`` distinct units."""
+    regions = np.repeat(list(sizes), list(sizes.values()))
+    return pd.DataFrame({"msisdn": np.arange(1, len(regions) + 1), "region": regions})
 
 
 def dl_var(scale: float) -> float:
@@ -36,6 +42,7 @@ def dl_var(scale: float) -> float:
 
 
 # 1. Users, not rows ----------------------------------------------------------
+
 
 def test_1_a_cell_counts_units_not_rows() -> None:
     heavy = pd.DataFrame({"msisdn": np.full(500, 7, dtype=np.int64), "region": "R"})
@@ -56,6 +63,7 @@ def test_1_a_cell_counts_units_not_rows() -> None:
 
 
 # 2. Pair differencing --------------------------------------------------------
+
 
 def test_2_pair_differencing_guesses_no_better_than_epsilon_allows() -> None:
     data = np.random.default_rng(2)
@@ -86,8 +94,8 @@ def test_2_pair_differencing_guesses_no_better_than_epsilon_allows() -> None:
             g = guess(count_r(rows, noise=noise), count_r(without, noise=noise))
             correct[noise] += g == bool(in_r[t])
 
-    assert correct[False] == n_targets            # no gate: always right
-    total_eps = 2 * eps                            # two runs
+    assert correct[False] == n_targets  # no gate: always right
+    total_eps = 2 * eps  # two runs
     bound = math.exp(total_eps) / (1 + math.exp(total_eps))
     # Sampling slack (Hoeffding, 200 guesses): P(accuracy > bound + slack) < 1e-6.
     # Region R (~500 units) is far over the threshold, so delta plays no part.
@@ -98,28 +106,28 @@ def test_2_pair_differencing_guesses_no_better_than_epsilon_allows() -> None:
 
 # 3. Margin differencing ------------------------------------------------------
 
+
 def test_3_a_suppressed_cell_cannot_be_recovered_from_the_margins() -> None:
     sizes = {"A": 2, "B": 200, "C": 300}
-    frames, uid = [], 1
-    for region, n in sizes.items():
-        frames.append(pd.DataFrame({"msisdn": np.arange(uid, uid + n), "region": region}))
-        uid += n
-    df = pd.concat(frames, ignore_index=True)
+    df = by_region(sizes)
     eps, trials = 0.5, 300
     errors = []
     for _ in range(trials):
-        by_region = release(df, privacy=COUNT, policy=POLICY, epsilon=eps)
+        regional = release(df, privacy=COUNT, policy=POLICY, epsilon=eps)
         total = release(df[["msisdn"]], privacy=COUNT, policy=POLICY, epsilon=eps)
-        t = by_region.table.set_index("region")["count"]
+        t = regional.table.set_index("region")["count"]
         assert "A" not in t.index
-        assert all(d.group != {"region": "A"} for d in by_region.decisions)
+        assert all(d.group != {"region": "A"} for d in regional.decisions)
         recovered = total.table["count"].iloc[0] - t["B"] - t["C"]
         errors.append(recovered - sizes["A"])
-    scale = by_region.mechanism["count"]["scale"]
-    tau = by_region.mechanism["threshold"]
+    scale = regional.mechanism["count"]["scale"]
+    tau = regional.mechanism["threshold"]
     # P(A's cell is released in any trial) and P(B, C or the total suppressed).
-    assert trials * (discrete_laplace_tail(scale, tau - 2) + 3 * discrete_laplace_tail(
-        scale, 200 - tau + 1)) < 1e-6
+    assert (
+        trials
+        * (discrete_laplace_tail(scale, tau - 2) + 3 * discrete_laplace_tail(scale, 200 - tau + 1))
+        < 1e-6
+    )
     # The recovered value carries the noise of three releases: its spread is
     # that of three independent discrete Laplace draws. Sample std over 300
     # trials has relative sd ~0.1; [0.6, 1.5] is > 4 sd from 1 on either side
@@ -127,10 +135,11 @@ def test_3_a_suppressed_cell_cannot_be_recovered_from_the_margins() -> None:
     expected_sd = math.sqrt(3 * dl_var(scale))
     sd = float(np.std(errors))
     assert 0.6 * expected_sd <= sd <= 1.5 * expected_sd
-    assert np.mean(np.abs(errors)) > 1.0   # not recovered exactly
+    assert np.mean(np.abs(errors)) > 1.0  # not recovered exactly
 
 
 # 6. Dinur–Nissim reconstruction ----------------------------------------------
+
 
 def _dinur_nissim(data: np.random.Generator, *, eps: float, budget: float, noise: bool) -> float:
     n, filler = 100, 1000
@@ -161,7 +170,7 @@ def test_6_dinur_nissim_reconstruction_fails_through_the_gate() -> None:
     # Total budget 10 at 0.1 a query: 100 random-subset queries on 100 secret bits.
     data = np.random.default_rng(6)
     without_gate = [_dinur_nissim(data, eps=0.1, budget=10.0, noise=False) for _ in range(3)]
-    assert min(without_gate) > 0.95    # exact answers: the linear system gives every bit
+    assert min(without_gate) > 0.95  # exact answers: the linear system gives every bit
 
     reps = 10
     through_gate = [_dinur_nissim(data, eps=0.1, budget=10.0, noise=True) for _ in range(reps)]
@@ -172,13 +181,16 @@ def test_6_dinur_nissim_reconstruction_fails_through_the_gate() -> None:
 
 # 7. Contribution bounding ----------------------------------------------------
 
+
 @pytest.mark.parametrize("aggregation", ["count", "sum"])
 def test_7_one_heavy_unit_moves_the_aggregate_by_at_most_the_sensitivity(
     aggregation: str,
 ) -> None:
     data = np.random.default_rng(7)
     spec = PrivacySpec(
-        unit="msisdn", aggregation=aggregation, max_groups_per_unit=3,
+        unit="msisdn",
+        aggregation=aggregation,
+        max_groups_per_unit=3,
         value_bounds=(-5.0, 20.0) if aggregation == "sum" else None,
     )
     # 300 ordinary units in <= 3 cells each, so only the attacker's cells are chosen at random.
@@ -208,7 +220,7 @@ def test_7_one_heavy_unit_moves_the_aggregate_by_at_most_the_sensitivity(
     d_units = (both.units_1 - both.units_0).abs()
     assert (d_units > 0).sum() <= sens.cells
     assert d_units.max() <= sens.count_linf and d_units.sum() <= sens.count_l1
-    assert d_units.sum() == sens.count_l1       # the attacker does get its 3 cells
+    assert d_units.sum() == sens.count_l1  # the attacker does get its 3 cells
     if aggregation == "sum":
         d_sums = (both.sums_1 - both.sums_0).abs()
         assert d_sums.sum() <= sens.sum_l1 + 1e-6
@@ -220,10 +232,11 @@ def test_7_duplicate_rows_and_many_values_in_one_cell_count_once() -> None:
     df = pd.DataFrame({"msisdn": [1] * 500 + [2], "cell": ["x"] * 501, "value": [9.0] * 501})
     agg = bounded_aggregate(df, spec)
     assert agg.units.tolist() == [2]
-    assert agg.sums.tolist() == [19.0]   # unit 1's 500 rows add to 4 500, clamped to 10
+    assert agg.sums.tolist() == [19.0]  # unit 1's 500 rows add to 4 500, clamped to 10
 
 
 # 8. Keys from data -----------------------------------------------------------
+
 
 def test_8_grouping_by_a_per_subscriber_column_releases_nothing() -> None:
     n = 500
@@ -242,6 +255,7 @@ def test_8_grouping_by_a_per_subscriber_column_releases_nothing() -> None:
 
 # 9. Dominance ----------------------------------------------------------------
 
+
 def test_9_dominance_rules_match_acro() -> None:
     # 1000 + 10 of 1055 = 95.7% > 90%.
     assert "n-k" in dominance_failures([1000] + [5] * 11)
@@ -251,9 +265,9 @@ def test_9_dominance_rules_match_acro() -> None:
     # 200 of 210 > 90%, but 210 - 200 = 10 is not < 10.
     assert dominance_failures([100, 100] + [1] * 10) == ("n-k",)
     assert dominance_failures([5] * 12) == ()
-    assert dominance_failures([100, 50, 40]) == ()             # 150 of 190 = 79%
-    assert dominance_failures([7]) == ("n-k", "p%")             # a single contributor
-    assert dominance_failures([0, 0, 0]) == ("p%",)             # zeros are disclosive (ACRO)
+    assert dominance_failures([100, 50, 40]) == ()  # 150 of 190 = 79%
+    assert dominance_failures([7]) == ("n-k", "p%")  # a single contributor
+    assert dominance_failures([0, 0, 0]) == ("p%",)  # zeros are disclosive (ACRO)
 
 
 def test_9_dominated_cells_are_suppressed_by_the_gate() -> None:
@@ -265,9 +279,9 @@ def test_9_dominated_cells_are_suppressed_by_the_gate() -> None:
     }
     frames, uid = [], 1
     for name, vals in cells.items():
-        frames.append(pd.DataFrame(
-            {"msisdn": np.arange(uid, uid + len(vals)), "cell": name, "value": vals}
-        ))
+        frames.append(
+            pd.DataFrame({"msisdn": np.arange(uid, uid + len(vals)), "cell": name, "value": vals})
+        )
         uid += len(vals)
     df = pd.concat(frames, ignore_index=True)
     spec = PrivacySpec(unit="msisdn", aggregation="sum", value_bounds=(0.0, 1000.0))
@@ -287,6 +301,7 @@ def test_9_dominated_cells_are_suppressed_by_the_gate() -> None:
 
 # 10. Randomness --------------------------------------------------------------
 
+
 def test_10_noise_does_not_come_from_python_or_numpy_generators(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -297,17 +312,12 @@ def test_10_noise_does_not_come_from_python_or_numpy_generators(
     monkeypatch.setattr(random, "random", lambda: 0.5)
     monkeypatch.setattr(np.random, "laplace", lambda *a, **k: 0.0)
     monkeypatch.setattr(np.random, "normal", lambda *a, **k: 0.0)
-    sizes = {f"r{i:02d}": 100 for i in range(50)}
-    frames, uid = [], 1
-    for region, n in sizes.items():
-        frames.append(pd.DataFrame({"msisdn": np.arange(uid, uid + n), "region": region}))
-        uid += n
-    df = pd.concat(frames, ignore_index=True)
+    df = by_region({f"r{i:02d}": 100 for i in range(50)})
     a = release(df, privacy=COUNT, policy=POLICY, epsilon=1.0).table
     np.random.seed(0)
     random.seed(0)
     b = release(df, privacy=COUNT, policy=POLICY, epsilon=1.0).table
-    assert len(a) == len(b) == 50   # 100-unit cells: P(suppressed) ~ e^-79 each
+    assert len(a) == len(b) == 50  # 100-unit cells: P(suppressed) ~ e^-79 each
     # Two discrete Laplace(1) draws agree with P ~ 0.28: 50 cells all agreeing
     # has P ~ 1e-28.
     assert (a["count"] != b["count"]).any()

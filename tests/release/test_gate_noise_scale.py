@@ -42,7 +42,7 @@ def test_count_noise_has_the_stated_discrete_laplace_scale() -> None:
     # E|Z| = 0.851, sd|Z| = 1.06: standard error 0.017; 15% is 7.6 of them.
     expected = discrete_laplace_mean_abs(scale)
     assert abs(np.mean(np.abs(err)) - expected) <= 0.15 * expected
-    assert abs(np.mean(err)) <= 0.15          # unbiased: se 0.023, 6.5 se
+    assert abs(np.mean(err)) <= 0.15  # unbiased: se 0.023, 6.5 se
     assert np.all(err == np.round(err))
 
 
@@ -64,7 +64,7 @@ def test_sum_noise_has_the_stated_laplace_scale() -> None:
     spec = PrivacySpec(unit="msisdn", aggregation="sum", value_bounds=(0.0, 1.0))
     r = release(grid(n_cells, size, value=1.0), privacy=spec, policy=POLICY, epsilon=1.0)
     m = r.mechanism
-    assert m["sum"]["scale"] == pytest.approx(2.0)    # sensitivity 1 / (epsilon / 2)
+    assert m["sum"]["scale"] == pytest.approx(2.0)  # sensitivity 1 / (epsilon / 2)
     assert n_cells * discrete_laplace_tail(m["count"]["scale"], size - m["threshold"] + 1) < 1e-6
     err = r.table["sum"].to_numpy() - size
     # |Laplace(b)| is exponential: mean b, sd b; se over 2000 is 0.045 for b=2,
@@ -79,7 +79,7 @@ def test_sum_noise_has_the_stated_gaussian_scale() -> None:
     r = release(grid(n_cells, size, value=1.0), privacy=spec, policy=policy, epsilon=1.0)
     m = r.mechanism
     sigma = m["sum"]["scale"]
-    assert 5.0 < sigma < 20.0    # ~11.5 for epsilon 0.5, delta 5e-10, l2 sensitivity 1
+    assert 5.0 < sigma < 20.0  # ~11.5 for epsilon 0.5, delta 5e-10, l2 sensitivity 1
     assert n_cells * discrete_laplace_tail(m["count"]["scale"], size - m["threshold"] + 1) < 1e-6
     released = r.table["sum"].to_numpy()
     # Clamping at 0 only touches draws below -150 (> 13 sigma): none.

@@ -42,13 +42,14 @@ def p_wrong(release_: Release, sizes: dict[str, int]) -> float:
     p = 0.0
     for n in sizes.values():
         if n >= tau:
-            p += discrete_laplace_tail(scale, n - tau + 1)   # noisy < tau
+            p += discrete_laplace_tail(scale, n - tau + 1)  # noisy < tau
         else:
-            p += discrete_laplace_tail(scale, tau - n)       # noisy >= tau
+            p += discrete_laplace_tail(scale, tau - n)  # noisy >= tau
     return p
 
 
 # --- suppression --------------------------------------------------------------
+
 
 def test_tiny_cell_is_suppressed_without_its_key() -> None:
     sizes = {"north": 3, "south": 400}
@@ -58,7 +59,9 @@ def test_tiny_cell_is_suppressed_without_its_key() -> None:
     assert list(r.table.columns) == ["region", "count"]
     assert r.table["region"].tolist() == ["south"]
     assert r.cells_released == 1 and r.cells_suppressed == 1
-    assert r.decisions[0] == CellDecision(released=True, reason="released", group={"region": "south"})
+    assert r.decisions[0] == CellDecision(
+        released=True, reason="released", group={"region": "south"}
+    )
     assert r.decisions[1] == CellDecision(
         released=False,
         reason=f"noisy unit count below the release threshold of {r.mechanism['threshold']}",
@@ -110,6 +113,7 @@ def test_empty_contributions_release_an_empty_table() -> None:
 
 # --- output limits ------------------------------------------------------------
 
+
 def test_more_cells_than_max_cells_is_a_limit_error() -> None:
     sizes = {"a": 300, "b": 300, "c": 300}
     df = cells(sizes)
@@ -127,14 +131,14 @@ def test_more_cells_than_max_cells_is_a_limit_error() -> None:
 
 # --- epsilon guards -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("eps", [0, 0.0, -1.0, float("nan"), float("inf")])
 def test_epsilon_must_be_positive_and_finite(eps: float) -> None:
     with pytest.raises(ReleaseRefused) as exc:
         release(cells({"a": 20}), privacy=COUNT, policy=POLICY, epsilon=eps)
     assert exc.value.exit_code == 3
     assert str(exc.value) == (
-        f"epsilon must be a positive finite number, found {float(eps)!r}; "
-        "pass e.g. --epsilon 0.5"
+        f"epsilon must be a positive finite number, found {float(eps)!r}; pass e.g. --epsilon 0.5"
     )
 
 
@@ -182,7 +186,7 @@ def test_value_column_in_a_count_is_refused() -> None:
     df = pd.DataFrame({"msisdn": [1], "region": ["a"], "value": [3.0]})
     assert refused(df) == (
         "contributions have a value column 'value', but aggregation 'count' takes no value; "
-        "drop it, or declare aggregation = \"sum\" or \"mean\""
+        'drop it, or declare aggregation = "sum" or "mean"'
     )
 
 
@@ -270,6 +274,7 @@ def test_invented_units_are_refused_without_naming_them() -> None:
 
 
 # --- the record ---------------------------------------------------------------
+
 
 def test_release_round_trips_through_json() -> None:
     df = cells({"a": 300, "b": 2})

@@ -243,3 +243,12 @@ def test_edge_results(runtime: Runtime, name: str) -> None:
             return keep[["msisdn"]].drop_duplicates()
         """, {"regions": ["east"], "min_day": 2})
         assert rows(out) == [(1003,)]
+
+
+def test_named_index_becomes_columns(runtime: Runtime) -> None:
+    out = run(runtime, """
+    def contributions(data, params):
+        return data.cdr.groupby(["msisdn", "region"]).size().to_frame("events")
+    """)
+    assert list(out.columns) == ["msisdn", "region", "events"]
+    assert rows(out)[0] == (1001, "north", 2)

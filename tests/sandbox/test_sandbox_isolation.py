@@ -196,3 +196,81 @@ def test_runtime_rechecks_child_error_messages(kind: str, message: str, withheld
         assert "zz-secret" not in str(error) and "987654321012" not in str(error)
     else:
         assert str(error) == message
+
+
+def test_forked_copy_starts_its_own_zygote_and_leaves_the_parents(cdr_path: Path) -> None:
+    with Runtime(tables={"cdr": cdr_path}) as rt:
+        parent_zygote = rt._proc.pid
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            ok = b"0"
+            try:
+                ok = b"1" if len(rt.run(source=TRIVIAL, entrypoint="contributions", params={})) == 2 else b"0"
+                ok += b"1" if rt._proc.pid != parent_zygote else b"0"
+                rt.close()
+            finally:
+                os.write(write_fd, ok)
+                os._exit(0)
+        os.close(write_fd)
+        answer = os.read(read_fd, 2)
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+        assert answer == b"11"
+        assert rt._proc.pid == parent_zygote and rt._proc.poll() is None
+        assert len(rt.run(source=TRIVIAL, entrypoint="contributions", params={})) == 2
+
+
+def test_running_child_is_confined(runtime: Runtime) -> None:
+    """Inspect a live job child from outside: uid, seccomp, rlimits, fds, session."""
+    import threading
+
+    busy = "def contributions(data, params):\n    while True:\n        pass\n"
+    errors: list[Exception] = []
+
+    def job() -> None:
+        try:
+            runtime.run(source=busy, entrypoint="contributions", params={},
+                        limits=Limits(cpu_seconds=10, wall_seconds=2.0, max_open_files=32))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    zygote = runtime._proc.pid
+    child = None
+    for _ in range(100):
+        kids = Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split()
+        if kids:
+            child = int(kids[0])
+            status = Path(f"/proc/{child}/status").read_text()
+            if "Seccomp:\t2" in status:
+                break
+        time.sleep(0.02)
+    assert child is not None
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{child}/status").read_text().splitlines())
+    limits = Path(f"/proc/{child}/limits").read_text()
+    fds = os.listdir(f"/proc/{child}/fd")
+    sid = os.getsid(child)
+    thread.join()
+    assert status["Seccomp"].strip() == "2"
+    assert status["NoNewPrivs"].strip() == "1"
+    if IS_ROOT:
+        assert status["Uid"].split()[:3] == ["65534"] * 3
+        assert status["CapEff"].strip() == "0000000000000000"
+    table = {line[:26].strip(): line[26:].split()[:2] for line in limits.splitlines()[1:]}
+    assert table["Max file size"] == ["0", "0"]
+    assert table["Max open files"] == ["32", "32"]
+    assert table["Max cpu time"] == ["10", "11"]
+    assert table["Max core file size"] == ["0", "0"]
+    assert table["Max address space"][0] != "unlimited"
+    assert len(fds) == 4  # /dev/null x3 + the result pipe
+    assert sid == child
+    assert isinstance(errors[0], LimitExceeded) and "wall_seconds" in str(errors[0])
+
+
+def test_units_lists_distinct_values_of_the_resident_table(runtime: Runtime) -> None:
+    units = runtime.units("msisdn")
+    assert sorted(units.tolist()) == sorted(set(known_cdr()["msisdn"]))
+    with pytest.raises(BadInputError, match="no column"):
+        runtime.units("nope")

@@ -49,3 +49,11 @@ def test_custom_filename_and_entrypoint_in_messages() -> None:
     with pytest.raises(PolicyViolation, match=r"^bundle/algo\.py:1: "):
         check_source("import sys\ndef run(data, params):\n    pass\n", filename="bundle/algo.py", entrypoint="run")
     check_source("def run(data, params):\n    return data\n", entrypoint="run")
+
+
+def test_hostile_nesting_is_a_policy_violation() -> None:
+    deep = "def contributions(data, params):\n    return " + "-" * 200000 + "1\n"
+    with pytest.raises(PolicyViolation):
+        check_source(deep)
+    with pytest.raises(PolicyViolation):
+        check_source("def contributions(data, params):\n    return '\0'\n" + "\0")

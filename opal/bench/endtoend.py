@@ -1,0 +1,221 @@
+"""End to end: a real OPAL node (keys, approved bundles, registered datasets),
+a real ``opal worker start`` subprocess with the dataset resident in its
+sandbox zygote, runs requested, dispatched through Celery and Redis, and
+their outcomes awaited, all driven in-process as ``opal run`` would.
+
+Every run uses a distinct ε (1.0 minus a millionth per run), so no run is
+served from the cache unless the cache is what is being measured.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opal.bench.algorithms import Algorithm
+from opal.bench.procmem import TreeSampler
+from opal.errors import InternalError
+
+__all__ = ["Deployment", "RunTiming", "choose_broker", "BENCH_POLICY"]
+
+# A budget no benchmark exhausts; every other rule is the default policy's.
+BENCH_POLICY = {"total_epsilon": 1e9, "max_epsilon_per_run": 1.0, "default_epsilon": 1.0}
+_LOCAL_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def choose_broker(home: Path) -> tuple[str, Any]:
+    """The broker URL to use, and an embedded broker to stop afterwards (or None).
+
+    ``OPAL_BROKER_URL``, else ``OPAL_TEST_REDIS_URL``, else a Redis on
+    127.0.0.1:6379 (database 15), else the embedded one opal starts itself.
+    """
+    for name in ("OPAL_BROKER_URL", "OPAL_TEST_REDIS_URL"):
+        if os.environ.get(name):
+            return os.environ[name], None
+    import redis
+
+    try:
+        if redis.Redis.from_url(_LOCAL_REDIS, socket_timeout=1).ping():
+            return _LOCAL_REDIS, None
+    except (redis.RedisError, OSError):
+        pass
+    from opal.home import Home
+    from opal.worker.broker import EmbeddedRedis
+
+    embedded = EmbeddedRedis(Home(home / "broker").ensure())
+    return embedded.start(), embedded
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunTiming:
+    """One end-to-end run: total seconds, of which the request (sign, ledger append)."""
+
+    seconds: float
+    request_seconds: float
+    state: str
+    error: str | None = None
+
+
+@dataclass
+class Deployment:
+    """One OPAL home with an operator, a statistician and two reviewers, the
+    reference bundles submitted and approved, and at most one worker at a time."""
+
+    root: Path
+    broker_url: str
+    worker: subprocess.Popen[bytes] | None = None
+    sampler: TreeSampler | None = None
+    _runs: int = 0
+    _logs: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from opal.node import Node
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.node = Node.open(self.root / "home")
+        self.node.home.update_config(broker_url=self.broker_url)
+        os.environ["OPAL_BROKER_URL"] = self.broker_url  # the in-process client dispatches with it
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
+        env.update(OPAL_HOME=str(self.node.home.root), OPAL_BROKER_URL=self.broker_url)
+        if os.environ.get("OPAL_DB_URL"):
+            env["OPAL_DB_URL"] = os.environ["OPAL_DB_URL"]
+        return env
+
+    def setup(self, algorithms: list[Algorithm]) -> None:
+        from opal.trust.review import approve, submit
+
+        node = self.node
+        for name, role in (("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
+            node.keyring.new(name, role, node.ledger)
+        for algorithm in algorithms:
+            submit(node, algorithm.bundle, signer=node.keyring.signer("sam"))
+            for reviewer in ("rita", "ravi"):
+                approve(node, algorithm.bundle.digest, signer=node.keyring.signer(reviewer))
+
+    def register(self, name: str, path: Path) -> None:
+        from opal.data import catalog
+        from opal.release.policy import ReleasePolicy
+
+        policy = ReleasePolicy.from_dict({**catalog.default_policy().to_dict(), **BENCH_POLICY})
+        catalog.register(self.node, name, path, policy=policy, signer=self.node.keyring.signer("olga"))
+
+    # -- workers -------------------------------------------------------------
+
+    def start_worker(self, dataset: str, *, concurrency: int = 1) -> None:
+        self.stop_worker()
+        log = self.root / f"worker-{dataset}-{len(self._logs)}.log"
+        self._logs.append(log)
+        with open(log, "wb") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "opal", "worker", "start", "--dataset", dataset, "--key", "olga",
+                 "--concurrency", str(concurrency), "--loglevel", "WARNING"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.sampler = TreeSampler(root=self.worker.pid).start()
+
+    def stop_worker(self) -> dict[str, Any] | None:
+        """Stop the worker; return its tree's memory peaks."""
+        memory = None
+        if self.sampler is not None:
+            self.sampler.stop()
+            memory = self.sampler.to_dict()
+            self.sampler = None
+        proc, self.worker = self.worker, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        return memory
+
+    def worker_log_tail(self) -> str:
+        if not self._logs:
+            return ""
+        lines = self._logs[-1].read_text(errors="replace").strip().splitlines()
+        return lines[-1][:300] if lines else ""
+
+    # -- runs ------------------------------------------------------------------
+
+    def next_epsilon(self) -> float:
+        self._runs += 1
+        return 1.0 - self._runs * 1e-6
+
+    def request(self, algorithm: Algorithm, dataset: str, *, params: dict[str, Any] | None = None,
+                epsilon: float | None = None) -> Any:
+        from opal.runs import request_run
+        from opal.runs.dispatch import dispatch
+
+        record = request_run(
+            self.node, algorithm=algorithm.name, dataset=dataset,
+            params=algorithm.params if params is None else params,
+            epsilon=self.next_epsilon() if epsilon is None else epsilon,
+            signer=self.node.keyring.signer("sam"),
+        )
+        dispatch(self.node, record)
+        return record
+
+    def outcome(self, run_id: str, *, timeout: float) -> dict[str, Any]:
+        """Wait for the run's Celery result (pushed by Redis, no polling delay)."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        from opal.worker.celery import configure
+
+        result = configure(self.node.home).AsyncResult(run_id)
+        try:
+            value: dict[str, Any] = result.get(timeout=timeout, propagate=False, interval=0.01)
+        except CeleryTimeout:
+            tail = self.worker_log_tail()
+            raise InternalError(f"run {run_id} had no outcome after {timeout:g}s; worker log: {tail}") from None
+        finally:
+            result.forget()
+        if not isinstance(value, dict):
+            raise InternalError(f"run {run_id}: the worker returned {type(value).__name__}, not an outcome")
+        return value
+
+    def run(self, algorithm: Algorithm, dataset: str, *, params: dict[str, Any] | None = None,
+            epsilon: float | None = None, timeout: float = 900.0) -> RunTiming:
+        t0 = time.perf_counter()
+        record = self.request(algorithm, dataset, params=params, epsilon=epsilon)
+        requested = time.perf_counter() - t0
+        outcome = self.outcome(record.run_id, timeout=timeout)
+        seconds = time.perf_counter() - t0
+        error = outcome.get("error")
+        message = None
+        if error:
+            message = f"{error.get('type', 'error')}: {error.get('message', '')}"[:300]
+        return RunTiming(seconds=seconds, request_seconds=requested, state=str(outcome.get("state")), error=message)
+
+    def burst(self, algorithm: Algorithm, dataset: str, count: int, *, timeout: float = 900.0) -> tuple[float, list[str]]:
+        """Request ``count`` runs at once, wait for all; wall seconds and their states."""
+        t0 = time.perf_counter()
+        records = [self.request(algorithm, dataset) for _ in range(count)]
+        states = [str(self.outcome(r.run_id, timeout=timeout).get("state")) for r in records]
+        return time.perf_counter() - t0, states
+
+    def close(self) -> None:
+        self.stop_worker()
+
+
+@contextmanager
+def worker_running(deployment: Deployment, dataset: str, *, concurrency: int = 1) -> Iterator[Deployment]:
+    deployment.start_worker(dataset, concurrency=concurrency)
+    try:
+        yield deployment
+    finally:
+        deployment.stop_worker()
