@@ -44,7 +44,7 @@ def contributions(data, params):
     origin_region = params["origin_region"]
     shock_day = params["shock_day"]
     baseline_days = 7
-    days_after = 13
+    days_after = 6
     if "baseline_days" in params:
         baseline_days = params["baseline_days"]
     if "days_after" in params:

@@ -1,27 +1,59 @@
 """The Celery application, and nothing else (Celery's own layout).
 
-Settings are chosen for safety: JSON only (never pickle), late acks with
-reject-on-worker-lost so a killed worker's run is redelivered (the pipeline is
-idempotent by run id), one message prefetched at a time, time limits above the
-sandbox's own, a visibility timeout above the longest allowed run.
+Settings are chosen for safety:
+
+- JSON only, never pickle (``accept_content``): kombu refuses any other
+  content type before a byte of it is deserialized;
+- late acks with reject-on-worker-lost, so a run whose worker process died
+  is redelivered; the pipeline is idempotent by run id and caps attempts
+  (``opal.worker.pipeline.MAX_ATTEMPTS``);
+- one message prefetched at a time per process;
+- task time limits above the sandbox's own wall limit (the sandbox kills a
+  slow run first and the run is recorded as failed with the limit named);
+- a broker visibility timeout above the longest allowed run, so Redis does not
+  hand a run that is still running to a second worker;
+- results expire; workers reconnect to the broker forever (a Redis restart
+  must not end a worker), clients give up fast (the request is recorded and
+  ``opal worker recover`` re-dispatches it).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from celery import Celery
 
 from opal.errors import BadInputError
 from opal.home import Home
 
-__all__ = ["app", "configure", "broker_url", "queue_name", "SANDBOX_WALL_SECONDS"]
+__all__ = [
+    "app",
+    "configure",
+    "settings",
+    "broker_url",
+    "queue_name",
+    "queue_prefix",
+    "run_timeout",
+    "SANDBOX_WALL_SECONDS",
+    "DEFAULT_RUN_TIMEOUT",
+]
 
-SANDBOX_WALL_SECONDS = 600
-TASK_SOFT_LIMIT = SANDBOX_WALL_SECONDS + 60
-TASK_HARD_LIMIT = SANDBOX_WALL_SECONDS + 120
+# The sandbox wall limit of one run when neither the worker (--run-timeout)
+# nor OPAL_RUN_TIMEOUT says otherwise.
+DEFAULT_RUN_TIMEOUT = 600.0
+SANDBOX_WALL_SECONDS = DEFAULT_RUN_TIMEOUT
+# The sandbox kills a job at its wall limit + 15 s (its backstop); the task's
+# soft limit comes after that, the hard limit after the soft one.
+_SOFT_MARGIN = 60.0
+_HARD_MARGIN = 120.0
+_RESULT_EXPIRES = 24 * 3600
 
 app = Celery("opal", set_as_current=False)
+_configured: dict[str, str] = {}
+_clients: dict[str, Celery] = {}
+_lock = threading.Lock()
 
 
 def broker_url(home: Home) -> str:
@@ -34,33 +66,79 @@ def broker_url(home: Home) -> str:
     return str(url)
 
 
+def queue_prefix(home: Home) -> str:
+    return os.environ.get("OPAL_QUEUE_PREFIX") or f"opal.{home.home_id}"
+
+
 def queue_name(home: Home, dataset: str) -> str:
-    prefix = os.environ.get("OPAL_QUEUE_PREFIX") or f"opal.{home.home_id}"
-    return f"{prefix}.{dataset}"
+    return f"{queue_prefix(home)}.{dataset}"
 
 
-def configure(home: Home) -> Celery:
+def run_timeout(value: float | None = None) -> float:
+    """The sandbox wall limit of one run: ``value``, else ``OPAL_RUN_TIMEOUT``, else 600 s."""
+    if value is None:
+        env = os.environ.get("OPAL_RUN_TIMEOUT")
+        value = float(env) if env else DEFAULT_RUN_TIMEOUT
+    if not (value > 0):
+        raise BadInputError(f"the run timeout must be a positive number of seconds, found {value!r}")
+    return float(value)
+
+
+def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str, Any]:
+    wall = run_timeout(timeout)
+    hard = wall + _HARD_MARGIN
+    # Redis hands an unacknowledged message to another consumer after this;
+    # it must outlast the longest run (recovery handles dead workers sooner).
+    visibility = max(2 * hard, 3600.0)
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": wall + _SOFT_MARGIN,
+        "task_time_limit": hard,
+        "broker_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_expires": _RESULT_EXPIRES,
+        "task_track_started": False,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        # clients: three quick tries, then the request waits for opal worker recover
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        "redis_socket_connect_timeout": 5,
+        "task_default_queue": queue_name(home, "default"),
+    }
+
+
+def configure(home: Home, *, timeout: float | None = None) -> Celery:
+    """The Celery app for ``home``'s broker.
+
+    The first call configures the module's ``app`` (the one the worker's tasks
+    are registered on); a later call for another broker URL gets its own
+    client app, so one process can talk to two brokers (tests do).
+    """
     url = broker_url(home)
-    app.conf.update(
-        broker_url=url,
-        result_backend=url,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_soft_time_limit=TASK_SOFT_LIMIT,
-        task_time_limit=TASK_HARD_LIMIT,
-        broker_transport_options={"visibility_timeout": TASK_HARD_LIMIT * 2},
-        result_backend_transport_options={"visibility_timeout": TASK_HARD_LIMIT * 2},
-        result_expires=7 * 24 * 3600,
-        task_track_started=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=3,
-        task_default_queue=queue_name(home, "default"),
-    )
-    return app
+    conf = settings(url, home=home, timeout=timeout)
+    with _lock:
+        if not _configured or _configured.get("url") == url:
+            app.conf.update(conf)
+            _configured["url"] = url
+            return app
+        client = _clients.get(url)
+        if client is None:
+            client = Celery("opal-client", set_as_current=False)
+            client.conf.update(conf)
+            _clients[url] = client
+        return client

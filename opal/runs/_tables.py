@@ -1,0 +1,44 @@
+"""Tables the run machinery adds to the node database (created on first use).
+
+``run_attempts``: how many times a run was started and by which worker
+process (the retry cap and the owner recovery asks about). ``workers``: the
+worker processes that execute runs, with a heartbeat, so recovery can tell a
+run in flight from a run whose worker died.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from opal.db import Database
+
+__all__ = ["ensure_run_tables"]
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS run_attempts (
+        run_id     TEXT PRIMARY KEY,
+        attempts   INTEGER NOT NULL,
+        worker     TEXT NOT NULL,
+        claimed    TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS workers (
+        worker_id  TEXT PRIMARY KEY,
+        host       TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        dataset    TEXT,
+        started    TEXT NOT NULL,
+        heartbeat  DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_state ON runs(state)",
+)
+
+_done: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def ensure_run_tables(db: Database) -> None:
+    if db in _done:
+        return
+    with db.transaction() as tx:
+        for sql in _TABLES:
+            tx.execute(sql)
+    _done.add(db)
