@@ -24,7 +24,6 @@ __all__ = ["BenchDataset", "ensure_dataset", "load_frame", "subscribers_for"]
 # opal.data.synth at 5 events per subscriber-day writes ~4.7 rows per
 # subscriber-day once activity, weekends and Poisson counts are applied.
 ROWS_PER_SUBSCRIBER_DAY = 4.69
-SMALL_ROWS = 1_000
 
 
 def subscribers_for(rows: int, days: int) -> int:

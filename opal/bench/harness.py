@@ -1,2 +1,436 @@
-def main(): pass
-def run(): pass
+"""The benchmark run: measure every section, print progress, write the report.
+
+Each measurement that fails is recorded as ``{"error": ...}`` and the run goes
+on; the report shows it in place of the figure.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from opal.bench import algorithms as algos
+from opal.bench.config import BenchConfig, size_label
+from opal.bench.datasets import BenchDataset, ensure_dataset, load_frame
+from opal.bench.timing import Stopwatch, Timing, measure
+
+__all__ = ["main", "run"]
+
+T = TypeVar("T")
+_LIBRARIES = ("pandas", "numpy", "pyarrow", "duckdb", "celery", "kombu", "redis", "opendp", "RestrictedPython",
+              "cryptography")
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return {"error": f"{type(exc).__name__}: {message}".splitlines()[0][:300]}
+
+
+def _attempt(clock: Stopwatch, what: str, fn: Callable[[], T]) -> T | dict[str, Any]:
+    try:
+        return fn()
+    except Exception as exc:  # a failed measurement is a result, not the end of the run
+        clock.say(f"FAILED {what}: {_error(exc)['error']}")
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+        return _error(exc)
+
+
+def _fmt(timing: dict[str, Any] | None) -> str:
+    from opal.bench.report import seconds
+
+    if not timing or "median" not in timing:
+        return "-"
+    return f"{seconds(timing['median'])} ({timing['n']} runs)"
+
+
+# -- machine ---------------------------------------------------------------------
+
+
+def _meminfo_bytes(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions(broker_url: str | None) -> dict[str, str]:
+    versions = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for name in ("opal", *_LIBRARIES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    if broker_url:
+        try:
+            import redis
+
+            info = redis.Redis.from_url(broker_url, socket_timeout=2).info("server")
+            versions["redis-server"] = str(info.get("redis_version", "?"))
+        except Exception:  # the version is nice to have; the broker is checked where it is used
+            versions["redis-server"] = "unknown"
+    return versions
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_bytes": _meminfo_bytes("MemTotal"),
+        "memory_available_bytes": _meminfo_bytes("MemAvailable"),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# -- algorithms, in process ------------------------------------------------------------
+
+
+def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Algorithm],
+                clock: Stopwatch) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(a) pandas, (b) sandbox, gate, (e) DuckDB for every algorithm; runs
+    interleaved per repetition so they share the machine's load alike."""
+    import pyarrow.parquet as pq
+
+    from opal.release import release
+    from opal.release.policy import ReleasePolicy
+    from opal.sandbox import Runtime
+
+    reps = config.reps(ds.target_rows)
+    frame, load_seconds, in_memory = load_frame(ds.path)
+    info: dict[str, Any] = {"load_seconds": load_seconds, "in_memory_bytes": in_memory}
+    clock.say(f"{ds.label}: loaded into pandas in {load_seconds:.2f}s, {in_memory / 1e6:.0f} MB in memory")
+    t0 = time.perf_counter()
+    runtime = Runtime(tables={"cdr": ds.path})
+    info["runtime_start_seconds"] = time.perf_counter() - t0
+    clock.say(f"{ds.label}: sandbox zygote up (data resident) in {info['runtime_start_seconds']:.2f}s")
+    con = algos.duckdb_connect(ds.path)
+    policy = ReleasePolicy()
+    rows: list[dict[str, Any]] = []
+    try:
+        for algorithm in algorithms:
+            row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
+            samples: dict[str, list[float]] = {"a": [], "b": [], "units": [], "gate": [], "e": []}
+            try:
+                for rep in range(reps):
+                    t = time.perf_counter()
+                    contributions = algorithm.direct(frame)
+                    samples["a"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    sandboxed = runtime.run(source=algorithm.bundle.source,
+                                            entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params)
+                    samples["b"].append(time.perf_counter() - t)
+                    # What the worker does for the unit check (opal.worker.pipeline._known_units).
+                    t = time.perf_counter()
+                    getter = getattr(runtime, "units", None)
+                    units = getter("msisdn") if callable(getter) else (
+                        pq.read_table(ds.path, columns=["msisdn"]).column(0).to_pandas())
+                    samples["units"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=policy,
+                                       epsilon=1.0, known_units=units)
+                    samples["gate"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    sql_result = algos.run_sql(con, algorithm)
+                    samples["e"].append(time.perf_counter() - t)
+                    if rep == 0:
+                        row["contribution_rows"] = len(contributions)
+                        row["sandbox_rows_match"] = len(sandboxed) == len(contributions)
+                        row["cells_released"] = released.cells_released
+                        row["cells_suppressed"] = released.cells_suppressed
+                        row["duckdb_vs_pandas"] = algos.compare(algorithm, contributions, sql_result)
+                    del contributions, sandboxed, units, released, sql_result
+            except Exception as exc:  # one algorithm failing must not hide the others
+                row["error"] = _error(exc)["error"]
+                clock.say(f"FAILED {ds.label} {algorithm.name}: {row['error']}")
+            n = min(len(s) for s in samples.values())
+            if n:
+                timing = {k: Timing(samples=tuple(v[:n])) for k, v in samples.items()}
+                row["a"] = timing["a"].to_dict()
+                row["b"] = timing["b"].to_dict()
+                row["units"] = timing["units"].to_dict()
+                row["gate"] = timing["gate"].to_dict()
+                row["gate_with_units"] = (timing["units"] + timing["gate"]).to_dict()
+                row["c"] = (timing["b"] + timing["units"] + timing["gate"]).to_dict()
+                row["e"] = timing["e"].to_dict()
+                clock.say(
+                    f"{ds.label} {algorithm.name}: (a) pandas {_fmt(row['a'])}  (b) sandbox {_fmt(row['b'])}  "
+                    f"(c) +gate {_fmt(row['c'])}  (e) duckdb {_fmt(row['e'])}  [duckdb {row.get('duckdb_vs_pandas')}]"
+                )
+            rows.append(row)
+    finally:
+        runtime.close()
+        con.close()
+        del frame
+        gc.collect()
+    return rows, info
+
+
+# -- algorithms, end to end --------------------------------------------------------------
+
+
+def _end_to_end(config: BenchConfig, deployment: Any, ds: BenchDataset, algorithms: list[algos.Algorithm],
+                rows: list[dict[str, Any]], clock: Stopwatch) -> dict[str, Any]:
+    """(d) for every algorithm through a worker holding ``ds``; fills ``rows``
+    in place and returns the worker's start-up time and memory."""
+    name = f"cdr_{ds.label.lower().replace('.', '_')}"
+    deployment.register(name, ds.path)
+    reps = config.e2e_reps(ds.target_rows)
+    info: dict[str, Any] = {"dataset": name}
+    t0 = time.perf_counter()
+    deployment.start_worker(name)
+    try:
+        first = deployment.run(algorithms[0], name, timeout=1800)
+        info["first_run_seconds"] = time.perf_counter() - t0
+        if first.state != "released":
+            raise RuntimeError(f"warm-up run ended {first.state}: {first.error}")
+        clock.say(f"{ds.label}: worker up, data resident, first run released after {info['first_run_seconds']:.1f}s")
+        by_name = {r["name"]: r for r in rows}
+        for algorithm in algorithms:
+            row = by_name.get(algorithm.name)
+            if row is None:
+                row = by_name[algorithm.name] = {"name": algorithm.name, "params": algorithm.params}
+                rows.append(row)
+            totals, requests = [], []
+            try:
+                for _ in range(reps):
+                    timing = deployment.run(algorithm, name)
+                    if timing.state != "released":
+                        raise RuntimeError(f"run ended {timing.state}: {timing.error}")
+                    totals.append(timing.seconds)
+                    requests.append(timing.request_seconds)
+                row["d"] = Timing(samples=tuple(totals)).to_dict()
+                row["d_request"] = Timing(samples=tuple(requests)).to_dict()
+                clock.say(f"{ds.label} {algorithm.name}: (d) end to end {_fmt(row['d'])}")
+            except Exception as exc:  # record and go on with the next algorithm
+                row["d_error"] = _error(exc)["error"]
+                clock.say(f"FAILED {ds.label} {algorithm.name} end to end: {row['d_error']}")
+    finally:
+        info["memory"] = deployment.stop_worker()
+    return info
+
+
+# -- small runs ---------------------------------------------------------------------------
+
+
+def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Algorithm],
+                clock: Stopwatch) -> dict[str, Any]:
+    """Latency and throughput of many small runs, and what OPAL adds to each."""
+    from opal.release import release
+    from opal.release.policy import ReleasePolicy
+    from opal.sandbox import Runtime
+
+    ds = ensure_dataset(config.data_dir, config.small_rows, seed=config.seed, days=config.days, say=clock.say)
+    algorithm = next(a for a in algorithms if a.name == "population_density")
+    n = config.small_runs
+    result: dict[str, Any] = {"dataset_rows": ds.rows, "algorithm": algorithm.name, "params": algorithm.params,
+                              "runs": n}
+    frame, _, _ = load_frame(ds.path)
+    direct, contributions = measure(lambda: algorithm.direct(frame), reps=n, warmup=1)
+    result["direct"] = direct.to_dict()
+    with Runtime(tables={"cdr": ds.path}) as runtime:
+        sandbox, sandboxed = measure(
+            lambda: runtime.run(source=algorithm.bundle.source, entrypoint="contributions", params=algorithm.params),
+            reps=n, warmup=1)
+    gate, _ = measure(lambda: release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
+                                      epsilon=1.0, known_units=frame["msisdn"]), reps=n)
+    result["sandbox"] = sandbox.to_dict()
+    result["gate"] = gate.to_dict()
+    del frame, contributions, sandboxed
+
+    deployment.register("cdr_small", ds.path)
+    for concurrency in (1, 2):
+        key = f"concurrency_{concurrency}"
+        deployment.start_worker("cdr_small", concurrency=concurrency)
+        try:
+            for _ in range(concurrency):  # each pool process starts its own sandbox zygote
+                warm = deployment.run(algorithm, "cdr_small", timeout=600)
+                if warm.state != "released":
+                    raise RuntimeError(f"warm-up run ended {warm.state}: {warm.error}")
+            if concurrency == 1:
+                sequential = [deployment.run(algorithm, "cdr_small") for _ in range(n)]
+                bad = [t for t in sequential if t.state != "released"]
+                if bad:
+                    raise RuntimeError(f"a run ended {bad[0].state}: {bad[0].error}")
+                result["end_to_end"] = Timing(samples=tuple(t.seconds for t in sequential)).to_dict()
+                result["request"] = Timing(samples=tuple(t.request_seconds for t in sequential)).to_dict()
+                eps = deployment.next_epsilon()
+                first = deployment.run(algorithm, "cdr_small", epsilon=eps)
+                cached = [deployment.run(algorithm, "cdr_small", epsilon=eps) for _ in range(max(3, n // 2))]
+                result["cached_repeat"] = Timing(samples=tuple(t.seconds for t in cached)).to_dict()
+                result["cached_states"] = sorted({t.state for t in cached} | {first.state})
+                clock.say(f"small runs: end to end {_fmt(result['end_to_end'])}, cached repeat "
+                          f"{_fmt(result['cached_repeat'])}, pandas {_fmt(result['direct'])}")
+            wall, states = deployment.burst(algorithm, "cdr_small", 2 * n)
+            result[key] = {"runs": len(states), "seconds": wall, "runs_per_second": len(states) / wall,
+                           "released": states.count("released")}
+            clock.say(f"small runs: {len(states)} dispatched at once, worker --concurrency {concurrency}: "
+                      f"{len(states) / wall:.1f} runs/s")
+        finally:
+            deployment.stop_worker()
+    return result
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    """Measure everything ``config`` asks for; return the results (JSON-safe)."""
+    from opal.bench.endtoend import Deployment, choose_broker
+
+    clock = Stopwatch()
+    if os.environ.pop("OPAL_DB_URL", None):
+        clock.say("note: OPAL_DB_URL is ignored here; the benchmark uses the default SQLite ledger")
+    started = datetime.now(UTC)
+    algorithms = algos.algorithms()
+    results: dict[str, Any] = {
+        "format": "opal-bench/1",
+        "started": started.isoformat(timespec="seconds"),
+        "config": {
+            "sizes": list(config.sizes), "quick": config.quick, "seed": config.seed, "days": config.days,
+            "reps": {size_label(s): config.reps(s) for s in config.sizes},
+            "e2e_reps": {size_label(s): config.e2e_reps(s) for s in config.sizes},
+            "sections": list(config.sections), "gate_rows": config.gate_rows,
+            "ledger_entries": config.ledger_entries, "small_rows": config.small_rows, "small_runs": config.small_runs,
+        },
+        "machine": _machine(),
+        "sql": {a.name: a.sql for a in algorithms},
+        "datasets": [],
+        "algorithms": {},
+        "workers": {},
+    }
+    work = Path(tempfile.mkdtemp(prefix="opal-bench-"))
+    clock.say(f"OPAL benchmark: sizes {', '.join(size_label(s) for s in config.sizes)}; "
+              f"sections {', '.join(config.sections)}; scratch {work}")
+    broker_url, embedded = None, None
+    deployment = None
+    try:
+        if config.wants("e2e") or config.wants("small"):
+            broker_url, embedded = choose_broker(work)
+            deployment = Deployment(root=work / "node", broker_url=broker_url)
+            deployment.setup(algorithms)
+            clock.say(f"broker {broker_url}; node {deployment.node.home.root} with 6 approved bundles")
+        results["versions"] = _versions(broker_url)
+
+        for size in config.sizes:
+            ds = ensure_dataset(config.data_dir, size, seed=config.seed, days=config.days, say=clock.say)
+            entry = ds.to_dict()
+            results["datasets"].append(entry)
+            rows: list[dict[str, Any]] = []
+            if config.wants("algorithms"):
+                got = _attempt(clock, f"{ds.label} in-process algorithms",
+                               lambda: _in_process(config, ds, algorithms, clock))
+                if isinstance(got, tuple):
+                    rows, info = got
+                    entry.update(info)
+                else:
+                    entry.update(got)
+            if config.wants("e2e") and deployment is not None:
+                worker = _attempt(clock, f"{ds.label} end to end",
+                                  lambda: _end_to_end(config, deployment, ds, algorithms, rows, clock))
+                worker["in_memory_bytes"] = entry.get("in_memory_bytes")
+                results["workers"][ds.label] = worker
+            results["algorithms"][ds.label] = rows
+
+        if config.wants("gate"):
+            from opal.bench.gate import bench_gate
+
+            clock.say(f"release gate alone on {config.gate_rows:,} contribution rows vs DuckDB count(DISTINCT) ...")
+            results["gate"] = _attempt(clock, "gate", lambda: bench_gate(
+                rows=config.gate_rows, units=config.gate_units, groups=config.gate_groups,
+                reps=2 if config.quick else 3))
+            if "gate" in results["gate"]:
+                clock.say(f"gate {_fmt(results['gate']['gate'])}, duckdb {_fmt(results['gate']['duckdb'])}")
+
+        if config.wants("ledger"):
+            results["ledger"] = _ledger(config, work, clock)
+
+        if config.wants("small") and deployment is not None:
+            results["small"] = _attempt(clock, "small runs", lambda: _small_runs(config, deployment, algorithms, clock))
+    finally:
+        if deployment is not None:
+            deployment.close()
+        if embedded is not None:
+            embedded.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["seconds"] = clock.elapsed()
+    return results
+
+
+def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]:
+    from opal.bench import ledger
+
+    out: dict[str, Any] = {"appends": []}
+    for processes in (1, 4):
+        got = _attempt(clock, f"ledger appends ({processes} processes)",
+                       lambda: ledger.bench_appends(work, processes=processes, seconds=config.append_seconds))
+        out["appends"].append(got if "error" not in got else {"processes": processes, **got})
+        if "per_second" in got:
+            clock.say(f"ledger: {got['per_second']:.0f} durable appends/s with {processes} process(es)")
+    built = _attempt(clock, "ledger build", lambda: ledger.ensure_ledger(config.data_dir, config.ledger_entries,
+                                                                          say=clock.say))
+    out["build"] = built
+    if "home" in built:
+        home = Path(built["home"])
+        reps = 2 if config.quick else 1
+        out["verify"] = _attempt(clock, "ledger verify", lambda: ledger.bench_verify(home, reps=reps))
+        if "cli" in out["verify"]:
+            clock.say(f"ledger: opal ledger verify on {out['verify']['entries']:,} entries {_fmt(out['verify']['cli'])}")
+        out["proofs"] = _attempt(clock, "inclusion proofs",
+                                 lambda: ledger.bench_proofs(home, proofs=config.proofs, reps=3))
+        if "proof" in out["proofs"]:
+            clock.say(f"ledger: inclusion proof {_fmt(out['proofs']['proof'])} warm, "
+                      f"opal ledger prove inclusion {_fmt(out['proofs']['cli'])}")
+        startup = _attempt(clock, "CLI start-up", lambda: ledger.cli_startup(home, reps=3))
+        out["cli_startup"] = startup.to_dict() if isinstance(startup, Timing) else startup
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from opal.bench.report import render, write_report
+    from opal.errors import OpalError
+
+    try:
+        config = BenchConfig.from_args(argv)
+    except OpalError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    results = run(config)
+    if config.json_path is not None:
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
+        config.json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    text = render(results, previous=config.output)
+    print()
+    print(text)
+    if config.output is not None:
+        write_report(config.output, text)
+        print(f"wrote {config.output}" + (f" and {config.json_path}" if config.json_path else ""))

@@ -39,8 +39,11 @@ class Timing:
         """Sample-wise sum of two measurements taken in the same repetitions."""
         return Timing(samples=tuple(a + b for a, b in zip(self.samples, other.samples, strict=True)))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.min, "max": self.max, "n": self.n, "samples": list(self.samples)}
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {"median": self.median, "min": self.min, "max": self.max, "n": self.n}
+        if samples:
+            data["samples"] = list(self.samples)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Timing:

@@ -10,12 +10,23 @@
 
 Every outcome is recorded in the ledger with its reason. Messages never hold
 data values: errors raised by the algorithm are scrubbed by the sandbox.
+
+Exactly once: every transaction that records an outcome first re-reads the
+run's state under the write lock and records nothing if an outcome exists
+(a redelivery, a cancellation, a takeover that finished first). Budget is
+reserved once, when the run first starts, and committed or returned once, with
+the outcome. A started run whose worker died is taken over by the next
+delivery (a new ``run_started`` with ``attempt`` n), at most ``MAX_ATTEMPTS``
+times: a run that keeps killing its workers is failed, not retried forever.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,35 +37,44 @@ from opal.data import catalog
 from opal.errors import (
     BadInputError,
     InternalError,
+    LimitExceeded,
     OpalError,
     ReleaseRefused,
     TrustError,
 )
 from opal.release import budget
-from opal.runs.records import RunRecord, get_run
-from opal.runs.request import REQUEST_DOMAIN
-from opal.trust.keys import utcnow, verify_signature
+from opal.runs.message import verify_request
+from opal.runs.records import TERMINAL_STATES, RunRecord, get_run
+from opal.trust.keys import utcnow
 from opal.trust.review import verify_for_run
+from opal.worker.liveness import is_alive, local_worker
 
 if TYPE_CHECKING:
     from opal.node import Node
     from opal.sandbox import Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["execute_run", "Outcome"]
+__all__ = ["execute_run", "fail_run", "Outcome", "MAX_ATTEMPTS", "run_owner"]
 
 log = logging.getLogger("opal.worker")
 
 Outcome = dict[str, Any]
 RuntimeFor = Callable[[catalog.Dataset], "Runtime"]
 
+# Deliveries that start a run (the first and each takeover after a lost worker).
+MAX_ATTEMPTS = int(os.environ.get("OPAL_MAX_ATTEMPTS", "3"))
+
 # Faults found before anything ran are refusals; faults of the code or its
 # limits are failures. Both are final and recorded.
 _REFUSALS = (TrustError, BadInputError, ReleaseRefused)
 
 
-def _outcome(record: RunRecord) -> Outcome:
-    return {
+class _Dropped(Exception):
+    """This delivery must change nothing: the run has an outcome or a live owner."""
+
+
+def _outcome(record: RunRecord, *, dropped: bool = False) -> Outcome:
+    out: Outcome = {
         "run_id": record.run_id,
         "state": record.state,
         "release": record.result,
@@ -62,46 +82,54 @@ def _outcome(record: RunRecord) -> Outcome:
         "error": record.error,
         "epsilon": record.epsilon,
     }
+    if dropped:
+        out["dropped"] = True
+    return out
 
 
-def execute_run(node: Node, run_id: str, *, signer: Signer, runtime_for: RuntimeFor) -> Outcome:
+def run_owner(node: Node, run_id: str) -> tuple[int, str | None]:
+    """(attempts so far, worker id of the last attempt) of ``run_id``."""
+    from opal.runs._tables import ensure_run_tables
+
+    ensure_run_tables(node.db)
+    row = node.db.one("SELECT attempts, worker FROM run_attempts WHERE run_id = ?", (run_id,))
+    return (int(row["attempts"]), str(row["worker"])) if row else (0, None)
+
+
+def execute_run(
+    node: Node, run_id: str, *, signer: Signer, runtime_for: RuntimeFor, worker: str | None = None
+) -> Outcome:
     """Run ``run_id`` exactly once. A redelivered message for a finished run
-    returns the recorded outcome and changes nothing."""
+    returns the recorded outcome and changes nothing; one for a run another
+    live worker is running returns ``dropped``."""
     record = get_run(node, run_id)
     if record.finished:
-        return _outcome(record)
+        log.info("run %s is %s already: delivery dropped", run_id, record.state)
+        return _outcome(record, dropped=True)
+    me = worker or local_worker(node, dataset=record.dataset)
+    if record.state == "started":
+        _, owner = run_owner(node, run_id)
+        if owner not in (None, me) and is_alive(node.db, owner):
+            log.info("run %s is in flight on %s: delivery dropped", run_id, owner)
+            return _outcome(record, dropped=True)
     try:
-        return _execute(node, record, signer=signer, runtime_for=runtime_for)
+        return _execute(node, record, signer=signer, runtime_for=runtime_for, me=me)
+    except _Dropped as why:
+        log.info("run %s: delivery dropped (%s)", run_id, why)
+        return _outcome(get_run(node, run_id), dropped=True)
     except OpalError as exc:
-        return _finish_failed(node, record, exc, signer=signer)
+        return fail_run(node, record, exc, signer=signer)
     except Exception as exc:  # a fault of ours: record it without details that might hold data
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            return fail_run(node, record, LimitExceeded("the worker's task time limit was exceeded"), signer=signer)
         log.error("run %s: internal error %s", run_id, type(exc).__name__)
-        return _finish_failed(
+        return fail_run(
             node, record, InternalError(f"internal error in the worker ({type(exc).__name__}); see the worker log"), signer=signer
         )
 
 
-def _check_request(node: Node, record: RunRecord) -> None:
-    """The request in the ledger is the one the requester signed."""
-    row = node.db.one("SELECT request_index FROM runs WHERE run_id = ?", (record.run_id,))
-    entries = node.ledger.entries(type="run_requested", subject=record.algorithm.split("@")[0])
-    entry = next((e for e in entries if e.body.get("run_id") == record.run_id), None)
-    if entry is None or row is None or entry.index != row["request_index"]:
-        raise TrustError(f"run {record.run_id} has no matching run_requested entry in the ledger")
-    body = dict(entry.body)
-    signature = body.pop("request_signature", "")
-    requester = node.keyring.by_id(str(body.get("requester")))
-    if not requester:
-        raise TrustError(f"run {record.run_id} was requested by an unknown key")
-    verify_signature(requester[0].public_key, REQUEST_DOMAIN, canonical_json(body), signature)
-    if requester[0].revoked:
-        raise TrustError(f"requester key {requester[0].name!r} was revoked on {requester[0].revoked_at}")
-    if (body["digest"], body["dataset"], body["epsilon"]) != (record.digest, record.dataset, record.epsilon) or body["params"] != record.params:
-        raise TrustError(f"run {record.run_id}: the stored request differs from the signed one")
-
-
-def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor) -> Outcome:
-    _check_request(node, record)
+def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+    verify_request(node, record)
     ds = catalog.get(node, record.dataset)
     # 1–2. exact bytes, signature, approvals, revocation, rollback
     bundle = verify_for_run(node, record.digest)
@@ -130,23 +158,8 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     if cached is not None:
         return _finish_cached(node, record, cached, signer=signer)
     # 4. reserve budget and record the start, in one durable transaction
-    if record.state == "requested":
-        with node.db.transaction() as tx:
-            budget.reserve(tx, dataset=ds.name, run_id=record.run_id, epsilon=record.epsilon, actor=signer.key_id)
-            tx.execute("UPDATE runs SET state = 'started', updated = ? WHERE run_id = ?", (utcnow(), record.run_id))
-            node.ledger.append_in(
-                tx,
-                type="run_started",
-                body={
-                    "run_id": record.run_id,
-                    "digest": record.digest,
-                    "dataset": ds.name,
-                    "dataset_version": ds.version,
-                    "epsilon_reserved": record.epsilon,
-                },
-                signer=signer,
-                subject=manifest.name,
-            )
+    if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
+        return _outcome(get_run(node, record.run_id))
     # 5. sandbox
     runtime = runtime_for(ds)
     contributions = runtime.run(source=bundle.source, entrypoint=manifest.entrypoint, params=record.params)
@@ -160,9 +173,61 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         epsilon=record.epsilon,
         known_units=_known_units(runtime, ds),
     )
-    result = released.to_dict()
     # 7. record, then return
-    return _finish_released(node, record, result, signer=signer)
+    return _finish_released(node, record, released.to_dict(), signer=signer)
+
+
+def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, signer: Signer, me: str) -> bool:
+    """Claim the run for this worker: reserve ε on the first start, count the attempt.
+
+    Returns False when the attempt cap was reached (the run is failed in the
+    same transaction). Raises _Dropped when the run has an outcome or another
+    live worker holds it.
+    """
+    from opal.runs._tables import ensure_run_tables
+
+    ensure_run_tables(node.db)
+    with node.db.transaction() as tx:
+        (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
+        if state in TERMINAL_STATES:
+            raise _Dropped(f"it is {state} already")
+        row = tx.execute("SELECT attempts, worker FROM run_attempts WHERE run_id = ?", (record.run_id,)).fetchone()
+        attempts, owner = (int(row[0]), str(row[1])) if row else (0, None)
+        if state == "started" and owner not in (None, me) and is_alive(node.db, owner):
+            raise _Dropped(f"worker {owner} is running it")
+        attempts += 1
+        if attempts > MAX_ATTEMPTS:
+            exc = InternalError(
+                f"run {record.run_id} lost its worker in each of {MAX_ATTEMPTS} attempts; "
+                "it is failed rather than retried again (see the worker logs)"
+            )
+            _record_failure(tx, node, record, exc, state=state, signer=signer)
+            return False
+        if state == "requested":
+            budget.reserve(tx, dataset=ds.name, run_id=record.run_id, epsilon=record.epsilon, actor=signer.key_id)
+        now = utcnow()
+        tx.execute("UPDATE runs SET state = 'started', updated = ? WHERE run_id = ?", (now, record.run_id))
+        tx.execute(
+            "INSERT OR REPLACE INTO run_attempts(run_id, attempts, worker, claimed) VALUES (?,?,?,?)",
+            (record.run_id, attempts, me, now),
+        )
+        node.ledger.append_in(
+            tx,
+            type="run_started",
+            body={
+                "run_id": record.run_id,
+                "digest": record.digest,
+                "dataset": ds.name,
+                "dataset_version": ds.version,
+                "epsilon_reserved": record.epsilon,
+                "attempt": attempts,
+            },
+            signer=signer,
+            subject=subject,
+        )
+    if attempts > 1:
+        log.warning("run %s: attempt %d (its previous worker was lost)", record.run_id, attempts)
+    return True
 
 
 def _known_units(runtime: Runtime, ds: catalog.Dataset) -> pd.Series | None:
@@ -190,6 +255,10 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 def _finish_released(node: Node, record: RunRecord, result: dict[str, Any], *, signer: Signer) -> Outcome:
     result_digest = sha256_hex(canonical_json(result))
     with node.db.transaction() as tx:
+        (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
+        if state in TERMINAL_STATES:
+            # cancelled, or another attempt finished first: this result never leaves
+            raise _Dropped(f"it is {state} already; its result is discarded")
         spent = budget.commit(tx, run_id=record.run_id, actor=signer.key_id)
         node.ledger.append_in(
             tx,
@@ -208,7 +277,7 @@ def _finish_released(node: Node, record: RunRecord, result: dict[str, Any], *, s
             "UPDATE runs SET state = 'released', result = ?, result_digest = ?, updated = ? WHERE run_id = ?",
             (json.dumps(result), result_digest, utcnow(), record.run_id),
         )
-    node.ledger.checkpoint(signer)
+    _checkpoints.poke(node, signer)
     return _outcome(get_run(node, record.run_id))
 
 
@@ -216,6 +285,10 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
     result = json.loads(cached["result"])
     result["cached_from"] = cached["run_id"]
     with node.db.transaction() as tx:
+        (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
+        if state in TERMINAL_STATES:
+            raise _Dropped(f"it is {state} already")
+        returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
         node.ledger.append_in(
             tx,
             type="run_finished",
@@ -225,6 +298,7 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
                 "cached_from": cached["run_id"],
                 "result_digest": cached["result_digest"],
                 "epsilon_spent": 0.0,
+                **({"epsilon_returned": returned} if returned else {}),
             },
             signer=signer,
             subject=record.algorithm.split("@")[0],
@@ -236,33 +310,85 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
     return _outcome(get_run(node, record.run_id))
 
 
-def _finish_failed(node: Node, record: RunRecord, exc: OpalError, *, signer: Signer) -> Outcome:
-    state = "refused" if isinstance(exc, _REFUSALS) else "failed"
-    error = exc.to_dict()
+def _record_failure(tx: Any, node: Node, record: RunRecord, exc: OpalError, *, state: str, signer: Signer) -> None:
+    outcome = "refused" if isinstance(exc, _REFUSALS) else "failed"
+    returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
+    node.ledger.append_in(
+        tx,
+        type="run_finished",
+        body={
+            "run_id": record.run_id,
+            "outcome": outcome,
+            "reason": exc.message,
+            "error_type": type(exc).__name__,
+            "exit_code": exc.exit_code,
+            "epsilon_spent": 0.0,
+            "epsilon_returned": returned,
+        },
+        signer=signer,
+        subject=record.algorithm.split("@")[0],
+    )
+    tx.execute(
+        "UPDATE runs SET state = ?, error = ?, updated = ? WHERE run_id = ?",
+        (outcome, json.dumps(exc.to_dict()), utcnow(), record.run_id),
+    )
+    log.info("run %s %s: %s", record.run_id, outcome, type(exc).__name__)
+
+
+def fail_run(node: Node, record: RunRecord, exc: OpalError, *, signer: Signer) -> Outcome:
+    """Record ``exc`` as the run's outcome (refused or failed) unless it has one; return ε reserved."""
     with node.db.transaction() as tx:
-        current = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
-        if current and current[0] in ("released", "refused", "failed", "cancelled"):
-            pass  # another delivery finished it first: record nothing twice
-        else:
-            returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
-            node.ledger.append_in(
-                tx,
-                type="run_finished",
-                body={
-                    "run_id": record.run_id,
-                    "outcome": state,
-                    "reason": exc.message,
-                    "error_type": type(exc).__name__,
-                    "exit_code": exc.exit_code,
-                    "epsilon_spent": 0.0,
-                    "epsilon_returned": returned,
-                },
-                signer=signer,
-                subject=record.algorithm.split("@")[0],
-            )
-            tx.execute(
-                "UPDATE runs SET state = ?, error = ?, updated = ? WHERE run_id = ?",
-                (state, json.dumps(error), utcnow(), record.run_id),
-            )
-    log.info("run %s %s: %s", record.run_id, state, type(exc).__name__)
+        (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
+        if state not in TERMINAL_STATES:  # else another delivery finished it first: record nothing twice
+            _record_failure(tx, node, record, exc, state=state, signer=signer)
     return _outcome(get_run(node, record.run_id))
+
+
+class _Checkpoints:
+    """Signed checkpoints after releases, at most one per ``INTERVAL`` per process.
+
+    A lone release is checkpointed at once; under load the releases of the
+    next ``INTERVAL`` share one checkpoint, signed by a timer (a checkpoint
+    costs a tree sync, a signature and a durable commit).
+    """
+
+    INTERVAL = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+        self._pid = os.getpid()
+
+    def poke(self, node: Node, signer: Signer) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's timer is not ours
+                self._pid, self._timer, self._last = os.getpid(), None, 0.0
+            if self._timer is not None:
+                return  # the pending checkpoint will cover this entry
+            delay = self._last + self.INTERVAL - time.monotonic()
+            if delay > 0:
+                self._timer = threading.Timer(delay, self._fire, (node, signer))
+                self._timer.daemon = False
+                self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._sign(node, signer)
+
+    def _fire(self, node: Node, signer: Signer) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self._sign(node, signer)
+
+    @staticmethod
+    def _sign(node: Node, signer: Signer) -> None:
+        try:
+            node.ledger.checkpoint(signer)
+        except OpalError as exc:
+            log.error("checkpoint not signed: %s", exc.message)
+        except Exception as exc:  # noqa: BLE001 - the next release retries
+            log.error("checkpoint not signed: %s", type(exc).__name__)
+
+
+_checkpoints = _Checkpoints()

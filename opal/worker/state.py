@@ -1,6 +1,7 @@
 """What a worker process holds for its lifetime: the node, its signing key,
-and one resident sandbox runtime per dataset (reloaded when the dataset's
-version changes)."""
+and one resident sandbox runtime per dataset, keyed by the dataset's version
+(a new version — the file or table changed and was re-registered or
+refreshed — loads a new runtime and stops the old one)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from opal.node import Node
 
 if TYPE_CHECKING:
     from opal.data.catalog import Dataset
-    from opal.sandbox import Runtime
+    from opal.sandbox import Limits, Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["node", "signer", "runtime_for", "close_runtimes"]
+__all__ = ["node", "signer", "runtime_for", "close_runtimes", "limits", "resident"]
 
 _lock = threading.Lock()
 _node: Node | None = None
@@ -34,7 +35,21 @@ def node() -> Node:
 
 def signer() -> Signer:
     n = node()
+    # re-read each run: a revoked operator key stops signing at once
     return n.keyring.signer_for(os.environ.get("OPAL_WORKER_KEY") or None, "operator")
+
+
+def limits() -> Limits:
+    """Per-run sandbox limits of this worker: the wall limit is ``--run-timeout``
+    (``OPAL_RUN_TIMEOUT``); CPU time is allowed up to the same bound."""
+    import math
+
+    from opal.sandbox import Limits
+    from opal.worker.celery import run_timeout
+
+    wall = run_timeout()
+    base = Limits()
+    return Limits(wall_seconds=wall, cpu_seconds=max(base.cpu_seconds, math.ceil(wall)))
 
 
 def runtime_for(ds: Dataset) -> Runtime:
@@ -46,9 +61,15 @@ def runtime_for(ds: Dataset) -> Runtime:
             return held[1]
         if held is not None:
             held[1].close()
-        rt = Runtime(tables={ds.schema: ds.path})
+        rt = Runtime(tables={ds.schema: ds.path}, limits=limits())
         _runtimes[ds.name] = (ds.version, rt)
         return rt
+
+
+def resident() -> dict[str, str]:
+    """Dataset name → version of the runtimes this process holds."""
+    with _lock:
+        return {name: version for name, (version, _) in _runtimes.items()}
 
 
 def close_runtimes() -> None:
