@@ -17,7 +17,16 @@ Timings are the median of repeated runs, with min and max. Nothing here
 asserts a timing: the numbers are for reading.
 """
 
-from opal.bench.config import BenchConfig
-from opal.bench.harness import main, run
+from __future__ import annotations
 
-__all__ = ["BenchConfig", "main", "run"]
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark (``python -m opal.bench``). Imported lazily, so the
+    helper processes that import ``opal.bench.*`` stay light."""
+    from opal.bench.harness import main as run_main
+
+    run_main(argv)

@@ -23,7 +23,7 @@ import pandas as pd
 from opal.bench.config import REPO
 from opal.bundle.registry import Bundle
 
-__all__ = ["ALGORITHMS", "Algorithm", "algorithms", "duckdb_connect", "run_sql", "compare"]
+__all__ = ["ALGORITHMS", "Algorithm", "algorithms", "compare", "duckdb_connect", "run_sql"]
 
 ALGORITHMS = REPO / "algorithms"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from opal.errors import BadInputError
 
-__all__ = ["BenchConfig", "SECTIONS", "REPO", "parse_size", "size_label"]
+__all__ = ["REPO", "SECTIONS", "BenchConfig", "parse_size", "size_label"]
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("algorithms", "e2e", "gate", "ledger", "small")
@@ -72,6 +72,7 @@ class BenchConfig:
     gate_groups: int = 3_000
     ledger_entries: int = 1_000_000
     append_seconds: float = 5.0
+    appends: int = 4_000
     proofs: int = 1_000
     small_rows: int = 50_000
     small_runs: int = 20
@@ -83,7 +84,7 @@ class BenchConfig:
             return self.repeat
         if self.quick:
             return 2
-        return 5 if rows <= 2_000_000 else 2 if rows <= 20_000_000 else 1
+        return 5 if rows <= 2_000_000 else 3 if rows <= 20_000_000 else 1
 
     def e2e_reps(self, rows: int) -> int:
         """Repetitions of each end-to-end run at ``rows`` (each spends budget and writes the ledger)."""
@@ -91,7 +92,7 @@ class BenchConfig:
             return self.repeat
         if self.quick:
             return 2
-        return 3 if rows <= 2_000_000 else 1
+        return 3 if rows <= 2_000_000 else 2 if rows <= 20_000_000 else 1
 
     def wants(self, section: str) -> bool:
         return section in self.sections
@@ -122,7 +123,7 @@ class BenchConfig:
         if args.quick:
             config = replace(
                 config, quick=True, sizes=QUICK_SIZES, output=None, gate_rows=100_000, gate_units=5_000,
-                gate_groups=300, ledger_entries=2_000, append_seconds=1.0, proofs=200,
+                gate_groups=300, ledger_entries=2_000, append_seconds=1.0, appends=400, proofs=200,
                 small_rows=20_000, small_runs=5,
             )
         full = args.full or env.get("BENCH_FULL", "") not in ("", "0")

@@ -69,7 +69,7 @@ def ensure_dataset(
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "opal.bench._synth_child", str(path), str(subscribers), str(days), str(seed)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from opal.bench.algorithms import Algorithm
 from opal.bench.procmem import TreeSampler
 from opal.errors import InternalError
 
-__all__ = ["Deployment", "RunTiming", "choose_broker", "BENCH_POLICY"]
+__all__ = ["BENCH_POLICY", "Deployment", "RunTiming", "choose_broker"]
 
 # A budget no benchmark exhausts; every other rule is the default policy's.
 BENCH_POLICY = {"total_epsilon": 1e9, "max_epsilon_per_run": 1.0, "default_epsilon": 1.0}
@@ -56,11 +54,13 @@ def choose_broker(home: Path) -> tuple[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class RunTiming:
-    """One end-to-end run: total seconds, of which the request (sign, ledger append)."""
+    """One end-to-end run: total seconds, of which the request (sign, ledger append);
+    whether the outcome was served from the cache."""
 
     seconds: float
     request_seconds: float
     state: str
+    cached: bool = False
     error: str | None = None
 
 
@@ -199,7 +199,10 @@ class Deployment:
         message = None
         if error:
             message = f"{error.get('type', 'error')}: {error.get('message', '')}"[:300]
-        return RunTiming(seconds=seconds, request_seconds=requested, state=str(outcome.get("state")), error=message)
+        released = outcome.get("release")
+        cached = isinstance(released, dict) and released.get("cached_from") is not None
+        return RunTiming(seconds=seconds, request_seconds=requested, state=str(outcome.get("state")),
+                         cached=cached, error=message)
 
     def burst(self, algorithm: Algorithm, dataset: str, count: int, *, timeout: float = 900.0) -> tuple[float, list[str]]:
         """Request ``count`` runs at once, wait for all; wall seconds and their states."""
@@ -210,12 +213,3 @@ class Deployment:
 
     def close(self) -> None:
         self.stop_worker()
-
-
-@contextmanager
-def worker_running(deployment: Deployment, dataset: str, *, concurrency: int = 1) -> Iterator[Deployment]:
-    deployment.start_worker(dataset, concurrency=concurrency)
-    try:
-        yield deployment
-    finally:
-        deployment.stop_worker()

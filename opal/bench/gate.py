@@ -17,7 +17,7 @@ import pandas as pd
 
 from opal.bench.timing import Timing
 
-__all__ = ["contributions_table", "bench_gate"]
+__all__ = ["bench_gate", "contributions_table"]
 
 
 def _own_table(rows: int, units: int, groups: int, seed: int = 7) -> tuple[pd.DataFrame, pd.Series]:

@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
 def _attempt(clock: Stopwatch, what: str, fn: Callable[[], T]) -> T | dict[str, Any]:
     try:
         return fn()
-    except Exception as exc:  # a failed measurement is a result, not the end of the run
+    except Exception as exc:  # noqa: BLE001  # a failed measurement is a result, not the end of the run
         clock.say(f"FAILED {what}: {_error(exc)['error']}")
         if os.environ.get("BENCH_DEBUG"):
             traceback.print_exc()
@@ -92,7 +93,7 @@ def _versions(broker_url: str | None) -> dict[str, str]:
 
             info = redis.Redis.from_url(broker_url, socket_timeout=2).info("server")
             versions["redis-server"] = str(info.get("redis_version", "?"))
-        except Exception:  # the version is nice to have; the broker is checked where it is used
+        except Exception:  # noqa: BLE001  # nice to have; the broker is checked where it is used
             versions["redis-server"] = "unknown"
     return versions
 
@@ -112,14 +113,80 @@ def _machine() -> dict[str, Any]:
 # -- algorithms, in process ------------------------------------------------------------
 
 
-def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Algorithm],
-                clock: Stopwatch) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(a) pandas, (b) sandbox, gate, (e) DuckDB for every algorithm; runs
-    interleaved per repetition so they share the machine's load alike."""
+def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, con: Any, path: Path,
+                       reps: int) -> dict[str, Any]:
+    """(a), (b), the gate and (e) for one algorithm, alternating within each
+    repetition. A contender that fails (a sandbox limit, say) is recorded in
+    ``errors`` and left out of the later repetitions; the others go on."""
     import pyarrow.parquet as pq
 
     from opal.release import release
     from opal.release.policy import ReleasePolicy
+
+    policy = ReleasePolicy()
+    row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
+    errors: dict[str, str] = {}
+    samples: dict[str, list[float]] = {"a": [], "b": [], "units": [], "gate": [], "e": []}
+    contributions = sql_result = None
+    for _ in range(reps):
+        if "a" not in errors:
+            try:
+                t = time.perf_counter()
+                contributions = algorithm.direct(frame)
+                samples["a"].append(time.perf_counter() - t)
+                row["contribution_rows"] = len(contributions)
+            except Exception as exc:  # noqa: BLE001  # the algorithm itself failed: recorded, not fatal
+                errors["a"] = _error(exc)["error"]
+        if "b" not in errors:
+            try:
+                t = time.perf_counter()
+                sandboxed = runtime.run(source=algorithm.bundle.source,
+                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params)
+                samples["b"].append(time.perf_counter() - t)
+                row["sandbox_rows"] = len(sandboxed)
+            except Exception as exc:  # noqa: BLE001  # e.g. a sandbox limit at 100 M rows
+                errors["b"] = _error(exc)["error"]
+            else:
+                try:
+                    # What the worker does for the unit check (opal.worker.pipeline._known_units).
+                    t = time.perf_counter()
+                    getter = getattr(runtime, "units", None)
+                    units = getter("msisdn") if callable(getter) else (
+                        pq.read_table(path, columns=["msisdn"]).column(0).to_pandas())
+                    samples["units"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=policy,
+                                       epsilon=1.0, known_units=units)
+                    samples["gate"].append(time.perf_counter() - t)
+                    row["cells_released"] = released.cells_released
+                    row["cells_suppressed"] = released.cells_suppressed
+                except Exception as exc:  # noqa: BLE001  # e.g. the gate refusing too many cells
+                    errors["gate"] = _error(exc)["error"]
+                del sandboxed
+        if "e" not in errors:
+            try:
+                t = time.perf_counter()
+                sql_result = algos.run_sql(con, algorithm)
+                samples["e"].append(time.perf_counter() - t)
+            except Exception as exc:  # noqa: BLE001  # recorded, not fatal
+                errors["e"] = _error(exc)["error"]
+    if contributions is not None and sql_result is not None:
+        row["duckdb_vs_pandas"] = algos.compare(algorithm, contributions, sql_result)
+    timing = {k: Timing(samples=tuple(v)) for k, v in samples.items() if v}
+    for key, value in timing.items():
+        row[key] = value.to_dict()
+    if all(k in timing for k in ("b", "units", "gate")) and len({timing[k].n for k in ("b", "units", "gate")}) == 1:
+        row["gate_with_units"] = (timing["units"] + timing["gate"]).to_dict()
+        row["c"] = (timing["b"] + timing["units"] + timing["gate"]).to_dict()
+    if errors:
+        row["errors"] = errors
+    return row
+
+
+def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Algorithm],
+                clock: Stopwatch) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(a) pandas, (b) sandbox, gate, (e) DuckDB for every algorithm; runs
+    interleaved per repetition so they share the machine's load alike."""
     from opal.sandbox import Runtime
 
     reps = config.reps(ds.target_rows)
@@ -131,58 +198,17 @@ def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Al
     info["runtime_start_seconds"] = time.perf_counter() - t0
     clock.say(f"{ds.label}: sandbox zygote up (data resident) in {info['runtime_start_seconds']:.2f}s")
     con = algos.duckdb_connect(ds.path)
-    policy = ReleasePolicy()
     rows: list[dict[str, Any]] = []
     try:
         for algorithm in algorithms:
-            row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
-            samples: dict[str, list[float]] = {"a": [], "b": [], "units": [], "gate": [], "e": []}
-            try:
-                for rep in range(reps):
-                    t = time.perf_counter()
-                    contributions = algorithm.direct(frame)
-                    samples["a"].append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    sandboxed = runtime.run(source=algorithm.bundle.source,
-                                            entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params)
-                    samples["b"].append(time.perf_counter() - t)
-                    # What the worker does for the unit check (opal.worker.pipeline._known_units).
-                    t = time.perf_counter()
-                    getter = getattr(runtime, "units", None)
-                    units = getter("msisdn") if callable(getter) else (
-                        pq.read_table(ds.path, columns=["msisdn"]).column(0).to_pandas())
-                    samples["units"].append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=policy,
-                                       epsilon=1.0, known_units=units)
-                    samples["gate"].append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    sql_result = algos.run_sql(con, algorithm)
-                    samples["e"].append(time.perf_counter() - t)
-                    if rep == 0:
-                        row["contribution_rows"] = len(contributions)
-                        row["sandbox_rows_match"] = len(sandboxed) == len(contributions)
-                        row["cells_released"] = released.cells_released
-                        row["cells_suppressed"] = released.cells_suppressed
-                        row["duckdb_vs_pandas"] = algos.compare(algorithm, contributions, sql_result)
-                    del contributions, sandboxed, units, released, sql_result
-            except Exception as exc:  # one algorithm failing must not hide the others
-                row["error"] = _error(exc)["error"]
-                clock.say(f"FAILED {ds.label} {algorithm.name}: {row['error']}")
-            n = min(len(s) for s in samples.values())
-            if n:
-                timing = {k: Timing(samples=tuple(v[:n])) for k, v in samples.items()}
-                row["a"] = timing["a"].to_dict()
-                row["b"] = timing["b"].to_dict()
-                row["units"] = timing["units"].to_dict()
-                row["gate"] = timing["gate"].to_dict()
-                row["gate_with_units"] = (timing["units"] + timing["gate"]).to_dict()
-                row["c"] = (timing["b"] + timing["units"] + timing["gate"]).to_dict()
-                row["e"] = timing["e"].to_dict()
-                clock.say(
-                    f"{ds.label} {algorithm.name}: (a) pandas {_fmt(row['a'])}  (b) sandbox {_fmt(row['b'])}  "
-                    f"(c) +gate {_fmt(row['c'])}  (e) duckdb {_fmt(row['e'])}  [duckdb {row.get('duckdb_vs_pandas')}]"
-                )
+            row = _measure_algorithm(algorithm, frame=frame, runtime=runtime, con=con, path=ds.path, reps=reps)
+            for part, message in row.get("errors", {}).items():
+                clock.say(f"FAILED {ds.label} {algorithm.name} ({part}): {message}")
+            clock.say(
+                f"{ds.label} {algorithm.name}: (a) pandas {_fmt(row.get('a'))}  (b) sandbox {_fmt(row.get('b'))}  "
+                f"(c) +gate {_fmt(row.get('c'))}  (e) duckdb {_fmt(row.get('e'))}  "
+                f"[duckdb {row.get('duckdb_vs_pandas', '-')}]"
+            )
             rows.append(row)
     finally:
         runtime.close()
@@ -228,9 +254,9 @@ def _end_to_end(config: BenchConfig, deployment: Any, ds: BenchDataset, algorith
                 row["d"] = Timing(samples=tuple(totals)).to_dict()
                 row["d_request"] = Timing(samples=tuple(requests)).to_dict()
                 clock.say(f"{ds.label} {algorithm.name}: (d) end to end {_fmt(row['d'])}")
-            except Exception as exc:  # record and go on with the next algorithm
-                row["d_error"] = _error(exc)["error"]
-                clock.say(f"FAILED {ds.label} {algorithm.name} end to end: {row['d_error']}")
+            except Exception as exc:  # noqa: BLE001  # record it and go on with the next algorithm
+                row.setdefault("errors", {})["d"] = _error(exc)["error"]
+                clock.say(f"FAILED {ds.label} {algorithm.name} end to end: {row['errors']['d']}")
     finally:
         info["memory"] = deployment.stop_worker()
     return info
@@ -252,27 +278,28 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
     result: dict[str, Any] = {"dataset_rows": ds.rows, "algorithm": algorithm.name, "params": algorithm.params,
                               "runs": n}
     frame, _, _ = load_frame(ds.path)
-    direct, contributions = measure(lambda: algorithm.direct(frame), reps=n, warmup=1)
-    result["direct"] = direct.to_dict()
+    units = frame["msisdn"]
+    direct, _ = measure(partial(algorithm.direct, frame), reps=n, warmup=1)
     with Runtime(tables={"cdr": ds.path}) as runtime:
         sandbox, sandboxed = measure(
-            lambda: runtime.run(source=algorithm.bundle.source, entrypoint="contributions", params=algorithm.params),
+            partial(runtime.run, source=algorithm.bundle.source, entrypoint=algorithm.bundle.manifest.entrypoint,
+                    params=algorithm.params),
             reps=n, warmup=1)
-    gate, _ = measure(lambda: release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
-                                      epsilon=1.0, known_units=frame["msisdn"]), reps=n)
+    gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
+                              epsilon=1.0, known_units=units), reps=n)
+    result["direct"] = direct.to_dict()
     result["sandbox"] = sandbox.to_dict()
     result["gate"] = gate.to_dict()
-    del frame, contributions, sandboxed
 
     deployment.register("cdr_small", ds.path)
     for concurrency in (1, 2):
         key = f"concurrency_{concurrency}"
         deployment.start_worker("cdr_small", concurrency=concurrency)
         try:
-            for _ in range(concurrency):  # each pool process starts its own sandbox zygote
-                warm = deployment.run(algorithm, "cdr_small", timeout=600)
-                if warm.state != "released":
-                    raise RuntimeError(f"warm-up run ended {warm.state}: {warm.error}")
+            # Each pool process starts its own sandbox zygote on its first run: warm them all.
+            _, warm = deployment.burst(algorithm, "cdr_small", 2 * concurrency, timeout=600)
+            if any(state != "released" for state in warm):
+                raise RuntimeError(f"warm-up runs ended {sorted(set(warm))}; see the worker log")
             if concurrency == 1:
                 sequential = [deployment.run(algorithm, "cdr_small") for _ in range(n)]
                 bad = [t for t in sequential if t.state != "released"]
@@ -284,7 +311,8 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
                 first = deployment.run(algorithm, "cdr_small", epsilon=eps)
                 cached = [deployment.run(algorithm, "cdr_small", epsilon=eps) for _ in range(max(3, n // 2))]
                 result["cached_repeat"] = Timing(samples=tuple(t.seconds for t in cached)).to_dict()
-                result["cached_states"] = sorted({t.state for t in cached} | {first.state})
+                result["cached_served"] = sum(t.cached for t in cached)
+                result["fresh_cached"] = first.cached
                 clock.say(f"small runs: end to end {_fmt(result['end_to_end'])}, cached repeat "
                           f"{_fmt(result['cached_repeat'])}, pandas {_fmt(result['direct'])}")
             wall, states = deployment.burst(algorithm, "cdr_small", 2 * n)
@@ -345,7 +373,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
             rows: list[dict[str, Any]] = []
             if config.wants("algorithms"):
                 got = _attempt(clock, f"{ds.label} in-process algorithms",
-                               lambda: _in_process(config, ds, algorithms, clock))
+                               partial(_in_process, config, ds, algorithms, clock))
                 if isinstance(got, tuple):
                     rows, info = got
                     entry.update(info)
@@ -353,7 +381,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                     entry.update(got)
             if config.wants("e2e") and deployment is not None:
                 worker = _attempt(clock, f"{ds.label} end to end",
-                                  lambda: _end_to_end(config, deployment, ds, algorithms, rows, clock))
+                                  partial(_end_to_end, config, deployment, ds, algorithms, rows, clock))
                 worker["in_memory_bytes"] = entry.get("in_memory_bytes")
                 results["workers"][ds.label] = worker
             results["algorithms"][ds.label] = rows
@@ -392,7 +420,8 @@ def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]
     out: dict[str, Any] = {"appends": []}
     for processes in (1, 4):
         got = _attempt(clock, f"ledger appends ({processes} processes)",
-                       lambda: ledger.bench_appends(work, processes=processes, seconds=config.append_seconds))
+                       partial(ledger.bench_appends, work, processes=processes, seconds=config.append_seconds,
+                               appends=config.appends))
         out["appends"].append(got if "error" not in got else {"processes": processes, **got})
         if "per_second" in got:
             clock.say(f"ledger: {got['per_second']:.0f} durable appends/s with {processes} process(es)")

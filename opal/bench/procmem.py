@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["status_kib", "own_peak_bytes", "tree", "TreeSampler", "ProcPeak"]
+__all__ = ["ProcPeak", "TreeSampler", "own_peak_bytes", "status_kib", "tree"]
 
 _PROC = Path("/proc")
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["Timing", "Failure", "measure", "Stopwatch"]
+__all__ = ["Failure", "Stopwatch", "Timing", "measure"]
 
 T = TypeVar("T")
 

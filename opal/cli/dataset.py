@@ -1,4 +1,4 @@
-"""opal dataset synth/register/list/show"""
+"""opal dataset synth/register/refresh/list/show"""
 
 from __future__ import annotations
 
@@ -64,21 +64,25 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
 
 @dataset.command("register")
 @click.argument("name")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", metavar="PATH|postgresql://HOST/DB/TABLE")
 @click.option("--schema", default="cdr", show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Release policy TOML (default: the built-in one, see governance/release_policy.toml).")
 @click.option("--key", default=None, help="Operator key that records the registration.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def register(app: App, name: str, path: Path, schema: str, policy_file: Path | None, key: str | None, as_json: bool) -> None:
-    """Register the dataset at PATH under NAME, with its release policy and budget."""
+def register(app: App, name: str, source: str, schema: str, policy_file: Path | None, key: str | None, as_json: bool) -> None:
+    """Register a Parquet/CSV file or a PostgreSQL table under NAME, with its release policy and budget.
+
+    A table is copied to a Parquet snapshot under OPAL_HOME (the sandbox reads
+    the snapshot); its content fingerprint is the dataset version."""
     from opal.data import catalog
     from opal.release.policy import ReleasePolicy
 
     policy = ReleasePolicy.load(policy_file) if policy_file else None
     signer = app.node.keyring.signer_for(key, "operator")
-    ds = catalog.register(app.node, name, path, schema=schema, policy=policy, signer=signer)
+    target: Path | str = source if catalog.is_table_url(source) else Path(source)
+    ds = catalog.register(app.node, name, target, schema=schema, policy=policy, signer=signer)
     if as_json:
         emit_json(ds.to_dict())
     else:
@@ -97,9 +101,9 @@ def list_(app: App, as_json: bool) -> None:
     if as_json:
         emit_json([d.to_dict() for d in items])
         return
-    table = Table("name", "schema", "rows", "version", "path")
+    table = Table("name", "schema", "rows", "version", "source")
     for d in items:
-        table.add_row(d.name, d.schema, f"{d.rows:,}", d.version[:12], str(d.path))
+        table.add_row(d.name, d.schema, f"{d.rows:,}", d.version[:12], d.source or str(d.path))
     console.print(table)
 
 
@@ -116,6 +120,26 @@ def show(app: App, name: str, as_json: bool) -> None:
         emit_json(d.to_dict())
         return
     console.print_json(data=d.to_dict())
+
+
+@dataset.command("refresh")
+@click.argument("name")
+@click.option("--key", default=None, help="Operator key that records a new version.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def refresh(app: App, name: str, key: str | None, as_json: bool) -> None:
+    """Re-read NAME's file or table; record a new version if its content changed."""
+    from opal.data import catalog
+
+    signer = app.node.keyring.signer_for(key, "operator")
+    before = catalog.get(app.node, name).version
+    d = catalog.refresh(app.node, name, signer=signer)
+    if as_json:
+        emit_json(dict(d.to_dict(), changed=d.version != before))
+    elif d.version != before:
+        console.print(f"dataset {name}: new version {d.version[:12]} ({d.rows:,} rows); workers reload it")
+    else:
+        console.print(f"dataset {name}: unchanged (version {d.version[:12]})")
 
 
 COMMANDS = [dataset]

@@ -1,4 +1,4 @@
-"""opal run, opal runs list/show/result"""
+"""opal run, opal runs list/show/result/cancel"""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from opal.errors import error_from_dict
 @click.option("--params", default=None, help="Run parameters as JSON.")
 @click.option("--epsilon", type=float, default=None, help="ε to spend (default: the dataset policy's).")
 @click.option("--key", default=None, help="Statistician key that signs the request.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the outcome (default), or print the run id at once.")
 @click.option("--timeout", type=float, default=600.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: float | None,
         key: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Request a run of ALGORITHM (NAME, NAME@VERSION or digest) on DATASET."""
+    import time
+
     from opal.runs import request_run
     from opal.runs.dispatch import dispatch
     from opal.runs.dispatch import wait as wait_for
@@ -35,12 +38,16 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
         if as_json:
             emit_json({"run_id": record.run_id, "state": record.state})
         else:
-            console.print(record.run_id)
+            click.echo(record.run_id)
         return
+    t0 = time.monotonic()
     if not as_json:
         err_console.print(f"run {record.run_id}: requested {record.algorithm} on {dataset} (ε={record.epsilon:g})")
-    record = wait_for(node, record.run_id, timeout=timeout,
-                      on_state=None if as_json else (lambda s: err_console.print(f"run {record.run_id}: {s}")))
+
+    def progress(state: str) -> None:
+        err_console.print(f"run {record.run_id}: {state} ({time.monotonic() - t0:.1f} s)")
+
+    record = wait_for(node, record.run_id, timeout=timeout, on_state=None if as_json else progress)
     if as_json:
         emit_json(record.to_dict())
     elif record.state == "released" and record.result is not None:
@@ -107,6 +114,23 @@ def result(app: App, run_id: str, as_json: bool) -> None:
         emit_json(dict(r.result, run_id=r.run_id, result_digest=r.result_digest))
     else:
         render_release(r.result, title=f"{r.algorithm} on {r.dataset}")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--key", default=None, help="The statistician key that requested the run.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def cancel(app: App, run_id: str, key: str | None, as_json: bool) -> None:
+    """Cancel a run that has no outcome yet; its reserved budget is returned."""
+    from opal.runs.cancel import cancel_run
+
+    signer = app.node.keyring.signer_for(key, "statistician")
+    r = cancel_run(app.node, run_id, signer=signer)
+    if as_json:
+        emit_json(r.to_dict(with_result=False))
+    else:
+        console.print(f"run {r.run_id}: cancelled")
 
 
 COMMANDS = [run, runs]

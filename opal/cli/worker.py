@@ -1,10 +1,11 @@
-"""opal worker start"""
+"""opal worker start/status/recover"""
 
 from __future__ import annotations
 
 import click
+from rich.table import Table
 
-from opal.cli._app import App, pass_app
+from opal.cli._app import App, console, emit_json, pass_app
 
 
 @click.group("worker")
@@ -15,14 +16,61 @@ def worker() -> None:
 @worker.command("start")
 @click.option("--dataset", required=True, help="Dataset whose queue this worker serves.")
 @click.option("--key", default=None, help="Operator key that signs this worker's ledger entries.")
-@click.option("--concurrency", type=int, default=1, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--run-timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Wall-clock limit of one run in seconds (default: $OPAL_RUN_TIMEOUT or 600).")
+@click.option("--no-recover", is_flag=True, help="Do not recover lost runs before serving.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @pass_app
-def start(app: App, dataset: str, key: str | None, concurrency: int, loglevel: str) -> None:
+def start(app: App, dataset: str, key: str | None, concurrency: int, run_timeout: float | None,
+          no_recover: bool, loglevel: str) -> None:
     """Serve DATASET's run queue (foreground; stop with Ctrl-C or SIGTERM)."""
     from opal.worker.service import start_worker
 
-    start_worker(app.node, dataset=dataset, key=key, concurrency=concurrency, loglevel=loglevel)
+    start_worker(app.node, dataset=dataset, key=key, concurrency=concurrency, loglevel=loglevel,
+                 timeout=run_timeout, recover_at_start=not no_recover)
+
+
+@worker.command("status")
+@click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait for workers to answer.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def status(app: App, timeout: float, as_json: bool) -> None:
+    """Live workers, their datasets, queue depths and runs in flight."""
+    from opal.worker.status import status as get_status
+
+    doc = get_status(app.node, timeout=timeout)
+    if as_json:
+        emit_json(doc)
+        return
+    table = Table("worker", "datasets", "concurrency", "in flight", "processed")
+    for w in doc["workers"]:
+        table.add_row(w["name"], ", ".join(w["datasets"]), str(w["concurrency"] or ""),
+                      str(len(w["runs_in_flight"])), str(w["processed"]))
+    console.print(table)
+    for q in doc["queues"]:
+        console.print(f"queue {q['queue']}: {q['depth']} waiting")
+    console.print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
+
+
+@worker.command("recover")
+@click.option("--dataset", default=None, help="Only this dataset's runs.")
+@click.option("--key", default=None, help="Operator key that signs any failure recorded.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def recover(app: App, dataset: str | None, key: str | None, as_json: bool) -> None:
+    """Re-dispatch runs whose message or worker was lost; fail those out of attempts."""
+    from opal.worker.recovery import recover as do_recover
+
+    signer = app.node.keyring.signer_for(key, "operator")
+    report = do_recover(app.node, signer=signer, dataset=dataset)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    console.print(
+        f"re-dispatched {len(report.redispatched)}, failed {len(report.failed)}, "
+        f"in flight {len(report.in_flight)}, queued {len(report.queued)}"
+    )
 
 
 COMMANDS = [worker]

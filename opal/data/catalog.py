@@ -1,10 +1,22 @@
-"""Registered datasets: where the data is, its schema, its version, its policy."""
+"""Registered datasets: where the data is, its schema, its version, its policy.
+
+A dataset is a Parquet or CSV file (read through pyarrow) or a PostgreSQL
+table (``postgresql://HOST/DB/TABLE`` or ``…/DB?table=TABLE``). A table is
+materialised to a Parquet snapshot under ``OPAL_HOME/data/NAME/`` at
+registration and again by ``refresh`` (every worker start); the sandbox reads
+the snapshot. The version is the SHA-256 of the file (or snapshot) bytes, so a
+change of the data is a new version: workers reload it and identical-run
+caching never serves a release computed on other data.
+
+Columns must match the declared schema, or registration is refused.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +33,18 @@ if TYPE_CHECKING:
     from opal.node import Node
     from opal.trust.keyring import Signer
 
-__all__ = ["DatasetSchema", "SCHEMAS", "Dataset", "register", "get", "list_datasets", "default_policy"]
+__all__ = [
+    "SCHEMAS",
+    "Dataset",
+    "DatasetSchema",
+    "default_policy",
+    "get",
+    "is_table_url",
+    "list_datasets",
+    "redact_url",
+    "refresh",
+    "register",
+]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -79,6 +102,7 @@ class Dataset:
     fingerprint: str
     policy: ReleasePolicy
     registered: str
+    source: str | None = None      # the PostgreSQL table (password removed) a snapshot was taken of
 
     @property
     def version(self) -> str:
@@ -97,6 +121,7 @@ class Dataset:
             "version": self.fingerprint,
             "policy": self.policy.to_dict(),
             "registered": self.registered,
+            "source": self.source or str(self.path),
         }
 
 
@@ -133,51 +158,84 @@ def read_schema(path: Path) -> tuple[pa.Schema, int]:
     raise BadInputError(f"{path}: unsupported format {suffix!r}; use .parquet or .csv")
 
 
+def is_table_url(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (never stored, logged or shown)."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1@", url)
+
+
+def _check_name_and_schema(name: str, schema: str) -> None:
+    if not _NAME.match(name):
+        raise BadInputError(f"dataset name {name!r} must be lower-case letters, digits and _")
+    if schema not in SCHEMAS:
+        raise BadInputError(f"unknown schema {schema!r}; known: {', '.join(SCHEMAS)}")
+
+
+def _load(node: Node, name: str, source: str | Path, schema: str) -> tuple[Path, int, str, str | None]:
+    """(file the sandbox reads, rows, version, table source or None), schema checked."""
+    if is_table_url(source):
+        path, arrow_schema, rows, version = snapshot_table(
+            str(source), node.home.root / "data" / name, check=lambda sch: SCHEMAS[schema].check(sch, where=redact_url(str(source)))
+        )
+        return path, rows, version, redact_url(str(source))
+    path = Path(source).expanduser().absolute()
+    arrow_schema, rows = read_schema(path)
+    SCHEMAS[schema].check(arrow_schema, where=str(path))
+    return path, rows, fingerprint_file(path), None
+
+
 def register(
     node: Node,
     name: str,
-    path: Path,
+    path: Path | str,
     *,
     schema: str = "cdr",
     policy: ReleasePolicy | None = None,
     signer: Signer,
 ) -> Dataset:
-    if not _NAME.match(name):
-        raise BadInputError(f"dataset name {name!r} must be lower-case letters, digits and _")
-    if schema not in SCHEMAS:
-        raise BadInputError(f"unknown schema {schema!r}; known: {', '.join(SCHEMAS)}")
-    path = path.expanduser().absolute()
-    arrow_schema, rows = read_schema(path)
-    SCHEMAS[schema].check(arrow_schema, where=str(path))
+    """Register the file or PostgreSQL table ``path`` as dataset ``name``.
+
+    Raises:
+        BadInputError: bad name or schema, unreadable source, columns that do
+            not match the schema, or a name registered already.
+    """
+    _check_name_and_schema(name, schema)
+    if node.db.one("SELECT 1 FROM datasets WHERE name = ?", (name,)) is not None:
+        raise BadInputError(f"dataset {name!r} is registered already; see opal dataset show {name}")
+    file, rows, version, source = _load(node, name, path, schema)
     policy = policy or default_policy()
     ds = Dataset(
         name=name,
-        path=path,
+        path=file,
         schema=schema,
         rows=rows,
-        fingerprint=fingerprint_file(path),
+        fingerprint=version,
         policy=policy,
         registered=utcnow(),
+        source=source,
     )
+    _ensure_sources(node)
     with node.db.transaction() as tx:
         exists = tx.execute("SELECT 1 FROM datasets WHERE name = ?", (name,)).fetchone()
         if exists:
             raise BadInputError(f"dataset {name!r} is registered already; see opal dataset show {name}")
         tx.execute(
             "INSERT INTO datasets(name, path, schema, rows, fingerprint, policy, registered) VALUES (?,?,?,?,?,?,?)",
-            (name, str(path), schema, rows, ds.fingerprint, json.dumps(policy.to_dict()), ds.registered),
+            (name, str(file), schema, rows, ds.fingerprint, json.dumps(policy.to_dict()), ds.registered),
         )
+        if source is not None:
+            tx.execute("INSERT OR REPLACE INTO dataset_sources(name, source) VALUES (?,?)", (name, source))
         tx.execute(
             "INSERT INTO budget(dataset, total, spent, reserved) VALUES (?,?,0,0)",
             (name, policy.total_epsilon),
         )
-        node.ledger.append_in(
-            tx,
-            type="dataset_registered",
-            body={"dataset": name, "schema": schema, "rows": rows, "version": ds.fingerprint},
-            signer=signer,
-            subject=name,
-        )
+        body: dict[str, Any] = {"dataset": name, "schema": schema, "rows": rows, "version": ds.fingerprint}
+        if source is not None:
+            body["source"] = source
+        node.ledger.append_in(tx, type="dataset_registered", body=body, signer=signer, subject=name)
         node.ledger.append_in(
             tx,
             type="policy_changed",
@@ -186,6 +244,138 @@ def register(
             subject=name,
         )
     return ds
+
+
+def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
+    """Re-read the dataset's source; if its bytes changed, record the new version.
+
+    A table is snapshotted again; a file is hashed again. The columns are
+    checked against the schema before a new version is accepted. The budget
+    is the dataset's and is unchanged.
+    """
+    ds = get(node, name)
+    source: str | Path = ds.source if ds.source else ds.path
+    file, rows, version, _ = _load(node, name, source, ds.schema)
+    if version == ds.fingerprint and file == ds.path:
+        return ds
+    with node.db.transaction() as tx:
+        row = tx.execute("SELECT fingerprint FROM datasets WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] != version:
+            tx.execute(
+                "UPDATE datasets SET path = ?, rows = ?, fingerprint = ? WHERE name = ?",
+                (str(file), rows, version, name),
+            )
+            node.ledger.append_in(
+                tx,
+                type="dataset_updated",
+                body={"dataset": name, "rows": rows, "version": version, "previous_version": row[0]},
+                signer=signer,
+                subject=name,
+            )
+    return get(node, name)
+
+
+_SOURCES_TABLE = "CREATE TABLE IF NOT EXISTS dataset_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)"
+_sources_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _ensure_sources(node: Node) -> None:
+    if node.db in _sources_ready:
+        return
+    with node.db.transaction() as tx:
+        tx.execute(_SOURCES_TABLE)
+    _sources_ready.add(node.db)
+
+
+# -- PostgreSQL tables ---------------------------------------------------------
+
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_BATCH_ROWS = 100_000
+
+
+def split_table_url(url: str) -> tuple[str, str]:
+    """``postgresql://…/DB/TABLE`` or ``…/DB?table=TABLE`` → (connection URL, table)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    table = next((v for k, v in query if k == "table"), None)
+    path = parts.path
+    if table is None:
+        path, _, table = path.rpartition("/")
+    if not table or not _TABLE.match(table) or not path.strip("/"):
+        raise BadInputError(
+            f"{redact_url(url)} does not name a table; use postgresql://HOST/DATABASE/TABLE "
+            "(or postgresql://HOST/DATABASE?table=SCHEMA.TABLE)"
+        )
+    rest = urlencode([(k, v) for k, v in query if k != "table"])
+    return urlunsplit((parts.scheme, parts.netloc, path, rest, "")), table
+
+
+def _arrow_type(oid: int, column: str, where: str) -> pa.DataType:
+    types = {
+        16: pa.bool_(), 20: pa.int64(), 21: pa.int64(), 23: pa.int64(),
+        25: pa.string(), 1042: pa.string(), 1043: pa.string(),
+        700: pa.float64(), 701: pa.float64(), 1700: pa.float64(),
+        1082: pa.date32(), 1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"),
+    }
+    if oid not in types:
+        raise BadInputError(f"{where}: column {column} has a PostgreSQL type (oid {oid}) OPAL cannot read")
+    return types[oid]
+
+
+def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Schema, int, str]:
+    """Copy a table to a Parquet snapshot in ``folder``; (path, schema, rows, version).
+
+    Rows are read in a stable order (by every column) so an unchanged table
+    gives a byte-identical snapshot, hence the same version.
+    """
+    import os
+    import tempfile
+
+    import psycopg
+    from psycopg import sql
+
+    conninfo, table = split_table_url(url)
+    where = redact_url(url)
+    ident = sql.Identifier(*table.split("."))
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(ident))
+                desc = cur.description or []
+            schema = pa.schema([(d.name, _arrow_type(d.type_code, d.name, where)) for d in desc])
+            check(schema)
+            order = sql.SQL(", ").join(sql.Identifier(d.name) for d in desc)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".parquet.tmp")
+            os.close(fd)
+            rows = 0
+            try:
+                with conn.cursor(name="opal_snapshot") as cur, pq.ParquetWriter(tmp, schema) as writer:
+                    cur.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(ident, order))
+                    while batch := cur.fetchmany(_BATCH_ROWS):
+                        columns = list(zip(*batch))
+                        arrays = [
+                            pa.array([None if v is None else float(v) for v in col], pa.float64())
+                            if field.type == pa.float64() else pa.array(col, field.type)
+                            for field, col in zip(schema, columns)
+                        ]
+                        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                        rows += len(batch)
+                    if rows == 0:
+                        writer.write_table(schema.empty_table())
+                version = fingerprint_file(Path(tmp))
+                final = folder / f"{version}.parquet"
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, final)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"cannot read table {table} at {where}: {first}") from None
+    return final, schema, rows, version
 
 
 def _from_row(row: Any) -> Dataset:
@@ -197,15 +387,21 @@ def _from_row(row: Any) -> Dataset:
         fingerprint=row["fingerprint"],
         policy=ReleasePolicy.from_dict(json.loads(row["policy"])),
         registered=row["registered"],
+        source=row["source"],
     )
 
 
+_SELECT = "SELECT d.*, s.source AS source FROM datasets d LEFT JOIN dataset_sources s ON s.name = d.name"
+
+
 def get(node: Node, name: str) -> Dataset:
-    row = node.db.one("SELECT * FROM datasets WHERE name = ?", (name,))
+    _ensure_sources(node)
+    row = node.db.one(_SELECT + " WHERE d.name = ?", (name,))
     if row is None:
         raise BadInputError(f"no dataset named {name!r}; register it with opal dataset register {name} PATH")
     return _from_row(row)
 
 
 def list_datasets(node: Node) -> list[Dataset]:
-    return [_from_row(r) for r in node.db.query("SELECT * FROM datasets ORDER BY name")]
+    _ensure_sources(node)
+    return [_from_row(r) for r in node.db.query(_SELECT + " ORDER BY d.name")]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from opal.node import Node
     from opal.trust.keyring import Signer
 
-__all__ = ["cancel_run", "CANCELLED_MESSAGE"]
+__all__ = ["CANCELLED_MESSAGE", "cancel_run"]
 
 CANCELLED_MESSAGE = "run {run_id} was cancelled by its requester; nothing was released"
 

@@ -38,22 +38,23 @@ def dispatch_many(node: Node, run_ids: Iterable[str]) -> int:
     from opal.worker.tasks import RUN_TASK
 
     app = configure(node.home)
+    amqp = app.amqp
     sent = 0
     pending = list(run_ids)
     try:
-        with app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer, producer.connection._reraise_as_library_errors():
             for run_id in pending:
                 row = node.db.one("SELECT dataset FROM runs WHERE run_id = ?", (run_id,))
                 if row is None:
                     raise InternalError(f"no run {run_id} to dispatch")
-                app.send_task(
-                    RUN_TASK,
-                    args=[run_message(node, run_id)],
-                    task_id=run_id,
-                    queue=queue_name(node.home, row["dataset"]),
-                    producer=producer,
-                    ignore_result=False,
+                # What app.send_task does, minus its subscription to the result
+                # channel of every task sent: the runs table is the truth here,
+                # and a client must not hang on a result store that is down.
+                message = amqp.create_task_message(
+                    run_id, RUN_TASK, [run_message(node, run_id)], {},
+                    root_id=run_id, create_sent_event=False,
                 )
+                amqp.send_task_message(producer, RUN_TASK, message, queue=queue_name(node.home, row["dataset"]))
                 sent += 1
     except (OperationalError, OSError, ConnectionError):
         left = len(pending) - sent

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from opal.node import Node
     from opal.runs.records import RunRecord
 
-__all__ = ["MESSAGE_VERSION", "run_message", "check_message", "verify_request", "request_entry"]
+__all__ = ["MESSAGE_VERSION", "check_message", "request_entry", "run_message", "verify_request"]
 
 MESSAGE_VERSION = 1
 _KEYS = {"v", "run_id", "request_signature"}

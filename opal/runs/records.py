@@ -11,7 +11,7 @@ from opal.errors import BadInputError
 if TYPE_CHECKING:
     from opal.node import Node
 
-__all__ = ["RunRecord", "get_run", "list_runs", "TERMINAL_STATES"]
+__all__ = ["TERMINAL_STATES", "RunRecord", "get_run", "list_runs"]
 
 TERMINAL_STATES = ("released", "refused", "failed", "cancelled")
 

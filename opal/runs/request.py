@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from opal.node import Node
     from opal.trust.keyring import Signer
 
-__all__ = ["request_run", "resolve_bundle", "cache_key", "REQUEST_DOMAIN"]
+__all__ = ["REQUEST_DOMAIN", "cache_key", "request_run", "resolve_bundle"]
 
 REQUEST_DOMAIN = "run-request"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -68,7 +68,7 @@ def request_run(
     digest, name, version = resolve_bundle(node, algorithm)
     try:
         canonical_json(params)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means the value is not JSON
         raise BadInputError("--params must be a JSON value (e.g. '{\"start_day\": 0}')") from None
     run_id = uuid.uuid4().hex
     now = utcnow()

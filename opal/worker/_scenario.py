@@ -15,7 +15,7 @@ from pathlib import Path
 from opal.node import Node
 from opal.release.policy import ReleasePolicy
 
-__all__ = ["Scenario", "build", "write_spin_bundle", "SPIN_BUNDLE"]
+__all__ = ["SPIN_BUNDLE", "Scenario", "build", "write_spin_bundle"]
 
 SPIN_BUNDLE = "spin_count"
 

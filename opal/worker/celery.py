@@ -29,15 +29,15 @@ from opal.errors import BadInputError
 from opal.home import Home
 
 __all__ = [
+    "DEFAULT_RUN_TIMEOUT",
+    "SANDBOX_WALL_SECONDS",
     "app",
-    "configure",
-    "settings",
     "broker_url",
+    "configure",
     "queue_name",
     "queue_prefix",
     "run_timeout",
-    "SANDBOX_WALL_SECONDS",
-    "DEFAULT_RUN_TIMEOUT",
+    "settings",
 ]
 
 # The sandbox wall limit of one run when neither the worker (--run-timeout)

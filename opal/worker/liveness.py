@@ -8,6 +8,7 @@ a worker killed with ``kill -9`` is known dead at once, not after the lease).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from opal.runs._tables import ensure_run_tables
 from opal.trust.keys import utcnow
 
+log = logging.getLogger("opal.worker")
+
 if TYPE_CHECKING:
     from opal.db import Database
     from opal.node import Node
 
-__all__ = ["local_worker", "is_alive", "worker_row", "HEARTBEAT_SECONDS", "LEASE_SECONDS", "HOST"]
+__all__ = ["HEARTBEAT_SECONDS", "HOST", "LEASE_SECONDS", "is_alive", "local_worker", "worker_row"]
 
 HEARTBEAT_SECONDS = 5.0
 # A heartbeat older than this means the worker is gone (or cut off): its runs
@@ -72,8 +75,8 @@ def _beat(me: _Me) -> None:
         try:
             with me.db.transaction() as tx:
                 tx.execute("UPDATE workers SET heartbeat = ? WHERE worker_id = ?", (time.time(), me.worker_id))
-        except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is several beats long
-            continue
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease is several beats long
+            log.debug("heartbeat missed: %s", type(exc).__name__)
 
 
 def _process_exists(pid: int) -> bool:

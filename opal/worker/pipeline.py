@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from opal.sandbox import Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["execute_run", "fail_run", "Outcome", "MAX_ATTEMPTS", "run_owner"]
+__all__ = ["MAX_ATTEMPTS", "Outcome", "execute_run", "fail_run", "run_owner"]
 
 log = logging.getLogger("opal.worker")
 
@@ -119,7 +119,7 @@ def execute_run(
         return _outcome(get_run(node, run_id), dropped=True)
     except OpalError as exc:
         return fail_run(node, record, exc, signer=signer)
-    except Exception as exc:  # a fault of ours: record it without details that might hold data
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: record it without details that might hold data
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             return fail_run(node, record, LimitExceeded("the worker's task time limit was exceeded"), signer=signer)
         log.error("run %s: internal error %s", run_id, type(exc).__name__)

