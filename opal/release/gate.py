@@ -216,11 +216,11 @@ def release(
             "to raise max_cells"
         )
 
-    out = output_column(privacy)
     values = _released_values(agg, kept, noisy_units, privacy, policy, value_plan)
     table = agg.keys.iloc[kept].reset_index(drop=True)
-    table[out] = values
-    group_cols = [c for c in table.columns if c != out]
+    group_cols = list(table.columns)
+    for name, column in values.items():
+        table[name] = column
     table = _sorted(table, group_cols)
 
     decisions = [
@@ -314,10 +314,14 @@ def _released_values(
     privacy: PrivacySpec,
     policy: ReleasePolicy,
     value_plan: SumPlan | None,
-) -> np.ndarray:
+) -> dict[str, np.ndarray]:
+    """The released value columns. ``count`` → count; ``sum`` → sum; ``mean`` →
+    mean and total, the total being post-processing of the same two noisy
+    measurements (noisy centered sum + mid × noisy unit count): no extra ε."""
+    out = output_column(privacy)
     if privacy.aggregation == "count":
         counts: np.ndarray = np.maximum(noisy_units, 0).astype(np.int64)
-        return counts
+        return {out: counts}
     assert agg.sums is not None and privacy.value_bounds is not None and value_plan is not None
     lo, hi = float(privacy.value_bounds[0]), float(privacy.value_bounds[1])
     sums = agg.sums[kept]
@@ -329,13 +333,16 @@ def _released_values(
         if hi <= 0:
             noisy = np.minimum(noisy, 0.0)
         rounded: np.ndarray = np.round(noisy, policy.value_decimals)
-        return rounded
+        return {out: rounded}
     mid = (lo + hi) / 2.0
     centered = sums - mid * agg.units[kept]
     noisy_centered = noisy_values(centered, value_plan)
-    mean = mid + noisy_centered / np.maximum(noisy_units, 1)
+    units = np.maximum(noisy_units, 1)
+    mean = mid + noisy_centered / units
     clamped: np.ndarray = np.round(np.clip(mean, lo, hi), policy.value_decimals)
-    return clamped
+    # the total lies in [lo, hi] × units; clipping to that is post-processing too
+    total = np.clip(noisy_centered + mid * units, lo * units, hi * units)
+    return {out: clamped, "total": np.round(total, policy.value_decimals)}
 
 
 def _sorted(table: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:

@@ -285,7 +285,7 @@ def test_release_round_trips_through_json() -> None:
     back = Release.from_dict(data)
     assert back.to_dict() == r.to_dict()
     assert back.decisions == r.decisions
-    assert back.table.columns.tolist() == ["region", "mean"]
+    assert back.table.columns.tolist() == ["region", "mean", "total"]
 
 
 def test_analyst_view_leaves_out_the_suppressed_count() -> None:
@@ -353,3 +353,18 @@ def test_policy_extensions_round_trip() -> None:
     s = PrivacySpec.from_dict({"unit": "msisdn", "groups": ["region", "day"]})
     assert s.groups == ("region", "day")
     assert PrivacySpec.from_dict(s.to_dict()) == s
+
+
+def test_mean_release_also_carries_the_total_as_post_processing() -> None:
+    """A mean cell releases mean and total from the same two noisy measurements:
+    total / noisy count reproduces the unclamped mean, and no extra epsilon is spent."""
+    rows = [{"msisdn": i, "region": "R", "value": 100.0} for i in range(4000)]
+    spec = PrivacySpec(unit="msisdn", aggregation="mean", value_bounds=(0.0, 200.0))
+    out = release(pd.DataFrame(rows), privacy=spec, policy=ReleasePolicy(), epsilon=1.0)
+    assert out.table.columns.tolist() == ["region", "mean", "total"]
+    assert out.epsilon == 1.0 and out.mechanism["epsilon_split"] == {"count": 0.5, "mean": 0.5}
+    cell = out.table.iloc[0]
+    # true total 400 000; count noise (scale 2) times mid 100 plus sum noise (scale 200):
+    # 25 scales each bound a false failure below 1e-10
+    assert abs(cell["total"] - 400_000) <= 25 * 2 * 100 + 25 * 200
+    assert abs(cell["mean"] - 100.0) <= 5.0
