@@ -128,9 +128,15 @@ CREATE TABLE IF NOT EXISTS runs (
     result     TEXT,
     result_digest TEXT,
     error      TEXT,
-    request_index INTEGER
+    request_index INTEGER,
+    cached_from TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_cache ON runs(cache_key, state);
+CREATE TABLE IF NOT EXISTS run_decisions (
+    run_id     TEXT PRIMARY KEY,
+    record     TEXT NOT NULL,
+    digest     TEXT NOT NULL
+);
 """
 
 # An extra layer, not the guarantee: the Merkle tree and the signatures detect

@@ -6,6 +6,7 @@ so a person watching sees exactly what they would type.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -44,11 +45,12 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
     data = home / "demo-cdr.parquet"
     started = time.monotonic()
 
-    def opal(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        say(f"[bold cyan]$ opal {' '.join(shlex.quote(a) for a in args)}[/]")
+    def opal(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+        if not quiet:
+            say(f"[bold cyan]$ opal {' '.join(shlex.quote(a) for a in args)}[/]")
         proc = subprocess.run([sys.executable, "-m", "opal", *args], env=env, text=True, capture_output=True)
         out = (proc.stdout + proc.stderr).rstrip()
-        if out:
+        if out and not quiet:
             say(out, markup=False)  # type: ignore[call-arg]
         if check and proc.returncode != 0:
             raise InternalError(f"demo step 'opal {' '.join(args)}' failed with exit {proc.returncode}")
@@ -92,6 +94,13 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
         say("   runs the code in the sandbox, then the release gate bounds, aggregates, adds noise and suppresses.")
         params = '{"start_day": 0, "end_day": %d}' % (days - 1)
         opal("run", "population_density", "--dataset", "demo", "--params", params, "--epsilon", "1", "--key", "sam")
+        run_id = json.loads(opal("runs", "list", "--json", quiet=True).stdout)[0]["run_id"]
+        say("\n   The operator (only) sees every cell decision, suppressed cells by reason:")
+        opal("runs", "decisions", run_id)
+        say("\n   The statistician takes the table with its ledger receipt; anyone can check it offline:")
+        result = home / "result.json"
+        opal("runs", "result", run_id, "--out", str(result))
+        opal("runs", "verify", str(result))
         say("\n[bold]7. The same question again is served from the cache:[/] no fresh noise to average, no new spend.")
         opal("run", "population_density", "--dataset", "demo", "--params", params, "--epsilon", "1", "--key", "sam")
         opal("budget", "show", "--dataset", "demo")

@@ -200,7 +200,7 @@ class Deployment:
         if error:
             message = f"{error.get('type', 'error')}: {error.get('message', '')}"[:300]
         released = outcome.get("release")
-        cached = isinstance(released, dict) and released.get("cached_from") is not None
+        cached = outcome.get("cached_from") is not None and isinstance(released, dict)
         return RunTiming(seconds=seconds, request_seconds=requested, state=str(outcome.get("state")),
                          cached=cached, error=message)
 

@@ -11,7 +11,8 @@ from opal.cli._app import console
 __all__ = ["render_release", "parse_params"]
 
 
-def render_release(result: dict[str, Any], *, title: str = "released", max_rows: int = 40) -> None:
+def render_release(result: dict[str, Any], *, title: str = "released", max_rows: int = 40,
+                   cached_from: str | None = None) -> None:
     table_doc = result.get("table") or {"columns": [], "rows": []}
     columns = list(table_doc.get("columns", []))
     rows = list(table_doc.get("rows", []))
@@ -21,16 +22,15 @@ def render_release(result: dict[str, Any], *, title: str = "released", max_rows:
     if len(rows) > max_rows:
         table.caption = f"… {len(rows) - max_rows} more (use --json for all)"
     console.print(table)
-    released = result.get("cells_released", len(rows))
-    suppressed = result.get("cells_suppressed", 0)
-    reasons: dict[str, int] = {}
-    for d in result.get("decisions", []):
-        if not d.get("released"):
-            reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
-    why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) if reasons else "none"
-    console.print(f"cells released: {released}   cells suppressed: {suppressed} ({why})")
-    if result.get("cached_from"):
-        console.print(f"served from the cache of run {result['cached_from']} (no new noise, no budget spent)")
+    mech = result.get("mechanism") or {}
+    line = f"cells released: {result.get('cells_released', len(rows))}; ε spent {result.get('epsilon', '?')}"
+    if mech.get("threshold") is not None:
+        line += f"; cells below the release threshold ({mech['threshold']} noisy units) are suppressed"
+    if "cells_suppressed" in result:  # the operator's full record
+        line += f"; cells suppressed: {result['cells_suppressed']}"
+    console.print(line)
+    if cached_from:
+        console.print(f"served from the cache of run {cached_from} (no new noise, no budget spent)")
 
 
 def parse_params(text: str | None) -> Any:

@@ -51,7 +51,7 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
     if as_json:
         emit_json(record.to_dict())
     elif record.state == "released" and record.result is not None:
-        render_release(record.result, title=f"{record.algorithm} on {dataset}")
+        render_release(record.result, title=f"{record.algorithm} on {dataset}", cached_from=record.cached_from)
     if record.state != "released" and record.error:
         raise error_from_dict(record.error)
 
@@ -98,22 +98,85 @@ def show(app: App, run_id: str, as_json: bool) -> None:
 
 @runs.command("result")
 @click.argument("run_id")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the result document (table + ledger receipt) to this file.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def result(app: App, run_id: str, as_json: bool) -> None:
-    """The released table of a finished run."""
-    from opal.errors import BadInputError
+def result(app: App, run_id: str, out: str | None, as_json: bool) -> None:
+    """The released table of a finished run, with its ledger receipt."""
+    import json
+    from pathlib import Path
+
     from opal.runs import get_run
+    from opal.runs.receipts import result_document
 
     r = get_run(app.node, run_id)
-    if r.state != "released" or r.result is None:
-        if r.error:
-            raise error_from_dict(r.error)
-        raise BadInputError(f"run {run_id} has no released result (state {r.state})")
+    if r.state != "released" and r.error:
+        raise error_from_dict(r.error)
+    doc = result_document(app.node, run_id, require_receipt=out is not None)
+    if out:
+        Path(out).write_text(json.dumps(doc, indent=2))
     if as_json:
-        emit_json(dict(r.result, run_id=r.run_id, result_digest=r.result_digest))
+        emit_json(doc)
+        return
+    render_release(doc["release"], title=f"{r.algorithm} on {r.dataset}", cached_from=r.cached_from)
+    console.print(f"ledger entry {doc['ledger_index']}, result digest {doc['result_digest'][:16]}…"
+                  + (f"; result document with receipt written to {out}" if out else ""))
+
+
+@runs.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--log-key", "log_keys", multiple=True,
+              help="Key id(s) of the log operator you trust (pin it; default: the key the receipt proves).")
+@click.option("--json", "as_json", is_flag=True)
+def verify(file: str, log_keys: tuple[str, ...], as_json: bool) -> None:
+    """Check a result document offline: the table is the one an approved run released."""
+    import json
+    from pathlib import Path
+
+    from opal.errors import BadInputError
+    from opal.runs.receipts import verify_result_document
+
+    try:
+        doc = json.loads(Path(file).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise BadInputError(f"{file} is not a readable JSON result document (from opal runs result --out)") from None
+    summary = verify_result_document(doc, trusted_log_keys=set(log_keys) if log_keys else None)
+    if as_json:
+        emit_json(summary)
     else:
-        render_release(r.result, title=f"{r.algorithm} on {r.dataset}")
+        console.print(
+            f"ok: {summary['algorithm']} run {summary['run_id']} released this table "
+            f"(digest {summary['result_digest'][:16]}…), recorded at ledger entry {summary['ledger_index']} "
+            f"and proven in the checkpoint of size {summary['checkpoint_size']} signed by {summary['checkpoint_signer'][:16]}…"
+        )
+
+
+@runs.command("decisions")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def decisions(app: App, run_id: str, as_json: bool) -> None:
+    """Operator view: every cell decision of a release, suppressed cells by reason.
+
+    The count of suppressed cells is not released to analysts (it reveals the
+    exact number of groups); it stays on the operator's node.
+    """
+    from opal.runs.records import run_decisions
+
+    full = run_decisions(app.node, run_id)
+    if as_json:
+        emit_json({k: v for k, v in full.items() if k != "table"})
+        return
+    reasons: dict[str, int] = {}
+    for d in full.get("decisions", []):
+        if not d.get("released"):
+            reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
+    console.print(f"run {run_id}: {full.get('cells_released')} cell(s) released, "
+                  f"{full.get('cells_suppressed')} suppressed (operator view; decisions digest "
+                  f"{str(full.get('decisions_digest'))[:16]}… is in the ledger)")
+    for reason, n in sorted(reasons.items()):
+        console.print(f"  {n:>6} suppressed: {reason}")
 
 
 @runs.command("cancel")

@@ -144,6 +144,10 @@ class ReleasePolicy:
     dominance_p: float = 0.10             # ACRO p% rule
     release_zero_cells: bool = False
     value_decimals: int = 2               # released sums/means are rounded to this
+    # A run that fails after its algorithm touched the data still spends its ε:
+    # whether it failed can depend on private values (a 1-bit side channel the
+    # algorithm controls), so failures must not be free probes.
+    charge_failed_runs: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ class RunRecord:
     result: dict[str, Any] | None
     result_digest: str | None
     error: dict[str, Any] | None
+    cached_from: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -54,6 +55,7 @@ class RunRecord:
             result=json.loads(row["result"]) if row["result"] else None,
             result_digest=row["result_digest"],
             error=json.loads(row["error"]) if row["error"] else None,
+            cached_from=row["cached_from"] if "cached_from" in row.keys() else None,
         )
 
     def to_dict(self, *, with_result: bool = True) -> dict[str, Any]:
@@ -69,6 +71,7 @@ class RunRecord:
             "created": self.created,
             "updated": self.updated,
             "result_digest": self.result_digest,
+            "cached_from": self.cached_from,
             "error": self.error,
         }
         if with_result:
@@ -94,3 +97,24 @@ def list_runs(node: Node, *, dataset: str | None = None, state: str | None = Non
     sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
     sql += f" ORDER BY created DESC LIMIT {int(limit)}"
     return [RunRecord.from_row(r) for r in node.db.query(sql, params)]
+
+
+def record_decisions(tx: Any, *, run_id: str, full: dict[str, Any], digest: str) -> None:
+    """Keep the gate's full per-cell record (operator-only) inside the caller's transaction."""
+    tx.execute(
+        "INSERT OR REPLACE INTO run_decisions(run_id, record, digest) VALUES (?,?,?)",
+        (run_id, json.dumps(full), digest),
+    )
+
+
+def run_decisions(node: Node, run_id: str) -> dict[str, Any]:
+    """The operator's view of a release: every cell decision, suppressed ones by reason."""
+    row = node.db.one("SELECT record, digest FROM run_decisions WHERE run_id = ?", (run_id,))
+    if row is None:
+        record = get_run(node, run_id)
+        if record.cached_from:
+            return run_decisions(node, record.cached_from)
+        raise BadInputError(f"run {run_id} has no release decisions (state {record.state})")
+    full: dict[str, Any] = json.loads(row["record"])
+    full["decisions_digest"] = row["digest"]
+    return full

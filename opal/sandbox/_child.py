@@ -1,14 +1,15 @@
 """What runs inside one sandbox child: compile, execute, hand back one table.
 
-The output channel carries exactly one record: ``R`` + the contributions
-table as Arrow IPC, or ``E`` + a JSON error. Error messages are built here
-from fixed text, the exception *type name* and the algorithm's line number;
-the exception's own message never leaves the child (an algorithm could put a
-data value into it).
+The output channel carries exactly one record, framed by its length: ``R`` +
+the contributions table as Arrow IPC, or ``E`` + a JSON error. Error messages
+are built here from fixed text, the exception *type name* and the algorithm's
+line number; the exception's own message never leaves the child (an
+algorithm could put a data value into it).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import struct
@@ -17,10 +18,22 @@ from typing import Any
 
 from opal.errors import AlgorithmFailed, InternalError, LimitExceeded, OpalError, PolicyViolation
 
-__all__ = ["run_job", "execute", "encode_error", "RECORD_OK", "RECORD_ERROR"]
+__all__ = ["run_job", "execute", "encode_error", "Record", "RECORD_OK", "RECORD_ERROR"]
 
 RECORD_OK = b"R"
 RECORD_ERROR = b"E"
+# The frame before a record: its length (tag included), then the tag.
+FRAME = struct.Struct("!Qc")
+
+# A record: its tag and its payload (bytes, or an _ArrowStream).
+Record = tuple[bytes, Any]
+
+# glibc mallopt(3) parameters.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+try:
+    _LIBC: Any = ctypes.CDLL(None)
+except OSError:  # pragma: no cover - no C library to tune
+    _LIBC = None
 
 # Fixed, data-free explanations for common failures.
 _HINTS: dict[str, str] = {
@@ -78,8 +91,8 @@ def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError
     return AlgorithmFailed(f"{text} ({hint})" if hint else text)
 
 
-def encode_error(error: OpalError) -> bytes:
-    return RECORD_ERROR + json.dumps(error.to_dict()).encode()
+def encode_error(error: OpalError) -> Record:
+    return RECORD_ERROR, json.dumps(error.to_dict()).encode()
 
 
 def _index_as_columns(result: Any) -> Any:
@@ -91,7 +104,7 @@ def _index_as_columns(result: Any) -> Any:
     return result
 
 
-def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> bytes:
+def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> Record:
     import pandas as pd
     import pyarrow as pa
 
@@ -109,21 +122,36 @@ def _serialize(result: Any, limits: dict[str, Any], *, entrypoint: str) -> bytes
     if int(result.memory_usage(index=False, deep=True).sum()) > max_bytes:
         raise LimitExceeded(f"result exceeds the max_output_bytes limit of {max_bytes} bytes")
     try:
-        table = pa.Table.from_pandas(result, preserve_index=False, nthreads=1)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        payload = sink.getvalue()
+        payload = _ArrowStream(pa.Table.from_pandas(result, preserve_index=False, nthreads=1))
     except (pa.ArrowException, TypeError, ValueError):
         raise AlgorithmFailed(
             f"{entrypoint}() returned a column that is not a plain value type"
         ) from None
-    if payload.size > max_bytes:
+    if payload.nbytes > max_bytes:
         raise LimitExceeded(f"result exceeds the max_output_bytes limit of {max_bytes} bytes")
-    return RECORD_OK + payload.to_pybytes()
+    return RECORD_OK, payload
 
 
-def execute(job: dict[str, Any], tables: dict[str, Any]) -> bytes:
+class _ArrowStream:
+    """A contributions table as an Arrow IPC stream of known size, written
+    straight to the output channel (no in-memory copy of a large table)."""
+
+    def __init__(self, table: Any) -> None:
+        import pyarrow as pa
+
+        self.table = table
+        sink = pa.MockOutputStream()
+        self.write_to(sink)
+        self.nbytes = int(sink.size())
+
+    def write_to(self, sink: Any) -> None:
+        import pyarrow as pa
+
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+
+
+def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
     """Compile and run one job in this process; return the output record."""
     from opal.sandbox import _guards
     from opal.sandbox.policy import compile_algorithm
@@ -150,17 +178,34 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> bytes:
         return encode_error(_failure(exc, filename=filename, entrypoint=entrypoint))
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, *parts: bytes) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _tune_allocator() -> None:
+    """Let this fresh child keep and reuse the memory it frees.
+
+    A forked child starts with a cold heap: by default glibc returns every
+    large temporary to the kernel on free and faults it in again on the next
+    allocation, which made a sandboxed run up to twice as slow as the same
+    function in a warm process (issue #3). RLIMIT_AS still bounds the total.
+    """
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is None:
+        return
+    mallopt(_M_MMAP_THRESHOLD, 256 * 2**20)
+    mallopt(_M_TRIM_THRESHOLD, 2**30)
+    mallopt(_M_TOP_PAD, 64 * 2**20)
 
 
 def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers: dict[str, bool]) -> int:
     """Entry point in the forked child; returns the process exit status."""
     from opal.sandbox import _isolation
 
+    _tune_allocator()
     try:
         applied = _isolation.harden(limits=job["limits"], result_fd=result_fd, layers=layers)
         missing = [name for name, on in layers.items() if on and not applied.get(name)]
@@ -173,8 +218,16 @@ def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers:
         record = encode_error(error)
     else:
         record = execute(job, tables)
+    import pyarrow as pa
+
+    tag, payload = record
     try:
-        _write_all(result_fd, struct.pack("!Q", len(record)) + record)
-    except OSError:
+        if isinstance(payload, _ArrowStream):
+            _write_all(result_fd, FRAME.pack(1 + payload.nbytes, tag))
+            with os.fdopen(result_fd, "wb", closefd=False) as out:
+                payload.write_to(out)
+        else:
+            _write_all(result_fd, FRAME.pack(1 + len(payload), tag), payload)
+    except (OSError, pa.ArrowException):
         return 3
     return 0

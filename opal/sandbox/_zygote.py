@@ -271,9 +271,9 @@ class Zygote:
             "params": json.dumps({"a": 0, "b": 3}),
             "limits": {"max_output_rows": 10**6, "max_output_bytes": 2**30},
         }
-        record = _child.execute(warm, _warmup_tables())
-        if not record.startswith(_child.RECORD_OK):
-            raise RuntimeError(f"warm-up failed: {record[:300]!r}")
+        tag, payload = _child.execute(warm, _warmup_tables())
+        if tag != _child.RECORD_OK:
+            raise RuntimeError(f"warm-up failed: {bytes(payload)[:300]!r}")
         _guards.build_globals(filename="<idle>", protected=[])
         self.tables = tables
         gc.collect()

@@ -9,6 +9,7 @@ directory and the table file paths.
 from __future__ import annotations
 
 import builtins
+import fcntl
 import json
 import os
 import re
@@ -16,7 +17,6 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,7 @@ from opal.errors import (
     error_from_dict,
 )
 from opal.sandbox import _protocol
+from opal.sandbox._child import FRAME, RECORD_ERROR, RECORD_OK
 from opal.sandbox.limits import LAYERS, Limits
 from opal.sandbox.policy import check_source
 
@@ -55,7 +56,9 @@ _ENV = {
 _START_TIMEOUT = 300.0
 # How long after the wall limit the Runtime waits before it kills the zygote.
 _BACKSTOP_SECONDS = 15.0
-_FRAME = struct.Struct("!Q")
+# Fewer, larger transfers for big contributions tables (Linux's default pipe
+# holds 64 KiB; 1 MiB is the unprivileged maximum).
+_PIPE_BYTES = 2**20
 
 
 def _check_tables(tables: dict[str, Path]) -> dict[str, str]:
@@ -321,11 +324,13 @@ class Runtime:
             self._kill()
             raise InternalError("sandbox zygote is gone; the next run restarts it") from None
         os.close(write_fd)
-        cap = limits.max_output_bytes + _FRAME.size + 1 + 2**20
+        try:
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:
+            pass  # a smaller pipe is only slower
+        reader = _RecordReader(cap=limits.max_output_bytes + 2**20)
         deadline = time.monotonic() + limits.wall_seconds + _BACKSTOP_SECONDS
-        output = bytearray()
         status: dict[str, Any] | None = None
-        overflow = False
         selector = selectors.DefaultSelector()
         selector.register(read_fd, selectors.EVENT_READ)
         selector.register(self._sock, selectors.EVENT_READ)
@@ -340,15 +345,11 @@ class Runtime:
                     )
                 for key, _ in selector.select(remaining):
                     if key.fileobj == read_fd:
-                        chunk = os.read(read_fd, 1 << 20)
-                        if not chunk or len(output) + len(chunk) > cap:
-                            overflow = bool(chunk)
+                        if not reader.feed(read_fd):
                             selector.unregister(read_fd)
                             os.close(read_fd)
                             read_fd = -1
                             pipe_open = False
-                        else:
-                            output += chunk
                     else:
                         try:
                             message, fds = _protocol.recv(self._sock)
@@ -364,10 +365,52 @@ class Runtime:
             selector.close()
             if read_fd >= 0:
                 os.close(read_fd)
-        return _outcome(
-            bytes(output), status, limits, overflow=overflow,
-            source=job["source"], filename=job["filename"],
-        )
+        return _outcome(reader, status, limits, source=job["source"], filename=job["filename"])
+
+
+class _RecordReader:
+    """Reads the one framed record a child writes straight into a buffer sized
+    from its frame, so a large table is copied once on the way in; refuses a
+    record over ``cap`` bytes and anything after the record."""
+
+    def __init__(self, *, cap: int) -> None:
+        self.cap = cap
+        self.head = bytearray()
+        self.tag = b""
+        self.payload: Any = None
+        self.filled = 0
+        self.overflow = False
+        self.trailing = False
+
+    @property
+    def complete(self) -> bool:
+        return self.payload is not None and self.filled == len(self.payload)
+
+    def feed(self, fd: int) -> bool:
+        """Read what ``fd`` has; False once the stream ended or must be dropped."""
+        if self.payload is None:
+            chunk = os.read(fd, FRAME.size - len(self.head))
+            if not chunk:
+                return False
+            self.head += chunk
+            if len(self.head) < FRAME.size:
+                return True
+            size, self.tag = FRAME.unpack(self.head)
+            if size > self.cap:
+                self.overflow = True
+                return False
+            import numpy as np
+
+            # not bytearray: numpy neither zeroes it first nor faults it in
+            # 4 KiB at a time (it asks for huge pages)
+            self.payload = np.empty(max(size - 1, 0), dtype=np.uint8)
+            return True
+        if self.complete:
+            self.trailing = bool(os.read(fd, 1))
+            return False
+        read = os.readv(fd, [memoryview(self.payload)[self.filled :]])
+        self.filled += read
+        return read > 0
 
 
 # Error kinds a child may report; anything else it claims becomes InternalError.
@@ -477,15 +520,14 @@ def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limit
 
 
 def _outcome(
-    output: bytes,
+    reader: _RecordReader,
     status: dict[str, Any],
     limits: Limits,
     *,
-    overflow: bool,
     source: str,
     filename: str,
 ) -> Any:
-    if overflow:
+    if reader.overflow:
         raise LimitExceeded(
             f"result exceeds the max_output_bytes limit of {limits.max_output_bytes} bytes"
         )
@@ -507,20 +549,23 @@ def _outcome(
             raise PolicyViolation("the algorithm made a system call the sandbox forbids")
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         raise AlgorithmFailed(f"the algorithm crashed the interpreter ({name})")
-    if len(output) < _FRAME.size:
+    if reader.payload is None:
         raise InternalError(f"sandbox child ended without a result (exit status {status.get('exit')})")
-    (size,) = _FRAME.unpack_from(output)
-    record = output[_FRAME.size : _FRAME.size + size]
-    if len(record) != size or not record:
+    if not reader.complete:
         raise InternalError("sandbox child sent a truncated result")
-    tag, payload = record[:1], record[1:]
-    if tag == b"E":
-        raise _scrubbed_error(payload, source=source, filename=filename, limits=limits)
-    if tag != b"R":
+    if reader.trailing:
+        raise InternalError("sandbox child sent more than one record")
+    payload = reader.payload
+    if reader.tag == RECORD_ERROR:
+        raise _scrubbed_error(payload.tobytes(), source=source, filename=filename, limits=limits)
+    if reader.tag != RECORD_OK:
         raise InternalError("sandbox child sent an unknown record")
     import pyarrow as pa
 
-    table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+    except (pa.ArrowException, ValueError):
+        raise InternalError("sandbox child sent a result that is not an Arrow stream") from None
     if table.num_rows > limits.max_output_rows:
         raise LimitExceeded(
             f"result exceeds the max_output_rows limit of {limits.max_output_rows} rows"

@@ -44,13 +44,14 @@ from opal.errors import (
 )
 from opal.release import budget
 from opal.runs.message import verify_request
-from opal.runs.records import TERMINAL_STATES, RunRecord, get_run
+from opal.runs.records import TERMINAL_STATES, RunRecord, get_run, record_decisions
 from opal.trust.keys import utcnow
 from opal.trust.review import verify_for_run
 from opal.worker.liveness import is_alive, local_worker
 
 if TYPE_CHECKING:
     from opal.node import Node
+    from opal.release.gate import Release
     from opal.sandbox import Runtime
     from opal.trust.keyring import Signer
 
@@ -79,6 +80,7 @@ def _outcome(record: RunRecord, *, dropped: bool = False) -> Outcome:
         "state": record.state,
         "release": record.result,
         "result_digest": record.result_digest,
+        "cached_from": record.cached_from,
         "error": record.error,
         "epsilon": record.epsilon,
     }
@@ -174,7 +176,7 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         known_units=_known_units(runtime, ds),
     )
     # 7. record, then return
-    return _finish_released(node, record, released.to_dict(), signer=signer)
+    return _finish_released(node, record, released, signer=signer)
 
 
 def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, signer: Signer, me: str) -> bool:
@@ -240,20 +242,15 @@ def _known_units(runtime: Runtime, ds: catalog.Dataset) -> pd.Series | None:
     return pq.read_table(ds.path, columns=[ds.unit]).column(0).to_pandas()
 
 
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    reasons: dict[str, int] = {}
-    for d in result.get("decisions", []):
-        if not d.get("released"):
-            reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
-    return {
-        "cells_released": result.get("cells_released"),
-        "cells_suppressed": result.get("cells_suppressed"),
-        "suppressed_by_reason": reasons,
-    }
-
-
-def _finish_released(node: Node, record: RunRecord, result: dict[str, Any], *, signer: Signer) -> Outcome:
-    result_digest = sha256_hex(canonical_json(result))
+def _finish_released(node: Node, record: RunRecord, released: Release, *, signer: Signer) -> Outcome:
+    # Only the analyst view leaves: the suppressed cells' count would give the
+    # exact number of distinct groups (membership inference for an algorithm
+    # that groups by a per-unit column). The full per-cell record stays with
+    # the operator; the ledger holds its digest as a commitment.
+    view = released.analyst_view()
+    full = released.to_dict()
+    result_digest = sha256_hex(canonical_json(view))
+    decisions_digest = sha256_hex(canonical_json(full))
     with node.db.transaction() as tx:
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state in TERMINAL_STATES:
@@ -268,22 +265,23 @@ def _finish_released(node: Node, record: RunRecord, result: dict[str, Any], *, s
                 "outcome": "released",
                 "result_digest": result_digest,
                 "epsilon_spent": spent,
-                **_summary(result),
+                "cells_released": released.cells_released,
+                "decisions_digest": decisions_digest,
             },
             signer=signer,
             subject=record.algorithm.split("@")[0],
         )
         tx.execute(
             "UPDATE runs SET state = 'released', result = ?, result_digest = ?, updated = ? WHERE run_id = ?",
-            (json.dumps(result), result_digest, utcnow(), record.run_id),
+            (json.dumps(view), result_digest, utcnow(), record.run_id),
         )
+        record_decisions(tx, run_id=record.run_id, full=full, digest=decisions_digest)
     _checkpoints.poke(node, signer)
     return _outcome(get_run(node, record.run_id))
 
 
 def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer) -> Outcome:
     result = json.loads(cached["result"])
-    result["cached_from"] = cached["run_id"]
     with node.db.transaction() as tx:
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state in TERMINAL_STATES:
@@ -304,27 +302,47 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
             subject=record.algorithm.split("@")[0],
         )
         tx.execute(
-            "UPDATE runs SET state = 'released', result = ?, result_digest = ?, updated = ? WHERE run_id = ?",
-            (json.dumps(result), cached["result_digest"], utcnow(), record.run_id),
+            "UPDATE runs SET state = 'released', result = ?, result_digest = ?, cached_from = ?, updated = ? "
+            "WHERE run_id = ?",
+            (json.dumps(result), cached["result_digest"], cached["run_id"], utcnow(), record.run_id),
         )
     return _outcome(get_run(node, record.run_id))
 
 
+def _charges_failures(node: Node, dataset: str) -> bool:
+    try:
+        return catalog.get(node, dataset).policy.charge_failed_runs
+    except OpalError:
+        return True  # fail closed: an unknown policy charges
+
+
 def _record_failure(tx: Any, node: Node, record: RunRecord, exc: OpalError, *, state: str, signer: Signer) -> None:
     outcome = "refused" if isinstance(exc, _REFUSALS) else "failed"
-    returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
+    # A run that reached run_started may have touched the data; whether it failed
+    # can depend on private values, so (by policy, default on) its ε is spent.
+    spent = returned = 0.0
+    if state == "started" and _charges_failures(node, record.dataset):
+        try:
+            spent = budget.commit(tx, run_id=record.run_id, actor=signer.key_id)
+        except InternalError:  # no open reservation (already settled): nothing to charge
+            spent = 0.0
+    else:
+        returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
+    body: dict[str, Any] = {
+        "run_id": record.run_id,
+        "outcome": outcome,
+        "reason": exc.message,
+        "error_type": type(exc).__name__,
+        "exit_code": exc.exit_code,
+        "epsilon_spent": spent,
+        "epsilon_returned": returned,
+    }
+    if spent:
+        body["charged_because"] = "the run failed after its algorithm touched the data"
     node.ledger.append_in(
         tx,
         type="run_finished",
-        body={
-            "run_id": record.run_id,
-            "outcome": outcome,
-            "reason": exc.message,
-            "error_type": type(exc).__name__,
-            "exit_code": exc.exit_code,
-            "epsilon_spent": 0.0,
-            "epsilon_returned": returned,
-        },
+        body=body,
         signer=signer,
         subject=record.algorithm.split("@")[0],
     )

@@ -39,17 +39,43 @@ def signer() -> Signer:
     return n.keyring.signer_for(os.environ.get("OPAL_WORKER_KEY") or None, "operator")
 
 
-def limits() -> Limits:
-    """Per-run sandbox limits of this worker: the wall limit is ``--run-timeout``
-    (``OPAL_RUN_TIMEOUT``); CPU time is allowed up to the same bound."""
-    import math
+DEFAULT_REQUIRED_LAYERS = ("restricted_python", "clean_environment", "rlimits", "seccomp")
 
+
+def limits() -> Limits:
+    """Per-run sandbox limits of this worker.
+
+    The operator's ``governance/sandbox.toml`` under ``OPAL_HOME`` sets limits
+    and the isolation layers that must be active (fail closed: without the
+    file, compile policy, clean environment, rlimits and seccomp are
+    required). The wall limit is ``--run-timeout`` (``OPAL_RUN_TIMEOUT``);
+    CPU time is allowed up to at least the same bound.
+    """
+    import math
+    import tomllib
+
+    from opal.errors import BadInputError
     from opal.sandbox import Limits
     from opal.worker.celery import run_timeout
 
+    settings: dict[str, object] = {"require_layers": DEFAULT_REQUIRED_LAYERS}
+    # not node(): runtime_for() calls this while holding _lock
+    from opal.home import Home
+
+    path = Home.resolve(os.environ.get("OPAL_HOME")).governance_dir / "sandbox.toml"
+    if path.exists():
+        try:
+            settings.update(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInputError(f"{path}: not valid TOML ({exc}); fix the sandbox policy") from None
+    from dataclasses import fields
+
+    unknown = sorted(set(settings) - {f.name for f in fields(Limits)})
+    if unknown:
+        raise BadInputError(f"{path}: unknown key(s) {', '.join(unknown)}; see governance/sandbox.toml")
     wall = run_timeout()
-    base = Limits()
-    return Limits(wall_seconds=wall, cpu_seconds=max(base.cpu_seconds, math.ceil(wall)))
+    base = Limits.from_dict(settings)
+    return Limits.from_dict({**base.to_dict(), "wall_seconds": wall, "cpu_seconds": max(base.cpu_seconds, math.ceil(wall))})
 
 
 def runtime_for(ds: Dataset) -> Runtime:

@@ -64,12 +64,13 @@ def _opal(sc: Scenario, broker_url: str, *args: str) -> subprocess.CompletedProc
 
 
 def _assert_books_balance(sc: Scenario, run_ids: list[str]) -> None:
-    """Exactly one outcome each; ε spent once per fresh release and nowhere else."""
+    """Exactly one outcome each; ε spent once per fresh release or per failure after the
+    data was touched (charge_failed_runs), and nowhere else."""
     outcomes = outcomes_in_ledger(sc.node)
     assert all(outcomes[r] == 1 for r in run_ids), {r: outcomes[r] for r in run_ids if outcomes[r] != 1}
     spent = spent_events(sc.node)
-    released = {r for r in run_ids if get_run(sc.node, r).state == "released"}
-    assert set(spent) <= released
+    charged = {r for r in run_ids if get_run(sc.node, r).state in ("released", "failed")}
+    assert set(spent) <= charged
     budget = sc.node.db.one("SELECT spent, reserved FROM budget WHERE dataset = ?", (sc.dataset,))
     assert budget["spent"] == pytest.approx(sum(spent.values()))
     assert budget["reserved"] == pytest.approx(0.0)
@@ -170,6 +171,7 @@ def test_run_over_its_time_limit_is_failed_and_the_worker_serves_on(sc: Scenario
     assert record.state == "failed"
     assert record.error is not None and record.error["type"] == "LimitExceeded" and record.error["exit_code"] == 5
     assert "wall-clock limit of 2 s" in record.error["message"]
+    assert slow in spent_events(sc.node)     # it touched the data: its ε is spent
     shown = _opal(sc, broker_url, "runs", "show", slow, "--json")
     assert json.loads(shown.stdout)["state"] == "failed"
     good = _request(sc, 2)

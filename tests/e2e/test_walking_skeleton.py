@@ -55,8 +55,12 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout)
     assert run["state"] == "released"
-    result = json.loads(opal("runs", "result", run["run_id"], "--json", check=True).stdout)
+    doc = json.loads(opal("runs", "result", run["run_id"], "--json", check=True).stdout)
+    result = doc["release"]
     released = pd.DataFrame(result["table"]["rows"], columns=result["table"]["columns"])
+    # the analyst never sees how many cells were suppressed: that count is exact
+    assert "cells_suppressed" not in result
+    assert all(d["released"] for d in result["decisions"])
 
     df = pd.read_parquet(world)
     truth = df[df.day.between(0, 3)].groupby(["region", "day"]).msisdn.nunique()
@@ -92,7 +96,24 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     assert types[4:] == expected
     finished = entries[-1]["body"]
     assert finished["outcome"] == "released"
-    assert finished["result_digest"] == result["result_digest"]
+    assert finished["result_digest"] == doc["result_digest"]
+    assert "cells_suppressed" not in finished and len(finished["decisions_digest"]) == 64
+
+    # the operator's view keeps every decision; the planted islet is among the suppressed
+    operator = opal.json("runs", "decisions", run["run_id"])
+    assert operator["cells_suppressed"] >= 4 and operator["cells_released"] == len(released)
+
+    # whoever receives the result can check, offline, that an approved run released it
+    out = opal.home.parent / "result.json"
+    opal("runs", "result", run["run_id"], "--out", str(out), check=True)
+    checked = opal("runs", "verify", str(out), "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["ledger_index"] == entries[-1]["index"]
+    forged = json.loads(out.read_text())
+    forged["release"]["table"]["rows"][0][-1] += 1
+    out.write_text(json.dumps(forged))
+    tampered = opal("runs", "verify", str(out))
+    assert tampered.returncode == 6 and "the table was changed" in tampered.stderr
     assert finished["epsilon_spent"] == 1.0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import add_key, make_signer
+from ledger_fixtures import add_key, make_signer
 
 from opal.db import Database
 from opal.ledger import Ledger

@@ -92,7 +92,7 @@ def test_kill_9_during_appends_postgres(pg_url: str) -> None:
 
 def _signer(ledger: Ledger):  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import add_key, make_signer
+    from ledger_fixtures import add_key, make_signer
 
     s = make_signer("after", "operator")
     add_key(ledger, s)

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Actors, populate
+from ledger_fixtures import Actors, populate
 
 from opal.db import Database
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
@@ -154,7 +154,7 @@ def test_trace_lists_the_lifecycle(ledger: Ledger, actors: Actors) -> None:
 
 
 def test_receipt_carries_the_key_that_imported_a_signer(ledger: Ledger, actors: Actors) -> None:
-    from conftest import add_key
+    from ledger_fixtures import add_key
 
     add_key(ledger, actors.op)
     add_key(ledger, actors.stat)

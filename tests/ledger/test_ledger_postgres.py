@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Actors, populate
+from ledger_fixtures import Actors, populate
 
 from opal.db import Database, translate
 from opal.errors import LedgerCorrupt

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import Actors, add_key, make_signer, populate
+from ledger_fixtures import Actors, add_key, make_signer, populate
 
 from opal.db import Database
 from opal.errors import LedgerCorrupt

@@ -1,0 +1,138 @@
+"""Fixtures for ledger tests: real SQLite files, a real PostgreSQL database per test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opal.db import Database
+from opal.ledger import Ledger
+from opal.trust.keyring import Signer
+from opal.trust.keys import KeyInfo, generate_private_key, key_id_of, public_raw, utcnow
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def make_signer(name: str, role: str) -> Signer:
+    private = generate_private_key()
+    raw = public_raw(private)
+    info = KeyInfo(
+        name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow()
+    )
+    return Signer(info, private)
+
+
+def add_key(ledger: Ledger, signer: Signer, by: Signer | None = None) -> None:
+    body = {
+        "name": signer.name,
+        "role": signer.role,
+        "key_id": signer.key_id,
+        "public_key": signer.info.public_key,
+    }
+    ledger.append(type="key_added", body=body, signer=by or signer, subject=signer.key_id)
+
+
+class Actors:
+    def __init__(self) -> None:
+        self.op = make_signer("op", "operator")
+        self.board = make_signer("board1", "board")
+        self.reviewer = make_signer("rev1", "reviewer")
+        self.stat = make_signer("stat1", "statistician")
+
+    def register(self, ledger: Ledger) -> None:
+        for s in (self.op, self.board, self.reviewer, self.stat):
+            add_key(ledger, s)
+
+
+def populate(ledger: Ledger, actors: Actors, *, runs: int = 2) -> dict[str, Any]:
+    """Keys, a bundle submitted and approved, ``runs`` released runs; returns facts for assertions."""
+    actors.register(ledger)
+    digest = "ab" * 32
+    ledger.append(
+        type="bundle_submitted",
+        body={"digest": digest, "name": "pop", "version": "1.0.0"},
+        signer=actors.stat,
+        subject="pop",
+    )
+    ledger.append(
+        type="bundle_approved",
+        body={"digest": digest, "name": "pop", "version": "1.0.0"},
+        signer=actors.reviewer,
+        subject="pop",
+    )
+    finished = []
+    for i in range(runs):
+        run_id = f"run{i:04d}"
+        ledger.append(
+            type="run_requested",
+            body={"run_id": run_id, "algorithm": "pop@1.0.0", "digest": digest},
+            signer=actors.stat,
+            subject="pop",
+        )
+        ledger.append(
+            type="run_started",
+            body={"run_id": run_id, "digest": digest, "epsilon_reserved": 0.5},
+            signer=actors.op,
+            subject="pop",
+        )
+        e = ledger.append(
+            type="run_finished",
+            body={
+                "run_id": run_id,
+                "outcome": "released",
+                "result_digest": f"{i:064x}",
+                "epsilon_spent": 0.5,
+            },
+            signer=actors.op,
+            subject="pop",
+        )
+        finished.append(e)
+    return {"digest": digest, "finished": finished}
+
+
+@pytest.fixture
+def actors() -> Actors:
+    return Actors()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    db = Database(tmp_path / "opal.db", url="")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def ledger(sqlite_db: Database) -> Ledger:
+    return Ledger(sqlite_db, origin="opal/test")
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_ADMIN, connect_timeout=2).close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: skip the PostgreSQL tests
+        return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database with a random name, dropped at the end."""
+    if not _pg_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg
+
+    name = "opal_test_" + secrets.token_hex(6)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
