@@ -48,8 +48,9 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
     def opal(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
         if not quiet:
             say(f"[bold cyan]$ opal {' '.join(shlex.quote(a) for a in args)}[/]")
-        proc = subprocess.run([sys.executable, "-m", "opal", *args], env=env, text=True, capture_output=True)
-        out = (proc.stdout + proc.stderr).rstrip()
+        proc = subprocess.run([sys.executable, "-m", "opal", *args], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else subprocess.STDOUT)
+        out = proc.stdout.rstrip()
         if out and not quiet:
             say(out, markup=False)  # type: ignore[call-arg]
         if check and proc.returncode != 0:

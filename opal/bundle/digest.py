@@ -33,8 +33,11 @@ def read_bundle_files(folder: Path, *, strict: bool = False) -> dict[str, bytes]
     ``strict`` (the registry) skips nothing: a cache file dropped next to an
     approved bundle changes its digest like any other added file.
     """
-    if not folder.is_dir():
-        raise BadInputError(f"{folder} is not a bundle folder (expected opal.toml and algorithm.py inside)")
+    if not folder.is_dir() or not (folder / "opal.toml").is_file():
+        raise BadInputError(
+            f"{folder} is not a bundle folder: expected opal.toml and algorithm.py inside "
+            "(opal algo init DIR --name NAME creates one)"
+        )
     files: dict[str, bytes] = {}
     total = 0
     for path in sorted(folder.rglob("*")):

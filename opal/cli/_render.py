@@ -23,7 +23,8 @@ def render_release(result: dict[str, Any], *, title: str = "released", max_rows:
         table.caption = f"… {len(rows) - max_rows} more (use --json for all)"
     console.print(table)
     mech = result.get("mechanism") or {}
-    line = f"cells released: {result.get('cells_released', len(rows))}; ε spent {result.get('epsilon', '?')}"
+    spent = "0 (served from the cache)" if cached_from else result.get("epsilon", "?")
+    line = f"cells released: {result.get('cells_released', len(rows))}; ε spent {spent}"
     if mech.get("threshold") is not None:
         line += f"; cells below the release threshold ({mech['threshold']} noisy units) are suppressed"
     if "cells_suppressed" in result:  # the operator's full record

@@ -30,8 +30,11 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
     from opal.runs.dispatch import dispatch
     from opal.runs.dispatch import wait as wait_for
 
+    from opal.worker.celery import broker_url
+
     node = app.node
     signer = node.keyring.signer_for(key, "statistician")
+    broker_url(node.home)  # no broker configured: say so before anything is recorded
     record = request_run(node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon, signer=signer)
     dispatch(node, record)
     if not wait:
