@@ -7,7 +7,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from conftest import SECRET_MSISDN, SECRET_REGION, known_cdr
+from sandbox_fixtures import SECRET_MSISDN, SECRET_REGION, known_cdr
 from opal.sandbox import Runtime
 
 S = SECRET_MSISDN

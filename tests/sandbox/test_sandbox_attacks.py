@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST_SECRET, SECRET_MSISDN, SECRET_REGION, Listener
+from sandbox_fixtures import HOST_SECRET, SECRET_MSISDN, SECRET_REGION, Listener
 from opal.errors import OpalError
 from opal.sandbox import Limits, Runtime
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import HOST_SECRET, Listener, known_cdr
+from sandbox_fixtures import HOST_SECRET, Listener, known_cdr
 from opal.errors import BadInputError, InternalError, LimitExceeded
 from opal.sandbox import LAYERS, Limits, Runtime, active_layers, run_algorithm
 from opal.sandbox import _isolation
