@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Self
 
 from opal.errors import InternalError
 
-__all__ = ["SCHEMA", "Database", "Row"]
+__all__ = ["SCHEMA", "Database", "Row", "ensure_tables"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -252,6 +253,17 @@ class Database:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def ensure_tables(db: Database, statements: Sequence[str], done: weakref.WeakSet[Database]) -> None:
+    """Run a package's idempotent ``CREATE … IF NOT EXISTS`` statements once per
+    Database; ``done`` (one per package) remembers where they already ran."""
+    if db in done:
+        return
+    with db.transaction() as tx:
+        for sql in statements:
+            tx.execute(sql)
+    done.add(db)
 
 
 def _open_sqlite(path: Path | None) -> sqlite3.Connection:

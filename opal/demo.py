@@ -32,7 +32,9 @@ def find_algorithms() -> Path:
     raise InternalError("cannot find algorithms/population_density; run opal demo from the OPAL checkout")
 
 
-def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_000, days: int = 14, seed: int = 7) -> None:
+def run_demo(
+    home: Path, *, say: Callable[[str], None], subscribers: int = 20_000, days: int = 14, seed: int = 7
+) -> None:
     if home.exists():
         if not (home / MARKER).exists():
             raise InternalError(f"{home} exists and was not made by opal demo; choose another --home")
@@ -74,7 +76,9 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
     opal("algo", "submit", bundle, "--key", "sam")
 
     say("\n[bold]4. Two reviewers read the code and sign approvals[/] (trust policy: 2 of 2).")
-    opal("algo", "approve", "population_density@1.0.0", "--key", "rita", "--comment", "counts distinct subscribers only")
+    opal(
+        "algo", "approve", "population_density@1.0.0", "--key", "rita", "--comment", "counts distinct subscribers only"
+    )
     opal("algo", "approve", "population_density@1.0.0", "--key", "ravi")
 
     say("\n[bold]5. The operator starts a broker and a worker next to the data.[/]")
@@ -87,13 +91,16 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
     say("[bold cyan]$ opal worker start --dataset demo --key olga &[/]")
     log = (home / "run" / "worker.log").open("w")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "opal", "worker", "start", "--dataset", "demo", "--key", "olga", "--loglevel", "WARNING"],
+        [
+            sys.executable, "-m", "opal", "worker", "start",
+            "--dataset", "demo", "--key", "olga", "--loglevel", "WARNING",
+        ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         say("\n[bold]6. The statistician requests a run.[/] The worker verifies digest, signatures and approvals,")
         say("   runs the code in the sandbox, then the release gate bounds, aggregates, adds noise and suppresses.")
-        params = '{"start_day": 0, "end_day": %d}' % (days - 1)
+        params = f'{{"start_day": 0, "end_day": {days - 1:d}}}'
         opal("run", "population_density", "--dataset", "demo", "--params", params, "--epsilon", "1", "--key", "sam")
         run_id = json.loads(opal("runs", "list", "--json", quiet=True).stdout)[0]["run_id"]
         say("\n   The operator (only) sees every cell decision, suppressed cells by reason:")
@@ -121,4 +128,7 @@ def run_demo(home: Path, *, say: Callable[[str], None], subscribers: int = 20_00
     say("\n[bold]9. The board audits the ledger:[/] every leaf, the Merkle root and every signature re-derived.")
     opal("ledger", "show")
     opal("ledger", "verify")
-    say(f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]; nothing left running. State kept in {home}")
+    say(
+        f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]; "
+        f"nothing left running. State kept in {home}"
+    )

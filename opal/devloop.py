@@ -22,7 +22,8 @@ def check_bundle(folder: Path) -> Bundle:
     bundle = Bundle.from_folder(folder)
     if bundle.manifest.dataset not in SCHEMAS:
         raise BadInputError(
-            f"{folder}/opal.toml: dataset {bundle.manifest.dataset!r} is not a known schema; known: {', '.join(SCHEMAS)}"
+            f"{folder}/opal.toml: dataset {bundle.manifest.dataset!r} is not a known schema; "
+            f"known: {', '.join(SCHEMAS)}"
         )
     if bundle.manifest.privacy.unit != SCHEMAS[bundle.manifest.dataset].unit:
         raise BadInputError(
@@ -61,4 +62,7 @@ def test_bundle(
 
             units = pq.read_table(dataset, columns=[schema.unit]).column(0).to_pandas()
     released = release(contributions, privacy=bundle.manifest.privacy, policy=policy, epsilon=eps, known_units=units)
-    return dict(released.to_dict(), bundle={"name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest})
+    return dict(
+        released.to_dict(),
+        bundle={"name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest},
+    )

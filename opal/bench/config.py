@@ -109,11 +109,15 @@ class BenchConfig:
         ap.add_argument("--sizes", default=None, help="comma-separated CDR row counts, e.g. 1M,10M (env BENCH_SIZES)")
         ap.add_argument("--full", action="store_true", help="also 100M rows (env BENCH_FULL=1)")
         ap.add_argument("--repeat", type=int, default=None, help="repetitions of every measurement (env BENCH_REPEAT)")
-        ap.add_argument("--data-dir", type=Path, default=None, help="dataset cache (env BENCH_DATA, default bench-data/)")
+        ap.add_argument(
+            "--data-dir", type=Path, default=None, help="dataset cache (env BENCH_DATA, default bench-data/)"
+        )
         ap.add_argument("--output", type=Path, default=None, help="report file (default BENCHMARKS.md)")
         ap.add_argument("--json", dest="json_path", type=Path, default=None,
                         help="also write every sample as JSON (default bench-data/last-run.json)")
-        ap.add_argument("--gate-rows", default=None, help="contribution rows for the gate section (env BENCH_GATE_ROWS)")
+        ap.add_argument(
+            "--gate-rows", default=None, help="contribution rows for the gate section (env BENCH_GATE_ROWS)"
+        )
         ap.add_argument("--ledger-entries", default=None, help="ledger size to verify (env BENCH_LEDGER_ENTRIES)")
         ap.add_argument("--only", default=None, help=f"run only these sections: {','.join(SECTIONS)}")
         ap.add_argument("--skip", default=None, help="skip these sections")

@@ -204,7 +204,9 @@ class Deployment:
         return RunTiming(seconds=seconds, request_seconds=requested, state=str(outcome.get("state")),
                          cached=cached, error=message)
 
-    def burst(self, algorithm: Algorithm, dataset: str, count: int, *, timeout: float = 900.0) -> tuple[float, list[str]]:
+    def burst(
+        self, algorithm: Algorithm, dataset: str, count: int, *, timeout: float = 900.0
+    ) -> tuple[float, list[str]]:
         """Request ``count`` runs at once, wait for all; wall seconds and their states."""
         t0 = time.perf_counter()
         records = [self.request(algorithm, dataset) for _ in range(count)]

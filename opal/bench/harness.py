@@ -433,7 +433,9 @@ def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]
         reps = 2 if config.quick else 1
         out["verify"] = _attempt(clock, "ledger verify", lambda: ledger.bench_verify(home, reps=reps))
         if "cli" in out["verify"]:
-            clock.say(f"ledger: opal ledger verify on {out['verify']['entries']:,} entries {_fmt(out['verify']['cli'])}")
+            clock.say(
+                f"ledger: opal ledger verify on {out['verify']['entries']:,} entries {_fmt(out['verify']['cli'])}"
+            )
         out["proofs"] = _attempt(clock, "inclusion proofs",
                                  lambda: ledger.bench_proofs(home, proofs=config.proofs, reps=3))
         if "proof" in out["proofs"]:

@@ -44,4 +44,6 @@ def parse_params(text: str | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadInputError(f"--params is not valid JSON ({exc.msg} at column {exc.colno}); e.g. '{{\"start_day\": 0}}'") from None
+        raise BadInputError(
+            f"--params is not valid JSON ({exc.msg} at column {exc.colno}); e.g. '{{\"start_day\": 0}}'"
+        ) from None

@@ -41,9 +41,13 @@ def check(folder: Path, as_json: bool) -> None:
 
     bundle = check_bundle(folder)
     if as_json:
-        emit_json({"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest})
+        emit_json(
+            {"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest}
+        )
     else:
-        console.print(f"ok: {bundle.ref} passes the manifest, schema and compile-policy checks (digest {bundle.digest[:16]}…)")
+        console.print(
+            f"ok: {bundle.ref} passes the manifest, schema and compile-policy checks (digest {bundle.digest[:16]}…)"
+        )
 
 
 @algo.command("test")
@@ -63,7 +67,10 @@ def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None,
         render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)")
         for d in result.get("decisions", [])[:20]:
             group = d.get("group")
-            console.print(f"  {'released ' if d.get('released') else 'suppressed'}  {d.get('reason')}  {json.dumps(group) if group else ''}")
+            console.print(
+                f"  {'released ' if d.get('released') else 'suppressed'}  {d.get('reason')}  "
+                f"{json.dumps(group) if group else ''}"
+            )
 
 
 @algo.command("submit")
@@ -92,7 +99,8 @@ def list_(app: App, as_json: bool) -> None:
     """Submitted bundles and their approvals."""
     rows = app.node.db.query(
         "SELECT b.digest, b.name, b.version, b.submitted, b.revoked_at, "
-        "(SELECT COUNT(DISTINCT key_id) FROM approvals a WHERE a.digest = b.digest AND a.verdict = 'approve') AS approvals "
+        "(SELECT COUNT(DISTINCT key_id) FROM approvals a "
+        "WHERE a.digest = b.digest AND a.verdict = 'approve') AS approvals "
         "FROM bundles b ORDER BY b.name, b.submitted"
     )
     items = [dict(r) for r in rows]
@@ -121,7 +129,10 @@ def review(app: App, ref: str, as_json: bool) -> None:
         emit_json(view)
         return
     console.print(f"[bold]{view['name']}@{view['version']}[/]  digest {digest}")
-    console.print(f"author {view['author']}, submitted {view['submitted']}" + (f", [red]{view['revoked']}[/]" if view["revoked"] else ""))
+    console.print(
+        f"author {view['author']}, submitted {view['submitted']}"
+        + (f", [red]{view['revoked']}[/]" if view["revoked"] else "")
+    )
     console.print(f"description: {view['manifest']['description']}")
     console.print("[bold]privacy declaration[/]")
     console.print_json(json.dumps(view["privacy"]))
@@ -143,7 +154,9 @@ def review(app: App, ref: str, as_json: bool) -> None:
     )
     for a in view["approvals"]:
         mark = "counts" if a["counts"] else "does not count"
-        console.print(f"  {a['verdict']:8} {a['reviewer']}  {a['time']}  expires {a['expires']}  ({mark}) {a['comment']}")
+        console.print(
+            f"  {a['verdict']:8} {a['reviewer']}  {a['time']}  expires {a['expires']}  ({mark}) {a['comment']}"
+        )
 
 
 def _verdict(app: App, ref: str, key: str | None, verdict: str, expires: str | None, comment: str) -> None:
@@ -190,7 +203,9 @@ def verify(app: App, ref: str, as_json: bool) -> None:
     digest, _, _ = resolve_bundle(app.node, ref)
     bundle = verify_for_run(app.node, digest)
     if as_json:
-        emit_json({"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest})
+        emit_json(
+            {"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest}
+        )
     else:
         console.print(f"ok: {bundle.ref} ({digest[:12]}) passes the worker's trust check")
 

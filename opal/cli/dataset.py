@@ -71,7 +71,9 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
 @click.option("--key", default=None, help="Operator key that records the registration.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def register(app: App, name: str, source: str, schema: str, policy_file: Path | None, key: str | None, as_json: bool) -> None:
+def register(
+    app: App, name: str, source: str, schema: str, policy_file: Path | None, key: str | None, as_json: bool
+) -> None:
     """Register a Parquet/CSV file or a PostgreSQL table under NAME, with its release policy and budget.
 
     A table is copied to a Parquet snapshot under OPAL_HOME (the sandbox reads

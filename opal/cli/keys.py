@@ -43,7 +43,13 @@ def list_(app: App, as_json: bool) -> None:
         return
     table = Table("name", "role", "key id", "private", "revoked")
     for k in infos:
-        table.add_row(k.name, k.role, k.key_id[:16] + "…", "yes" if app.node.keyring.holds_private(k.name) else "no", k.revoked_at or "")
+        table.add_row(
+            k.name,
+            k.role,
+            k.key_id[:16] + "…",
+            "yes" if app.node.keyring.holds_private(k.name) else "no",
+            k.revoked_at or "",
+        )
     console.print(table)
 
 

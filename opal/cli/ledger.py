@@ -181,7 +181,8 @@ def trace(app: App, algorithm: str, as_json: bool) -> None:
     for v in result["versions"]:
         sub = v.get("submitted", {})
         console.print(
-            f"  {v['version']} {str(v['digest'])[:16]}… submitted #{sub.get('index', '?')} by {who(sub.get('author', ''))}"
+            f"  {v['version']} {str(v['digest'])[:16]}… "
+            f"submitted #{sub.get('index', '?')} by {who(sub.get('author', ''))}"
         )
         for r in v["reviews"]:
             console.print(

@@ -29,13 +29,14 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
     from opal.runs import request_run
     from opal.runs.dispatch import dispatch
     from opal.runs.dispatch import wait as wait_for
-
     from opal.worker.celery import broker_url
 
     node = app.node
     signer = node.keyring.signer_for(key, "statistician")
     broker_url(node.home)  # no broker configured: say so before anything is recorded
-    record = request_run(node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon, signer=signer)
+    record = request_run(
+        node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon, signer=signer
+    )
     dispatch(node, record)
     if not wait:
         if as_json:
@@ -151,7 +152,8 @@ def verify(file: str, log_keys: tuple[str, ...], as_json: bool) -> None:
         console.print(
             f"ok: {summary['algorithm']} run {summary['run_id']} released this table "
             f"(digest {summary['result_digest'][:16]}…), recorded at ledger entry {summary['ledger_index']} "
-            f"and proven in the checkpoint of size {summary['checkpoint_size']} signed by {summary['checkpoint_signer'][:16]}…"
+            f"and proven in the checkpoint of size {summary['checkpoint_size']} "
+            f"signed by {summary['checkpoint_signer'][:16]}…"
         )
 
 

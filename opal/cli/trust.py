@@ -24,7 +24,9 @@ def _spec_options(fn: Any) -> Any:
         click.option("--board", multiple=True, help="Board key name (repeat)."),
         click.option("--threshold", type=int, default=None, help="Board signatures needed to change the policy."),
         click.option("--reviewer", "--reviewers", "reviewer", multiple=True, help="Reviewer key name (repeat)."),
-        click.option("--approvals", type=int, default=None, help="Reviewer approvals a bundle needs (k of n; default 2)."),
+        click.option(
+            "--approvals", type=int, default=None, help="Reviewer approvals a bundle needs (k of n; default 2)."
+        ),
         click.option("--statistician", multiple=True, help="Statistician key name (repeat; default: keyring roles)."),
         click.option("--operator", multiple=True, help="Operator key name (repeat; default: keyring roles)."),
         click.option("--lifetime-days", type=int, default=None, help="Longest an approval stays valid (default 90)."),
@@ -70,10 +72,12 @@ def _write_envelope(file: Path, envelope: dict[str, Any]) -> None:
 
 @trust.command("init")
 @_spec_options
-@click.option("--key", "keys", multiple=True, help="Board key to sign with (default: every listed board key held here).")
+@click.option(
+    "--key", "keys", multiple=True, help="Board key to sign with (default: every listed board key held here)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def init(app: App, keys: tuple[str, ...], as_json: bool, **spec: Any) -> None:
+def init(app: App, /, keys: tuple[str, ...], as_json: bool, **spec: Any) -> None:
     """Create, sign and install trust policy version 1."""
     from opal.trust.governance import init_policy, read_policy_spec
 
@@ -105,14 +109,19 @@ def show(app: App, as_json: bool) -> None:
         return
     d = policy.to_dict()
     console.print(f"[bold]{policy.label}[/]" + (f"  digest {policy.digest}" if policy.digest else ""))
-    console.print(f"approvals needed: {d['approval_threshold']}   approval lifetime: {d['approval_lifetime_days']} days   "
-                  f"author may approve: {'yes' if d['author_may_approve'] else 'no'}")
+    console.print(
+        f"approvals needed: {d['approval_threshold']}   "
+        f"approval lifetime: {d['approval_lifetime_days']} days   "
+        f"author may approve: {'yes' if d['author_may_approve'] else 'no'}"
+    )
     if policy.signed:
         console.print(f"board signatures to change it: {d['board_threshold']}")
         for role, names in d["roles"].items():
             console.print(f"  {role}: {', '.join(names)}")
     else:
-        console.print("roles: as recorded in the keyring (opal keys list); install a signed policy with opal trust init")
+        console.print(
+            "roles: as recorded in the keyring (opal keys list); install a signed policy with opal trust init"
+        )
 
 
 @trust.command("history")
@@ -138,7 +147,7 @@ def history(app: App, as_json: bool) -> None:
 @_spec_options
 @click.option("--key", "keys", multiple=True, help="Board key to sign with right away (repeat).")
 @pass_app
-def propose(app: App, out: Path, keys: tuple[str, ...], **spec: Any) -> None:
+def propose(app: App, /, out: Path, keys: tuple[str, ...], **spec: Any) -> None:
     """Write the next policy version to OUT (unchanged fields come from the policy in force)."""
     from opal.trust.governance import draft_policy, sign_policy
 

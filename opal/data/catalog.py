@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from opal.db import Database, ensure_tables
 from opal.errors import BadInputError
 from opal.release.policy import ReleasePolicy
 from opal.trust.keys import utcnow
@@ -178,7 +179,9 @@ def _load(node: Node, name: str, source: str | Path, schema: str) -> tuple[Path,
     """(file the sandbox reads, rows, version, table source or None), schema checked."""
     if is_table_url(source):
         path, arrow_schema, rows, version = snapshot_table(
-            str(source), node.home.root / "data" / name, check=lambda sch: SCHEMAS[schema].check(sch, where=redact_url(str(source)))
+            str(source),
+            node.home.root / "data" / name,
+            check=lambda sch: SCHEMAS[schema].check(sch, where=redact_url(str(source))),
         )
         return path, rows, version, redact_url(str(source))
     path = Path(source).expanduser().absolute()
@@ -276,15 +279,11 @@ def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
 
 
 _SOURCES_TABLE = "CREATE TABLE IF NOT EXISTS dataset_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)"
-_sources_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+_sources_ready: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def _ensure_sources(node: Node) -> None:
-    if node.db in _sources_ready:
-        return
-    with node.db.transaction() as tx:
-        tx.execute(_SOURCES_TABLE)
-    _sources_ready.add(node.db)
+    ensure_tables(node.db, (_SOURCES_TABLE,), _sources_ready)
 
 
 # -- PostgreSQL tables ---------------------------------------------------------
@@ -355,11 +354,11 @@ def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Sche
                 with conn.cursor(name="opal_snapshot") as cur, pq.ParquetWriter(tmp, schema) as writer:
                     cur.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(ident, order))
                     while batch := cur.fetchmany(_BATCH_ROWS):
-                        columns = list(zip(*batch))
+                        columns = list(zip(*batch, strict=True))
                         arrays = [
                             pa.array([None if v is None else float(v) for v in col], pa.float64())
                             if field.type == pa.float64() else pa.array(col, field.type)
-                            for field, col in zip(schema, columns)
+                            for field, col in zip(schema, columns, strict=True)
                         ]
                         writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                         rows += len(batch)

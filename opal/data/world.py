@@ -124,7 +124,8 @@ _GRAVITY = _gravity()
 def _sample_rows(cum: FloatArray, rows: IntArray, u: FloatArray) -> IntArray:
     """Draw one category per element from the cumulative row ``cum[rows]``."""
     out: IntArray = (cum[rows] < u[:, None]).sum(axis=1).astype(np.int64)
-    return np.minimum(out, cum.shape[1] - 1)
+    clipped: IntArray = np.minimum(out, cum.shape[1] - 1)
+    return clipped
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

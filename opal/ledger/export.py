@@ -198,7 +198,8 @@ def verify_export(
         )
         if against.size > cp.size:
             raise LedgerCorrupt(
-                f"the held checkpoint covers {against.size} entries, the export's only {cp.size}; the log was rolled back"
+                f"the held checkpoint covers {against.size} entries, the export's only {cp.size}; "
+                "the log was rolled back"
             )
         if against.size != cp.size:
             raise BadInputError(

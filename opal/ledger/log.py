@@ -239,7 +239,8 @@ class Ledger:
                 idx, raw = int(r["idx"]), bytes(r["entry"])
                 if idx != start + offset:
                     raise LedgerCorrupt(
-                        f"ledger entry {start + offset} is missing (the next stored index is {idx}); run opal ledger verify"
+                        f"ledger entry {start + offset} is missing (the next stored index is {idx}); "
+                        "run opal ledger verify"
                     )
                 leaf = merkle.leaf_hash(raw)
                 if leaf != bytes(r["leaf_hash"]):

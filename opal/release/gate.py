@@ -227,7 +227,7 @@ def release(
         CellDecision(
             released=True,
             reason=REASON_RELEASED,
-            group={c: _jsonable(v) for c, v in zip(group_cols, row)},
+            group={c: _jsonable(v) for c, v in zip(group_cols, row, strict=True)},
         )
         for row in table[group_cols].itertuples(index=False, name=None)
     ]

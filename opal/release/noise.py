@@ -155,7 +155,7 @@ def noisy_threshold_counts(units: np.ndarray, plan: CountPlan) -> tuple[np.ndarr
     if len(units) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     meas = _threshold_measurement(plan.scale, plan.threshold)
-    out: dict[int, int] = meas(dict(zip(range(len(units)), units.tolist())))
+    out: dict[int, int] = meas(dict(zip(range(len(units)), units.tolist(), strict=True)))
     kept = np.fromiter(out.keys(), dtype=np.int64, count=len(out))
     noisy = np.fromiter(out.values(), dtype=np.int64, count=len(out))
     order = np.argsort(kept)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 
-from opal.db import Database
+from opal.db import Database, ensure_tables
 
 __all__ = ["ensure_run_tables"]
 
@@ -36,9 +36,4 @@ _done: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def ensure_run_tables(db: Database) -> None:
-    if db in _done:
-        return
-    with db.transaction() as tx:
-        for sql in _TABLES:
-            tx.execute(sql)
-    _done.add(db)
+    ensure_tables(db, _TABLES, _done)

@@ -35,7 +35,9 @@ def finished_index(node: Node, run_id: str) -> int:
     raise BadInputError(f"run {run_id} has no released outcome in the ledger")
 
 
-def result_document(node: Node, run_id: str, *, wait_seconds: float = 3.0, require_receipt: bool = True) -> dict[str, Any]:
+def result_document(
+    node: Node, run_id: str, *, wait_seconds: float = 3.0, require_receipt: bool = True
+) -> dict[str, Any]:
     record = get_run(node, run_id)
     if record.state != "released" or record.result is None:
         raise BadInputError(f"run {run_id} has no released result (state {record.state})")
@@ -79,7 +81,9 @@ def verify_result_document(doc: Any, *, trusted_log_keys: set[str] | None = None
     Returns a summary; raises TrustError, LedgerCorrupt or BadInputError.
     """
     if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
-        raise BadInputError(f"not an OPAL result document (expected format {RESULT_FORMAT}; see opal runs result --out)")
+        raise BadInputError(
+            f"not an OPAL result document (expected format {RESULT_FORMAT}; see opal runs result --out)"
+        )
     if not isinstance(doc.get("release"), dict) or not isinstance(doc.get("receipt"), dict):
         raise BadInputError("the result document has no release or no receipt")
     digest = sha256_hex(canonical_json(doc["release"]))

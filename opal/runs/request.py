@@ -49,7 +49,9 @@ def resolve_bundle(node: Node, ref: str) -> tuple[str, str, str]:
 
 def cache_key(*, digest: str, dataset_version: str, params: Any, epsilon: float) -> str:
     # averaging attack: identical runs must be served one answer, never fresh noise
-    return digest_json({"bundle": digest, "dataset": dataset_version, "params": params, "epsilon": repr(float(epsilon))})
+    return digest_json(
+        {"bundle": digest, "dataset": dataset_version, "params": params, "epsilon": repr(float(epsilon))}
+    )
 
 
 def request_run(
@@ -89,6 +91,9 @@ def request_run(
         tx.execute(
             "INSERT INTO runs(run_id, algorithm, digest, dataset, params, epsilon, requester, state, cache_key, "
             "created, updated, request_index) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (run_id, f"{name}@{version}", digest, dataset, json.dumps(params), eps, signer.name, "requested", key, now, now, entry.index),
+            (
+                run_id, f"{name}@{version}", digest, dataset, json.dumps(params), eps, signer.name, "requested",
+                key, now, now, entry.index,
+            ),
         )
     return get_run(node, run_id)

@@ -24,7 +24,8 @@ import datetime
 import operator
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
@@ -108,6 +109,7 @@ class Data:
     """The ``data`` argument: read-only tables by name (``data.cdr``)."""
 
     __slots__ = ("_tables",)
+    _tables: dict[str, Any]
 
     def __init__(self, tables: dict[str, Any]) -> None:
         object.__setattr__(self, "_tables", dict(tables))
@@ -298,9 +300,10 @@ def _allowed_for(tp: type) -> frozenset[str] | None:
     if not _REGISTRY:
         _build_registry()
     found: frozenset[str] | None = None
-    if issubclass(tp, tuple) and isinstance(getattr(tp, "_fields", None), tuple):
+    fields = getattr(tp, "_fields", None) if issubclass(tp, tuple) else None
+    if isinstance(fields, tuple):
         # namedtuple rows from itertuples(): their fields are column names
-        found = frozenset(f for f in tp._fields if isinstance(f, str)) | A.TUPLE_ATTRS
+        found = frozenset(f for f in fields if isinstance(f, str)) | A.TUPLE_ATTRS
     else:
         for base in tp.__mro__:
             if base in _REGISTRY:
@@ -481,6 +484,8 @@ class _WriteProxy:
     """What ``_write_`` hands back: item writes pass, attribute writes are vetted."""
 
     __slots__ = ("_target", "_attrs")
+    _target: Any
+    _attrs: frozenset[str]
 
     def __init__(self, target: Any, attrs: frozenset[str]) -> None:
         object.__setattr__(self, "_target", target)

@@ -353,7 +353,8 @@ class Zygote:
                 if remaining <= 0:
                     timed_out = True
                     break
-                ready, _, _ = select.select([pidfd, self.sock], [], [], remaining)
+                watched: list[int | socket.socket] = [pidfd, self.sock]
+                ready, _, _ = select.select(watched, [], [], remaining)
                 if pidfd in ready:
                     break
                 if self.sock in ready:

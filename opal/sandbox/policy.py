@@ -16,7 +16,8 @@ import ast
 from types import CodeType
 from typing import Any
 
-from RestrictedPython import RestrictingNodeTransformer, compile_restricted_exec
+from RestrictedPython.compile import compile_restricted_exec
+from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from opal.errors import PolicyViolation
 from opal.sandbox._allowlist import FACADES
@@ -39,7 +40,7 @@ FORBIDDEN_NAMES = frozenset(
 )
 
 
-class _OpalPolicy(RestrictingNodeTransformer):  # type: ignore[misc]
+class _OpalPolicy(RestrictingNodeTransformer):
     """RestrictedPython's transformer plus OPAL's stricter statement rules."""
 
     bound_names: frozenset[str] = frozenset()

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +33,7 @@ from opal.errors import (
     BadInputError,
     InternalError,
     LimitExceeded,
+    OpalError,
     PolicyViolation,
     error_from_dict,
 )
@@ -93,7 +95,9 @@ class Runtime:
         InternalError: the zygote could not start, or a required layer is missing.
     """
 
-    def __init__(self, *, tables: dict[str, Path], limits: Limits = Limits()) -> None:
+    def __init__(self, *, tables: dict[str, Path], limits: Limits | None = None) -> None:
+        if limits is None:
+            limits = Limits()
         self._tables = _check_tables(tables)
         self.limits = limits
         self._lock = threading.Lock()
@@ -184,7 +188,8 @@ class Runtime:
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+            targets: tuple[Callable[[], None], ...] = (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill)
+            for target in targets:
                 try:
                     target()
                 except (ProcessLookupError, PermissionError):
@@ -579,10 +584,12 @@ def run_algorithm(
     entrypoint: str,
     tables: dict[str, Path],
     params: dict[str, Any],
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     filename: str = "algorithm.py",
 ) -> Any:
     """One-shot convenience: start a Runtime, run one job, stop it."""
+    if limits is None:
+        limits = Limits()
     check_source(source, filename=filename, entrypoint=entrypoint)
     with Runtime(tables=tables, limits=limits) as runtime:
         return runtime.run(

@@ -93,7 +93,12 @@ def policy_in_force(node: Node) -> TrustPolicy:
 def policy_history(node: Node) -> list[dict[str, Any]]:
     ensure_trust_tables(node.db)
     return [
-        {"version": r["version"], "digest": r["digest"], "installed": r["installed"], "policy": json.loads(r["document"])}
+        {
+            "version": r["version"],
+            "digest": r["digest"],
+            "installed": r["installed"],
+            "policy": json.loads(r["document"]),
+        }
         for r in node.db.query("SELECT * FROM trust_policies ORDER BY version")
     ]
 
@@ -141,9 +146,15 @@ def draft_policy(
     in force. Keys are named as in the keyring and must hold that role there.
     """
     current = policy_in_force(node)
-    spec: dict[str, Any] = _spec_of(current) if current.signed else {"approvals": current.threshold,
-                                                                     "approval_lifetime_days": current.approval_lifetime_days,
-                                                                     "author_may_approve": current.author_may_approve}
+    spec: dict[str, Any] = (
+        _spec_of(current)
+        if current.signed
+        else {
+            "approvals": current.threshold,
+            "approval_lifetime_days": current.approval_lifetime_days,
+            "author_may_approve": current.author_may_approve,
+        }
+    )
     spec.update(base or {})
     given = {
         "board": board, "threshold": threshold, "reviewer": reviewer, "approvals": approvals,

@@ -184,7 +184,8 @@ def check_policy_body(signed: Mapping[str, Any]) -> None:
         threshold = spec.get("threshold")
         if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= len(spec["keyids"]):
             raise _fail(
-                f"{role} threshold must be between 1 and {len(spec['keyids'])} (its number of keys), found {threshold!r}"
+                f"{role} threshold must be between 1 and {len(spec['keyids'])} (its number of keys), "
+                f"found {threshold!r}"
             )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from opal.bundle.manifest import version_key
@@ -132,7 +132,13 @@ def submit(node: Node, bundle: Bundle, *, signer: Signer) -> None:
         node.ledger.append_in(
             tx,
             type="bundle_submitted",
-            body={"digest": bundle.digest, "name": m.name, "version": m.version, "author": signer.key_id, "signature": signature},
+            body={
+                "digest": bundle.digest,
+                "name": m.name,
+                "version": m.version,
+                "author": signer.key_id,
+                "signature": signature,
+            },
             signer=signer,
             subject=m.name,
         )
@@ -232,7 +238,9 @@ def approve(
     policy = policy_in_force(node)
     _require_role(node, policy, signer, "reviewer", "approving a bundle")
     if signer.key_id == row["author"] and not policy.author_may_approve:
-        raise TrustError(f"key {signer.name!r} wrote {row['name']}@{row['version']}; authors may not approve their own bundle")
+        raise TrustError(
+            f"key {signer.name!r} wrote {row['name']}@{row['version']}; authors may not approve their own bundle"
+        )
     revoked = _revocation(node, row)
     if revoked:
         raise BadInputError(f"{row['name']}@{row['version']} was {revoked}; it cannot be approved")
@@ -243,7 +251,7 @@ def approve(
             f"--expires {expires} is longer than the {policy.label}'s approval lifetime of "
             f"{policy.approval_lifetime_days} days"
         )
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     approval = Approval(
         digest=digest,
         name=row["name"],
@@ -264,7 +272,13 @@ def approve(
         node.ledger.append_in(
             tx,
             type="bundle_approved" if verdict == "approve" else "bundle_rejected",
-            body={"digest": digest, "name": row["name"], "version": row["version"], "statement": statement, "signature": signature},
+            body={
+                "digest": digest,
+                "name": row["name"],
+                "version": row["version"],
+                "statement": statement,
+                "signature": signature,
+            },
             signer=signer,
             subject=row["name"],
         )
@@ -400,7 +414,14 @@ def pin_version(node: Node, name: str, version: str, *, signer: Signer, reason: 
         node.ledger.append_in(
             tx,
             type="bundle_pinned",
-            body={"name": name, "version": version, "digest": row["digest"], "reason": reason, "statement": statement, "signature": signature},
+            body={
+                "name": name,
+                "version": version,
+                "digest": row["digest"],
+                "reason": reason,
+                "statement": statement,
+                "signature": signature,
+            },
             signer=signer,
             subject=name,
         )
@@ -431,7 +452,11 @@ def _pinned_version(node: Node, policy: TrustPolicy, name: str) -> tuple[str | N
         if public is None:
             raise TrustError(f"pin by unknown key {label}")
         verify_signature(public, PIN_DOMAIN, canonical_json(statement), str(row["signature"]))
-        if statement.get("_type") != PIN_TYPE or statement.get("name") != name or statement.get("version") != row["version"]:
+        if (
+            statement.get("_type") != PIN_TYPE
+            or statement.get("name") != name
+            or statement.get("version") != row["version"]
+        ):
             raise TrustError(f"pin by {label} does not match its statement")
         if not _holds(node, policy, key_id, "board"):
             raise TrustError(f"pin by {label} does not count: not a board key in the {policy.label}")
@@ -481,11 +506,16 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
     if author_revoked:
         raise TrustError(f"author key {author_label} of {ref} was revoked on {author_revoked}")
     try:
-        verify_signature(public, SUBMISSION_DOMAIN, _submission_statement(digest, row["name"], row["version"], author), str(row["signature"]))
+        verify_signature(
+            public,
+            SUBMISSION_DOMAIN,
+            _submission_statement(digest, row["name"], row["version"], author),
+            str(row["signature"]),
+        )
     except TrustError as exc:
         raise TrustError(f"author signature on {ref} by {author_label} is invalid: {exc.message}") from None
     # 2b. k-of-n approvals
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     status = approval_status(node, policy, row, now=now)
     if not status.sufficient:
         detail = f"; {'; '.join(status.problems)}" if status.problems else ""
@@ -512,7 +542,7 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
 
 
 def _previous_approved(node: Node, policy: TrustPolicy, row: Any) -> Any | None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     best = None
     for other in node.db.query("SELECT * FROM bundles WHERE name = ? AND digest != ?", (row["name"], row["digest"])):
         if version_key(other["version"]) >= version_key(row["version"]):
@@ -548,7 +578,7 @@ def review_view(node: Node, digest: str) -> dict[str, Any]:
     policy = policy_in_force(node)
     previous_row = _previous_approved(node, policy, row)
     previous = node.registry.load(previous_row["digest"]) if previous_row is not None else None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     status = approval_status(node, policy, row, now=now)
     verdicts = []
     for a in node.db.query("SELECT * FROM approvals WHERE digest = ? ORDER BY time", (digest,)):

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         [sys.executable, "-m", "opal", "worker", "start", "--dataset", sc.dataset, "--key", "olga",
                          "--loglevel", "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             deadline = time.monotonic() + 120
-            while not all(" ready." in (root / f"worker-{i}.log").read_text(errors="replace") for i in range(args.workers)):
+            while not all(
+                " ready." in (root / f"worker-{i}.log").read_text(errors="replace") for i in range(args.workers)
+            ):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise SystemExit("workers did not start; see their logs")
                 time.sleep(0.1)
@@ -136,7 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(report, indent=2))
     else:
         print(f"compute per run (sandbox + gate, in-process):  {report['compute_ms']} ms")
-        print(f"latency per run, one at a time (median / p90): {report['latency_ms_median']} / {report['latency_ms_p90']} ms")
+        print(
+            "latency per run, one at a time (median / p90): "
+            f"{report['latency_ms_median']} / {report['latency_ms_p90']} ms"
+        )
         print(f"added over compute (median):                   {report['added_ms_median']} ms   (target <= 300)")
         print(f"throughput, {args.runs} runs at once on {args.workers} worker(s):  "
               f"{report['throughput_runs_per_s']} runs/s   (target >= 20)")

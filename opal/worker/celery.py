@@ -116,7 +116,12 @@ def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str,
         "broker_channel_error_retry": True,
         # clients: three quick tries, then the request waits for opal worker recover
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         "redis_socket_connect_timeout": 5,
         "task_default_queue": queue_name(home, "default"),
     }

@@ -59,7 +59,8 @@ def local_worker(node: Node, *, dataset: str | None = None) -> str:
         worker_id = f"{HOST}:{pid}:{secrets.token_hex(3)}"
         with node.db.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO workers(worker_id, host, pid, dataset, started, heartbeat) VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO workers(worker_id, host, pid, dataset, started, heartbeat) "
+                "VALUES (?,?,?,?,?,?)",
                 (worker_id, HOST, pid, dataset, utcnow(), time.time()),
             )
         me = _Me(worker_id=worker_id, pid=pid, db=node.db, stop=threading.Event())

@@ -126,7 +126,10 @@ def execute_run(
             return fail_run(node, record, LimitExceeded("the worker's task time limit was exceeded"), signer=signer)
         log.error("run %s: internal error %s", run_id, type(exc).__name__)
         return fail_run(
-            node, record, InternalError(f"internal error in the worker ({type(exc).__name__}); see the worker log"), signer=signer
+            node,
+            record,
+            InternalError(f"internal error in the worker ({type(exc).__name__}); see the worker log"),
+            signer=signer,
         )
 
 

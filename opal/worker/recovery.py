@@ -171,7 +171,8 @@ def recover(node: Node, *, signer: Signer, dataset: str | None = None) -> Recove
             report.redispatched.extend(lost)
     except (redis.RedisError, OSError) as exc:
         raise InternalError(
-            f"cannot reach the broker to recover runs ({type(exc).__name__}); start it and run opal worker recover again"
+            f"cannot reach the broker to recover runs ({type(exc).__name__}); "
+            "start it and run opal worker recover again"
         ) from None
     if report.redispatched or report.failed:
         log.warning(

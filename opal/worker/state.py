@@ -75,7 +75,9 @@ def limits() -> Limits:
         raise BadInputError(f"{path}: unknown key(s) {', '.join(unknown)}; see governance/sandbox.toml")
     wall = run_timeout()
     base = Limits.from_dict(settings)
-    return Limits.from_dict({**base.to_dict(), "wall_seconds": wall, "cpu_seconds": max(base.cpu_seconds, math.ceil(wall))})
+    return Limits.from_dict(
+        {**base.to_dict(), "wall_seconds": wall, "cpu_seconds": max(base.cpu_seconds, math.ceil(wall))}
+    )
 
 
 def runtime_for(ds: Dataset) -> Runtime:

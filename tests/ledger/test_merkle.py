@@ -741,7 +741,7 @@ def test_timing_one_million_leaves(capsys: pytest.CaptureFixture[str]) -> None:
     proofs = [tree.inclusion_proof(i) for i in indices]
     incl_gen = (time.perf_counter() - t0) / reps
     t0 = time.perf_counter()
-    for i, p in zip(indices, proofs):
+    for i, p in zip(indices, proofs, strict=True):
         verify_inclusion(leaf_hash=leaves[i], index=i, size=n, proof=p, root=r)
     incl_ver = (time.perf_counter() - t0) / reps
 
@@ -751,7 +751,7 @@ def test_timing_one_million_leaves(capsys: pytest.CaptureFixture[str]) -> None:
     cons_gen = (time.perf_counter() - t0) / reps
     old_roots = [tree.root(o) for o in olds]
     t0 = time.perf_counter()
-    for o, ro, p in zip(olds, old_roots, cproofs):
+    for o, ro, p in zip(olds, old_roots, cproofs, strict=True):
         verify_consistency(old_size=o, new_size=n, old_root=ro, new_root=r, proof=p)
     cons_ver = (time.perf_counter() - t0) / reps
 

@@ -45,7 +45,7 @@ def test_selection_weighs_cells_not_rows() -> None:
         pd.concat([heavy, light], ignore_index=True),
         PrivacySpec(unit="msisdn", max_groups_per_unit=1),
     )
-    got = dict(zip(agg.keys["cell"], agg.units))
+    got = dict(zip(agg.keys["cell"], agg.units, strict=True))
     # A is one of three cells, whatever its 200 rows: p = 1/3, sd 25.8; 6 sd = 155.
     sd = math.sqrt(n * (1 / 3) * (2 / 3))
     assert abs(got["A"] - n / 3) <= 6 * sd

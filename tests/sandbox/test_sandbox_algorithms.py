@@ -6,8 +6,8 @@ import textwrap
 
 import pandas as pd
 import pytest
-
 from sandbox_fixtures import SECRET_MSISDN, SECRET_REGION, known_cdr
+
 from opal.sandbox import Runtime
 
 S = SECRET_MSISDN

@@ -12,8 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from sandbox_fixtures import HOST_SECRET, SECRET_MSISDN, SECRET_REGION, Listener
+
 from opal.errors import OpalError
 from opal.sandbox import Limits, Runtime
 

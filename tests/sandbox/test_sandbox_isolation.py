@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from sandbox_fixtures import HOST_SECRET, Listener, known_cdr
+
 from opal.errors import BadInputError, InternalError, LimitExceeded
-from opal.sandbox import LAYERS, Limits, Runtime, active_layers, run_algorithm
-from opal.sandbox import _isolation
+from opal.sandbox import LAYERS, Limits, Runtime, _isolation, active_layers, run_algorithm
 
 TRIVIAL = "def contributions(data, params):\n    return data.cdr[['msisdn']].head(2)\n"
 IS_ROOT = os.geteuid() == 0

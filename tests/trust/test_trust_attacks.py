@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -177,7 +177,7 @@ def test_revoked_key_cannot_be_imported_again_under_a_new_name(node: Node) -> No
 
 def test_expired_approval_does_not_count(node: Node, tmp_path: Path) -> None:
     digest = submitted(node, tmp_path, approvers=("rita",))
-    past = datetime.now(timezone.utc) - timedelta(days=10)
+    past = datetime.now(UTC) - timedelta(days=10)
     forge_approval(node, digest, signer_name="ravi", time=past, expires=past + timedelta(days=1))
     message = refused(node, digest)
     assert "approval by ravi expired on" in message and "opal algo approve" in message
@@ -185,7 +185,7 @@ def test_expired_approval_does_not_count(node: Node, tmp_path: Path) -> None:
 
 def test_approval_older_than_the_policy_lifetime_is_expired_whatever_it_claims(node: Node, tmp_path: Path) -> None:
     digest = submitted(node, tmp_path, approvers=("rita",))
-    past = datetime.now(timezone.utc) - timedelta(days=100)
+    past = datetime.now(UTC) - timedelta(days=100)
     forge_approval(node, digest, signer_name="ravi", time=past, expires=past + timedelta(days=3650))
     assert "approval by ravi expired on" in refused(node, digest)
 

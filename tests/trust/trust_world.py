@@ -6,7 +6,7 @@ import base64
 import json
 import re
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from opal.bundle.registry import Bundle
@@ -72,7 +72,7 @@ def forge_approval(
     row = node.db.one("SELECT * FROM bundles WHERE digest = ?", (digest,))
     assert row is not None
     signer = node.keyring.signer(signer_name)
-    now = time or datetime.now(timezone.utc)
+    now = time or datetime.now(UTC)
     approval = Approval(
         digest=digest,
         name=row["name"],
