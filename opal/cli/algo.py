@@ -65,12 +65,16 @@ def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None,
         emit_json(result)
     else:
         render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)")
-        for d in result.get("decisions", [])[:20]:
-            group = d.get("group")
-            console.print(
-                f"  {'released ' if d.get('released') else 'suppressed'}  {d.get('reason')}  "
-                f"{json.dumps(group) if group else ''}"
-            )
+        # local data the caller already holds: every cell decision may be shown
+        console.print("per-cell decisions:")
+        reasons: dict[str, int] = {}
+        for d in result.get("decisions", []):
+            if d.get("released"):
+                console.print(f"  released    {json.dumps(d.get('group'))}")
+            else:
+                reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
+        for reason, n in sorted(reasons.items()):
+            console.print(f"  suppressed  {n} cell(s): {reason}")
 
 
 @algo.command("submit")
