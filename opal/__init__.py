@@ -3,7 +3,13 @@
 The algorithm travels to the data; only aggregated, noise-protected,
 disclosure-checked results leave, and every step is written to a
 tamper-evident ledger.
+
+``import opal`` in an algorithm gives the vetted helper API
+(``opal.helpers``); inside the sandbox it is a read-only facade of the same
+functions.
 """
 
+from opal.helpers import between_days, modal_region, night_events, night_hours, require_columns
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["__version__", "between_days", "modal_region", "night_events", "night_hours", "require_columns"]

@@ -164,23 +164,17 @@ def _aggfunc_checked(label: str, fn: Callable[..., Any], position: int) -> Calla
     return checked
 
 
-def _opal_require_columns(frame: Any, *columns: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise KeyError("required column missing")
-
-
-def _opal_between_days(frame: Any, params: dict[str, Any], column: str = "day") -> Any:
-    """Rows whose ``column`` lies within params start_day..end_day (inclusive)."""
-    return frame[frame[column].between(params["start_day"], params["end_day"])]
-
-
 _FACADES: dict[str, Facade] = {}
 _VETTED_IDS: set[int] = set()
 
 
 def facades() -> dict[str, Facade]:
-    """Build (once per process) the facades for the allowlisted imports."""
+    """Build (once per process) the facades for the allowlisted imports.
+
+    The ``opal`` facade holds the vetted helper API (``opal.helpers``).
+    """
+    from opal import helpers
+
     if _FACADES:
         return _FACADES
     import math
@@ -205,10 +199,7 @@ def facades() -> dict[str, Facade]:
         "statistics": Facade(
             "statistics", {n: getattr(statistics, n) for n in A.STATISTICS_FACADE}
         ),
-        "opal": Facade(
-            "opal",
-            {"require_columns": _opal_require_columns, "between_days": _opal_between_days},
-        ),
+        "opal": Facade("opal", {n: getattr(helpers, n) for n in A.OPAL_FACADE}),
     }
     for facade in built.values():
         for value in object.__getattribute__(facade, "_members").values():
