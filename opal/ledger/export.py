@@ -89,6 +89,40 @@ def check_proven_item(item: dict[str, Any], cp: Checkpoint) -> tuple[int, bytes]
     return index, raw
 
 
+def check_signed_checkpoint(
+    cp: Checkpoint,
+    cosignatures: list[Cosignature],
+    key_items: Iterable[dict[str, Any]],
+    *,
+    trusted_log_keys: set[str] | None,
+    where: str,
+) -> KeyState:
+    """Offline trust in a checkpoint (exports and receipts): replay the proven
+    key entries, check the log-key pin, the checkpoint's signature and every
+    cosignature. Returns the key state for checking further entries.
+
+    Raises:
+        LedgerCorrupt: a proof or signature does not verify.
+        TrustError: the checkpoint's signer is not a pinned log key.
+    """
+    keys = KeyState()
+    for index, raw in sorted((check_proven_item(i, cp) for i in key_items), key=lambda x: x[0]):
+        check_entry(index, raw, keys)
+    if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
+        # An explicit (even empty) pin fails closed: no trusted key, no trust.
+        raise TrustError(
+            f"the {where}'s checkpoint is signed by {cp.signer[:16]}, not a trusted log key"
+        )
+    check_checkpoint_signature(cp, keys)
+    for cs in cosignatures:
+        if (cs.size, cs.root) != (cp.size, cp.root):
+            raise LedgerCorrupt(
+                f"a cosignature in the {where} is for size {cs.size}, not the checkpoint's {cp.size}"
+            )
+        check_cosignature(cs, keys)
+    return keys
+
+
 def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Yield the export lines for entries ``start`` … ``stop - 1``.
 
@@ -176,22 +210,9 @@ def verify_export(
         raise LedgerCorrupt(
             f"export range {start}:{stop} is outside its checkpoint of size {cp.size}"
         )
-    keys = KeyState()
-    proven_keys = sorted((check_proven_item(i, cp) for i in key_items), key=lambda x: x[0])
-    for index, raw in proven_keys:
-        check_entry(index, raw, keys)
-    if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
-        # An explicit (even empty) pin fails closed: no trusted key, no trust.
-        raise TrustError(
-            f"the checkpoint is signed by {cp.signer[:16]}, not one of the trusted log keys"
-        )
-    check_checkpoint_signature(cp, keys)
-    for cs in cosignatures:
-        if (cs.size, cs.root) != (cp.size, cp.root):
-            raise LedgerCorrupt(
-                f"a cosignature in the export is for size {cs.size}, not the checkpoint's {cp.size}"
-            )
-        check_cosignature(cs, keys)
+    keys = check_signed_checkpoint(
+        cp, cosignatures, key_items, trusted_log_keys=trusted_log_keys, where="export"
+    )
     if against is not None:
         check_equivocation(
             [(against.size, against.root, against.signer), (cp.size, cp.root, cp.signer)]
@@ -227,6 +248,6 @@ def verify_export(
         "entries_checked": stop - start,
         "checkpoint": {"size": cp.size, "root": cp.root, "signer": cp.signer},
         "cosignatures_checked": len(cosignatures),
-        "keys_checked": len(proven_keys),
+        "keys_checked": len(key_items),
         "log_key_pinned": trusted_log_keys is not None,
     }

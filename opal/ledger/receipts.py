@@ -13,13 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
-from opal.ledger.export import check_proven_item, proven_item
+from opal.ledger.export import check_proven_item, check_signed_checkpoint, proven_item
 from opal.ledger.log import Ledger
 from opal.ledger.records import Checkpoint, Cosignature, LedgerEntry
 from opal.ledger.verify import (
-    KeyState,
-    check_checkpoint_signature,
-    check_cosignature,
     check_entry,
     check_equivocation,
 )
@@ -128,21 +125,9 @@ def verify_receipt(
         key_items = list(receipt.get("keys", []))
     except (KeyError, TypeError, AttributeError):
         raise BadInputError("a receipt needs entry, related, keys and checkpoint") from None
-    keys = KeyState()
-    for index, raw in sorted(check_proven_item(i, cp) for i in key_items):
-        check_entry(index, raw, keys)
-    if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
-        # An explicit (even empty) pin fails closed.
-        raise TrustError(
-            f"the receipt's checkpoint is signed by {cp.signer[:16]}, not a trusted log key"
-        )
-    check_checkpoint_signature(cp, keys)
-    for cs in cosignatures:
-        if (cs.size, cs.root) != (cp.size, cp.root):
-            raise LedgerCorrupt(
-                f"a cosignature in the receipt is for size {cs.size}, not the checkpoint's {cp.size}"
-            )
-        check_cosignature(cs, keys)
+    keys = check_signed_checkpoint(
+        cp, cosignatures, key_items, trusted_log_keys=trusted_log_keys, where="receipt"
+    )
     check_equivocation(
         [(cp.size, cp.root, cp.signer)] + [(c.size, c.root, c.witness) for c in cosignatures]
     )
