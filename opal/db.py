@@ -133,6 +133,12 @@ CREATE TABLE IF NOT EXISTS runs (
     cached_from TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_cache ON runs(cache_key, state);
+CREATE TABLE IF NOT EXISTS bundle_files (
+    digest     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    PRIMARY KEY (digest, path)
+);
 CREATE TABLE IF NOT EXISTS run_decisions (
     run_id     TEXT PRIMARY KEY,
     record     TEXT NOT NULL,

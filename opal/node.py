@@ -39,7 +39,7 @@ class Node:
 
     @cached_property
     def registry(self) -> Registry:
-        return Registry(self.home.registry_dir)
+        return Registry(self.home.registry_dir, self.db)
 
     @property
     def trust_policy(self) -> TrustPolicy:

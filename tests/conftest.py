@@ -41,11 +41,12 @@ class Opal:
     home: Path
     broker_url: str
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
-        env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url)
+        env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url, **self.extra_env)
         return env
 
     def __call__(self, *args: str, check: bool | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from opal.bundle.digest import bundle_digest, read_bundle_files
 from opal.bundle.manifest import MANIFEST_FILE, SOURCE_FILE, Manifest
+from opal.db import Database
 from opal.errors import BadInputError, TrustError
 
 __all__ = ["Bundle", "Registry"]
@@ -53,8 +54,14 @@ class Bundle:
 
 
 class Registry:
-    def __init__(self, root: Path) -> None:
+    """Bundles by digest: a write-once folder per digest on this node, and the
+    same bytes in the shared database, so another worker node (one
+    PostgreSQL, several machines) can materialise a bundle submitted
+    elsewhere. Either copy is untrusted: ``load`` re-hashes what it runs."""
+
+    def __init__(self, root: Path, db: Database | None = None) -> None:
         self.root = root
+        self.db = db
 
     def path(self, digest: str) -> Path:
         if not _DIGEST.match(digest):
@@ -63,12 +70,24 @@ class Registry:
 
     def store(self, bundle: Bundle) -> Path:
         """Write once; a digest's folder never changes after it is stored."""
-        target = self.path(bundle.digest)
+        if self.db is not None:
+            with self.db.transaction() as tx:
+                for rel, data in bundle.files.items():
+                    tx.execute(
+                        "INSERT OR IGNORE INTO bundle_files(digest, path, data) VALUES (?,?,?)",
+                        (bundle.digest, rel, data),
+                    )
+        return self._write(bundle.digest, bundle.files)
+
+    def _write(self, digest: str, files: Mapping[str, bytes]) -> Path:
+        target = self.path(digest)
         if target.exists():
             return target
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".incoming-"))
         try:
-            for rel, data in bundle.files.items():
+            for rel, data in files.items():
+                if rel.startswith("/") or ".." in Path(rel).parts:
+                    raise TrustError(f"bundle {digest[:12]} holds a file path outside its folder")
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(data)
@@ -85,6 +104,11 @@ class Registry:
         Raises TrustError if the stored bytes no longer hash to ``digest``.
         """
         folder = self.path(digest)
+        if not folder.is_dir() and self.db is not None:
+            # submitted on another node sharing this database: materialise it here
+            rows = self.db.query("SELECT path, data FROM bundle_files WHERE digest = ?", (digest,))
+            if rows:
+                self._write(digest, {str(r["path"]): bytes(r["data"]) for r in rows})
         if not folder.is_dir():
             raise TrustError(f"bundle {digest[:12]} is not in this node's registry; submit it first")
         try:
