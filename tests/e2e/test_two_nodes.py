@@ -7,40 +7,19 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ALGORITHMS, Opal
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-
-@pytest.fixture
-def shared_db() -> Iterator[str]:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_ADMIN, connect_timeout=2).close()
-    except Exception:  # noqa: BLE001 - no PostgreSQL here: nothing to test against
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    name = "opal_two_nodes_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def test_a_bundle_submitted_on_one_node_runs_on_another(tmp_path: Path, broker_url: str, shared_db: str) -> None:
+def test_a_bundle_submitted_on_one_node_runs_on_another(tmp_path: Path, broker_url: str, pg_url: str) -> None:
     from opal.data.synth import synthesize
 
     data = tmp_path / "operator-data" / "cdr.parquet"
     synthesize(data, subscribers=1500, days=3, seed=9)
-    shared = {"OPAL_DB_URL": shared_db, "OPAL_QUEUE_PREFIX": "opal.two." + secrets.token_hex(4)}
+    shared = {"OPAL_DB_URL": pg_url, "OPAL_QUEUE_PREFIX": "opal.two." + secrets.token_hex(4)}
     analysts = Opal(home=tmp_path / "analysts", broker_url=broker_url, extra_env=shared)
     operator = Opal(home=tmp_path / "operator", broker_url=broker_url, extra_env=shared)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ from opal.db import Database
 from opal.ledger import Ledger
 from opal.trust.keyring import Signer
 from opal.trust.keys import KeyInfo, generate_private_key, key_id_of, public_raw, utcnow
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def make_signer(name: str, role: str) -> Signer:
@@ -111,28 +108,4 @@ def ledger(sqlite_db: Database) -> Ledger:
     return Ledger(sqlite_db, origin="opal/test")
 
 
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_ADMIN, connect_timeout=2).close()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means: skip the PostgreSQL tests
-        return False
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database with a random name, dropped at the end."""
-    if not _pg_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    name = "opal_test_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+# pg_url (a fresh PostgreSQL database per test) is in tests/conftest.py.
