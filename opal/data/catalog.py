@@ -372,7 +372,12 @@ def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Sche
                 if os.path.exists(tmp):
                     os.unlink(tmp)
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # A server error about the rows (a failed cast, a constraint) can quote a
+        # value: name only its class and SQLSTATE. Connection errors carry none.
+        if exc.sqlstate:
+            first = f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"cannot read table {table} at {where}: {first}") from None
     return final, schema, rows, version
 

@@ -397,7 +397,10 @@ def main(control_fd: int) -> None:
     try:
         zygote.start(namespaces)
     except Exception as exc:  # noqa: BLE001 - reported to the Runtime, then exit
-        detail = f"{type(exc).__name__}: {exc}"
+        # Only the type: the text of an error raised while loading the data
+        # (e.g. a failed cast) can quote a value, and this message reaches the
+        # run's outcome in the ledger.
+        detail = f"{type(exc).__name__} while loading the dataset or preparing the sandbox"
         try:
             _protocol.send(sock, {"op": "failed", "message": detail[:500]})
         finally:

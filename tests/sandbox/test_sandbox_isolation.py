@@ -273,3 +273,18 @@ def test_units_lists_distinct_values_of_the_resident_table(runtime: Runtime) -> 
     assert sorted(units.tolist()) == sorted(set(known_cdr()["msisdn"]))
     with pytest.raises(BadInputError, match="no column"):
         runtime.units("nope")
+
+
+def test_a_zygote_that_cannot_load_its_data_reports_no_text_of_it(tmp_path: Path) -> None:
+    """Errors raised while loading the dataset can quote its contents; the
+    Runtime's error (which becomes a run's outcome in the ledger) names only
+    the error class."""
+    from opal.errors import InternalError
+
+    bad = tmp_path / "cdr.parquet"
+    bad.write_bytes(b"zz-secret-contents, not a parquet file")
+    with pytest.raises(InternalError) as caught, Runtime(tables={"cdr": bad}) as rt:
+        rt.run(source="def contributions(data, params):\n    return data.cdr\n", entrypoint="contributions", params={})
+    assert caught.value.message == (
+        "sandbox zygote failed to start: ArrowInvalid while loading the dataset or preparing the sandbox"
+    )

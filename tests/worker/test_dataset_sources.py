@@ -133,3 +133,27 @@ def test_postgresql_table_with_wrong_columns_is_refused(node: Node, pg_table: st
     with pytest.raises(BadInputError, match="does not name a table"):
         catalog.register(node, "pgbad", PG, signer=node.keyring.signer("olga"))
     assert catalog.list_datasets(node) == []
+
+
+def test_a_failing_postgresql_read_names_no_value(node: Node, pg_table: str) -> None:
+    """A server error about the rows (here a cast of a planted value) quotes that
+    value; the refusal must name only the error class and SQLSTATE."""
+    import psycopg
+
+    view = f"{pg_table}_v"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE VIEW {view} AS SELECT msisdn, timestamp, day, region::integer AS cell_id, region, event, "
+            f"duration_s FROM {pg_table}"
+        )
+    try:
+        with pytest.raises(BadInputError) as caught:
+            catalog.register(node, "pgview", f"{PG}/{view}", signer=node.keyring.signer("olga"))
+        with psycopg.connect(PG) as conn:
+            values = {r[0] for r in conn.execute(f"SELECT DISTINCT region FROM {pg_table}")}
+        assert "SQLSTATE 22P02" in caught.value.message
+        assert not [v for v in values if v in caught.value.message]     # whichever row failed first
+        assert not [v for v in values if v in json.dumps([e.body for e in node.ledger.entries()])]
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP VIEW IF EXISTS {view}")
