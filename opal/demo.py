@@ -10,13 +10,13 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from opal._internal.procs import stop_group
 from opal.errors import InternalError
 
 __all__ = ["run_demo", "find_algorithms"]
@@ -114,13 +114,7 @@ def run_demo(
         opal("budget", "show", "--dataset", "demo")
     finally:
         say("\n[bold]8. Stopping the worker and the broker.[/]")
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_group(worker)
         log.close()
         if broker_started:
             opal("broker", "stop", check=False)

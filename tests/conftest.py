@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from opal._internal.procs import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 ALGORITHMS = REPO / "algorithms"
@@ -74,16 +75,7 @@ class Opal:
 
     def stop_workers(self) -> None:
         for proc in self.workers:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=20)
-                except (subprocess.TimeoutExpired, ProcessLookupError):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
+            stop_group(proc)
         self.workers.clear()
 
 

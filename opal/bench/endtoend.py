@@ -10,7 +10,6 @@ served from the cache unless the cache is what is being measured.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opal._internal.procs import stop_group
 from opal.bench.algorithms import Algorithm
 from opal.bench.procmem import TreeSampler
 from opal.errors import InternalError
@@ -132,16 +132,8 @@ class Deployment:
             memory = self.sampler.to_dict()
             self.sampler = None
         proc, self.worker = self.worker, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+        if proc is not None:
+            stop_group(proc, timeout=30)
         return memory
 
     def worker_log_tail(self) -> str:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opal._internal.procs import stop_group
+
 __all__ = ["main"]
 
 
@@ -59,7 +61,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    import signal
     import subprocess
     import sys
 
@@ -115,11 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             elapsed = time.perf_counter() - t
         finally:
             for p in procs:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                    p.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(p.pid, signal.SIGKILL)
+                stop_group(p, timeout=30)
             if embedded is not None:
                 embedded.stop()
     latency = statistics.median(latencies)
