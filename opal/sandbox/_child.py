@@ -29,7 +29,7 @@ FRAME = struct.Struct("!Qc")
 Record = tuple[bytes, Any]
 
 # glibc mallopt(3) parameters.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 try:
     _LIBC: Any = ctypes.CDLL(None)
 except OSError:  # pragma: no cover - no C library to tune
@@ -186,18 +186,26 @@ def _write_all(fd: int, *parts: bytes) -> None:
 
 
 def _tune_allocator() -> None:
-    """Let this fresh child keep and reuse the memory it frees.
+    """Let this fresh child take every allocation from its heap and keep what
+    it frees.
 
-    A forked child starts with a cold heap: by default glibc returns every
-    large temporary to the kernel on free and faults it in again on the next
-    allocation, which made a sandboxed run up to twice as slow as the same
-    function in a warm process (issue #3). RLIMIT_AS still bounds the total.
+    By default glibc maps each large temporary fresh from the kernel and
+    returns it on free; in a new process that memory is cold, which made a
+    sandboxed run up to twice as slow as the same function in a warm process
+    (issue #3). From the heap, the child uses the warm block the zygote handed
+    over (``_warm``). Arrow (pandas' string columns) allocates through the
+    same C heap instead of its own mimalloc/jemalloc segments, which the child
+    would otherwise share copy-on-write with the zygote or map fresh. RLIMIT_AS
+    still bounds the total.
     """
     mallopt = getattr(_LIBC, "mallopt", None)
     if mallopt is None:
         return
-    mallopt(_M_MMAP_THRESHOLD, 256 * 2**20)
-    mallopt(_M_TRIM_THRESHOLD, 2**30)
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    mallopt(_M_MMAP_MAX, 0)
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     mallopt(_M_TOP_PAD, 64 * 2**20)
 
 

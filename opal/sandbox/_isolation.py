@@ -178,7 +178,8 @@ def harden(*, limits: dict[str, Any], result_fd: int, layers: dict[str, bool]) -
         os._exit(70)
 
     cpu = int(limits["cpu_seconds"])
-    memory = baseline + int(limits["memory_bytes"])
+    # The zygote's warm heap block is already mapped; it counts against the allowance.
+    memory = baseline - int(limits.get("reserved_bytes", 0)) + int(limits["memory_bytes"])
     for which, value in (
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_AS, (memory, memory)),

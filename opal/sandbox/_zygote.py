@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opal.sandbox import _isolation, _protocol
+from opal.sandbox import _isolation, _protocol, _warm
 
 ALLOWED_ENV = frozenset(
     {"LANG", "LC_ALL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
@@ -248,6 +248,7 @@ class Zygote:
         self.control_fd = control_fd
         self.tables: dict[str, Any] = {}
         self.layers: dict[str, bool] = {}
+        self.heap: _warm.WarmHeap | None = None
 
     def start(self, namespaces: dict[str, bool]) -> None:
         config, _ = _protocol.recv(self.sock)
@@ -278,17 +279,30 @@ class Zygote:
         self.tables = tables
         gc.collect()
         gc.freeze()
+        # Last: nothing the zygote allocates from now on is large.
+        self.heap = _warm.WarmHeap.create(int(config.get("warm_memory_bytes", 0)))
         _protocol.send(
             self.sock,
             {
                 "op": "ready",
                 "layers": self.layers,
                 "tables": {n: {"rows": int(len(f))} for n, f in tables.items()},
+                "warm_memory_bytes": self.heap.size if self.heap is not None else 0,
             },
         )
 
+    def _idle(self) -> None:
+        """Warm the heap for the next child while no request is waiting."""
+        heap = self.heap
+        while heap is not None and heap.warming():
+            ready, _, _ = select.select([self.sock], [], [], 0)
+            if ready:
+                return
+            heap.step()
+
     def serve(self) -> None:
         while True:
+            self._idle()
             try:
                 message, fds = _protocol.recv(self.sock)
             except _protocol.ChannelClosed:
@@ -336,6 +350,8 @@ class Zygote:
         from opal.sandbox import _child
 
         started = time.monotonic()
+        reserved = self.heap.reserve() if self.heap is not None else 0
+        job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -343,6 +359,8 @@ class Zygote:
                 code = _child.run_job(job, self.tables, result_fd, self.layers)
             finally:
                 os._exit(code)
+        if self.heap is not None:
+            self.heap.hand_over()
         os.close(result_fd)
         deadline = started + float(job["limits"]["wall_seconds"])
         pidfd = os.pidfd_open(pid)

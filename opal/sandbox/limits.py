@@ -33,6 +33,9 @@ class Limits:
     max_output_bytes: int = 1 * 2**30
     max_open_files: int = 64
     max_threads: int = 64
+    # Memory the zygote keeps touched and hands to each child (opal/sandbox/_warm.py);
+    # part of memory_bytes, held resident per dataset between runs; 0 = off.
+    warm_memory_bytes: int = 1 * 2**30
     # Layers that must be active or the runtime refuses to start / run.
     require_layers: tuple[str, ...] = ()
 
@@ -49,6 +52,8 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadInputError(f"limit {f.name} must be a number, got {type(value).__name__}")
+            if f.name == "warm_memory_bytes" and value == 0:
+                continue
             if not math.isfinite(value) or value <= 0:
                 raise BadInputError(f"limit {f.name} must be positive, got {value}")
 

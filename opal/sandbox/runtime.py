@@ -106,6 +106,7 @@ class Runtime:
         self._workdir: str | None = None
         self._layers: dict[str, bool] = {}
         self.table_rows: dict[str, int] = {}
+        self.warm_memory_bytes = 0
         self._units_cache: dict[tuple[str, str], Any] = {}
         self._owner = os.getpid()
         self._start()
@@ -147,7 +148,14 @@ class Runtime:
             log.close()
         self._sock = parent_sock
         try:
-            _protocol.send(parent_sock, {"op": "config", "tables": self._tables})
+            _protocol.send(
+                parent_sock,
+                {
+                    "op": "config",
+                    "tables": self._tables,
+                    "warm_memory_bytes": min(self.limits.warm_memory_bytes, self.limits.memory_bytes),
+                },
+            )
             parent_sock.settimeout(_START_TIMEOUT)
             message, _ = _protocol.recv(parent_sock)
             parent_sock.settimeout(None)
@@ -164,6 +172,7 @@ class Runtime:
             )
         self._layers = {name: bool(message["layers"].get(name)) for name in LAYERS}
         self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
+        self.warm_memory_bytes = int(message.get("warm_memory_bytes", 0))
 
     def _ensure_started(self) -> None:
         if self._owner != os.getpid():
