@@ -114,7 +114,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, con: Any, path: Path,
-                       reps: int) -> dict[str, Any]:
+                       reps: int, warm_direct: Callable[[str], float] | None = None) -> dict[str, Any]:
     """(a), (b), the gate and (e) for one algorithm, alternating within each
     repetition. A contender that fails (a sandbox limit, say) is recorded in
     ``errors`` and left out of the later repetitions; the others go on."""
@@ -126,7 +126,7 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
     policy = ReleasePolicy()
     row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
     errors: dict[str, str] = {}
-    samples: dict[str, list[float]] = {"a": [], "b": [], "units": [], "gate": [], "e": []}
+    samples: dict[str, list[float]] = {"a": [], "a2": [], "b": [], "units": [], "gate": [], "e": []}
     contributions = sql_result = None
     for _ in range(reps):
         if "a" not in errors:
@@ -137,6 +137,11 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
                 row["contribution_rows"] = len(contributions)
             except Exception as exc:  # noqa: BLE001  # the algorithm itself failed: recorded, not fatal
                 errors["a"] = _error(exc)["error"]
+        if warm_direct is not None and "a2" not in errors:
+            try:
+                samples["a2"].append(warm_direct(algorithm.name))
+            except Exception as exc:  # noqa: BLE001  # recorded, not fatal
+                errors["a2"] = _error(exc)["error"]
         if "b" not in errors:
             try:
                 t = time.perf_counter()
@@ -183,6 +188,32 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
     return row
 
 
+class _WarmDirect:
+    """(a′): ``opal.bench.warm_direct`` in a process of its own, one call per line."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "opal.bench.warm_direct", str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def __call__(self, name: str) -> float:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(name + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the warm direct process ended (exit {self._proc.wait()})")
+        return float(line)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+
+
 def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Algorithm],
                 clock: Stopwatch) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(a) pandas, (b) sandbox, gate, (e) DuckDB for every algorithm; runs
@@ -198,10 +229,12 @@ def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Al
     info["runtime_start_seconds"] = time.perf_counter() - t0
     clock.say(f"{ds.label}: sandbox zygote up (data resident) in {info['runtime_start_seconds']:.2f}s")
     con = algos.duckdb_connect(ds.path)
+    warm_direct = _WarmDirect(ds.path)
     rows: list[dict[str, Any]] = []
     try:
         for algorithm in algorithms:
-            row = _measure_algorithm(algorithm, frame=frame, runtime=runtime, con=con, path=ds.path, reps=reps)
+            row = _measure_algorithm(algorithm, frame=frame, runtime=runtime, con=con, path=ds.path, reps=reps,
+                                     warm_direct=warm_direct)
             for part, message in row.get("errors", {}).items():
                 clock.say(f"FAILED {ds.label} {algorithm.name} ({part}): {message}")
             clock.say(
@@ -211,6 +244,7 @@ def _in_process(config: BenchConfig, ds: BenchDataset, algorithms: list[algos.Al
             )
             rows.append(row)
     finally:
+        warm_direct.close()
         runtime.close()
         con.close()
         del frame
