@@ -8,6 +8,7 @@ A key's id is the SHA-256 of its raw public key bytes. Private keys live in
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -28,6 +29,7 @@ __all__ = [
     "key_id_of",
     "sign_bytes",
     "verify_signature",
+    "verify_signature_raw",
     "generate_private_key",
     "load_private_key",
     "write_private_key",
@@ -159,17 +161,30 @@ def sign_bytes(private: Ed25519PrivateKey, domain: str, message: bytes) -> str:
 def verify_signature(public_key_hex: str, domain: str, message: bytes, signature: str) -> None:
     """Raise TrustError unless ``signature`` is valid; return None."""
     try:
+        public = bytes.fromhex(public_key_hex)
+    except ValueError:
+        public = b""  # no key at all: rejected below, after the signature's own checks
+    verify_signature_raw(public, domain, message, signature)
+
+
+def verify_signature_raw(public_raw: bytes, domain: str, message: bytes, signature: str) -> None:
+    """:func:`verify_signature` with the raw 32-byte public key; raise TrustError unless valid."""
+    try:
         raw = base64.b64decode(signature, validate=True)
     except (ValueError, TypeError):
         raise TrustError(f"{domain} signature is not valid base64") from None
     if len(raw) != 64:
         raise TrustError(f"{domain} signature has {len(raw)} bytes, expected 64")
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(
-            raw, _tagged(domain, message)
-        )
+        _public_key(public_raw).verify(raw, _tagged(domain, message))
     except (InvalidSignature, ValueError):
         raise TrustError(f"{domain} signature does not verify") from None
+
+
+# A ledger has few keys and many signatures by each: load each key once.
+@functools.lru_cache(maxsize=1024)
+def _public_key(public_raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_raw)
 
 
 def _tagged(domain: str, message: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ def add_key(ledger: Ledger, signer: Signer, by: Signer | None = None) -> None:
         "public_key": signer.info.public_key,
     }
     ledger.append(type="key_added", body=body, signer=by or signer, subject=signer.key_id)
+
+
+def raw_conn(ledger: Ledger) -> sqlite3.Connection:
+    """A plain connection to the ledger's SQLite file with the append-only triggers dropped."""
+    ledger.db.close()
+    conn = sqlite3.connect(str(ledger.db.path), isolation_level=None)
+    conn.execute("DROP TRIGGER IF EXISTS ledger_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS ledger_no_delete")
+    return conn
 
 
 class Actors:

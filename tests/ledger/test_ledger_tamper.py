@@ -7,21 +7,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from ledger_fixtures import Actors, add_key, make_signer, populate
+from ledger_fixtures import Actors, add_key, make_signer, populate, raw_conn
 
 from opal.db import Database
 from opal.errors import LedgerCorrupt
 from opal.ledger import Ledger, merkle
 from opal.ledger.export import check_proven_item
 from opal.ledger.records import Checkpoint
-
-
-def raw_conn(ledger: Ledger) -> sqlite3.Connection:
-    ledger.db.close()
-    conn = sqlite3.connect(str(ledger.db.path), isolation_level=None)
-    conn.execute("DROP TRIGGER IF EXISTS ledger_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS ledger_no_delete")
-    return conn
 
 
 def test_untampered_ledger_verifies(ledger: Ledger, actors: Actors) -> None:

@@ -1,0 +1,343 @@
+"""Verification split between pool workers (rules 2 and 4) and the in-order pass
+(rules 1, 3 and 5): the first bad entry is still the one named, whichever chunk
+it falls in, and the key map handed to the workers decides nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+from click.testing import CliRunner
+from ledger_fixtures import Actors, add_key, make_signer, populate, raw_conn
+
+from opal.canonical import canonical_json
+from opal.cli import cli
+from opal.errors import LedgerCorrupt
+from opal.ledger import Ledger
+from opal.ledger import verify as verify_module
+from opal.ledger.records import ENTRY_DOMAIN, envelope
+from opal.ledger.verify import parse_canonical, self_certified_keys
+from opal.trust.keyring import Signer
+
+CHUNK = 40  # entries per worker task in these tests: a few hundred entries span many chunks
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify_module, "_CHUNK", CHUNK)
+
+
+def notes(ledger: Ledger, signer: Signer, n: int) -> None:
+    ledger.append_many([{"type": "note", "body": {"n": i}} for i in range(n)], signer=signer)
+
+
+def flip_signature(conn: sqlite3.Connection, idx: int) -> None:
+    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
+    pos = raw.index(b'"signature":"') + 14
+    swapped = b"B" if raw[pos : pos + 1] == b"A" else b"A"
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw[:pos] + swapped + raw[pos + 1 :], idx))
+
+
+def rewrite(conn: sqlite3.Connection, idx: int, entry: dict[str, Any], signer: Signer) -> None:
+    """Replace entry ``idx`` with ``entry`` signed (validly) by ``signer``."""
+    signed = canonical_json(entry)
+    raw = envelope(signed, signer.sign(ENTRY_DOMAIN, signed))
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw, idx))
+
+
+def impersonate(conn: sqlite3.Connection, idx: int, *, claimed: Signer, key: Signer) -> None:
+    """Rewrite entry ``idx`` to claim ``claimed``'s key id and role, signed with ``key``."""
+    entry = stored_entry(conn, idx)
+    rewrite(conn, idx, {**entry, "actor": claimed.key_id, "actor_role": claimed.role}, key)
+
+
+def stored_entry(conn: sqlite3.Connection, idx: int) -> dict[str, Any]:
+    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
+    entry: dict[str, Any] = json.loads(raw)["entry"]
+    return entry
+
+
+def reopen(ledger: Ledger) -> Ledger:
+    from opal.db import Database
+
+    return Ledger(Database(ledger.db.path, url=""), origin="opal/test")
+
+
+@pytest.fixture
+def big(ledger: Ledger, actors: Actors) -> Ledger:
+    """Keys, runs and notes: 1000+ entries, about 25 chunks."""
+    populate(ledger, actors, runs=20)
+    notes(ledger, actors.op, 1000)
+    ledger.checkpoint(actors.op)
+    return ledger
+
+
+def test_pool_and_inline_agree_on_a_clean_ledger(big: Ledger) -> None:
+    seen: list[tuple[int, int]] = []
+    pooled = big.verify(workers=2, progress=lambda done, total: seen.append((done, total)))
+    inline = big.verify(workers=0)
+    assert pooled.size == inline.size > 20 * CHUNK
+    assert (pooled.root, pooled.runs, pooled.keys) == (inline.root, inline.runs, inline.keys)
+    assert pooled.root == big.tree().root().hex()
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and seen[-1] == (pooled.size, pooled.size) and len(seen) > 20
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("signature", "unknown"), ("unknown", "signature"), ("revoked", "signature"), ("signature", "revoked")],
+)
+def test_first_bad_entry_is_named_across_chunks(
+    ledger: Ledger, actors: Actors, workers: int, first: str, second: str
+) -> None:
+    populate(ledger, actors, runs=1)
+    stolen = make_signer("stolen", "operator")
+    add_key(ledger, stolen)
+    ledger.append(
+        type="key_revoked",
+        body={"name": "stolen", "key_id": stolen.key_id, "reason": "lost"},
+        signer=actors.board,
+        subject=stolen.key_id,
+    )
+    ghost = make_signer("ghost", "operator")
+    expected = {}
+    for kind, at in ((first, 7 * CHUNK + 3), (second, 15 * CHUNK + 30)):
+        notes(ledger, actors.op, at - ledger.size())
+        if kind == "unknown":
+            ledger.append(type="note", body={"n": -1}, signer=ghost)
+            expected[kind] = rf"^ledger entry {at} \(note\) is signed by unknown key {ghost.key_id[:16]}"
+        elif kind == "revoked":
+            ledger.append(type="note", body={"n": -1}, signer=stolen)
+            expected[kind] = rf"^ledger entry {at} \(note\) is signed by key {stolen.key_id[:16]}, revoked at entry"
+        else:
+            ledger.append(type="note", body={"n": -1}, signer=actors.op)
+            expected[kind] = rf"^ledger entry {at} \(note\): signature does not verify$"
+    notes(ledger, actors.op, 3 * CHUNK)
+    conn = raw_conn(ledger)
+    for kind, at in ((first, 7 * CHUNK + 3), (second, 15 * CHUNK + 30)):
+        if kind == "signature":
+            flip_signature(conn, at)
+    with pytest.raises(LedgerCorrupt, match=expected[first]):
+        reopen(ledger).verify(workers=workers)
+
+
+def test_a_gap_after_a_bad_entry_names_the_bad_entry(big: Ledger) -> None:
+    conn = raw_conn(big)
+    (original,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (5 * CHUNK + 1,)).fetchone()
+    flip_signature(conn, 5 * CHUNK + 1)
+    conn.execute("DELETE FROM ledger WHERE idx = ?", (12 * CHUNK,))
+    again = reopen(big)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {5 * CHUNK + 1} \(note\): signature does not verify"):
+        again.verify(workers=2)
+    raw_conn(again).execute("UPDATE ledger SET entry = ? WHERE idx = ?", (original, 5 * CHUNK + 1))
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {12 * CHUNK} is missing"):
+        reopen(big).verify(workers=2)
+
+
+def test_a_misshapen_entry_mid_chunk_is_named_before_later_faults(big: Ledger) -> None:
+    conn = raw_conn(big)
+    flip_signature(conn, 9 * CHUNK + 20)
+    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (9 * CHUNK + 7,)).fetchone()
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw.replace(b'{"entry":', b'{ "entry":'), 9 * CHUNK + 7))
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {9 * CHUNK + 7} is not a well-formed canonical entry$"):
+        reopen(big).verify(workers=2)
+
+
+def test_role_is_checked_before_the_signature_of_the_same_entry(big: Ledger, actors: Actors) -> None:
+    conn = raw_conn(big)
+    idx = 11 * CHUNK + 5
+    entry = stored_entry(conn, idx)
+    rewrite(conn, idx, {**entry, "actor_role": "board"}, actors.op)
+    flip_signature(conn, idx)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {idx} claims role 'board' but key"):
+        reopen(big).verify(workers=2)
+
+
+def test_forged_key_added_cannot_plant_a_key_for_the_workers(big: Ledger, actors: Actors) -> None:
+    # The operator's key signs a key_added naming the board's key id with an
+    # attacker's public key, then the attacker signs as the board.
+    attacker = make_signer("attacker", "board")
+    conn = raw_conn(big)
+    forged_at, used_at = 6 * CHUNK + 2, 14 * CHUNK + 9
+    entry = stored_entry(conn, forged_at)
+    body = {"name": "board1", "role": "board", "key_id": actors.board.key_id, "public_key": attacker.info.public_key}
+    rewrite(conn, forged_at, {**entry, "type": "key_added", "body": body}, actors.op)
+    conn.execute("UPDATE ledger SET type = 'key_added' WHERE idx = ?", (forged_at,))
+    impersonate(conn, used_at, claimed=actors.board, key=attacker)
+    hints = [r for (r,) in conn.execute("SELECT entry FROM ledger WHERE type = 'key_added'")]
+    assert self_certified_keys(hints)[actors.board.key_id] == bytes.fromhex(actors.board.info.public_key)
+    with pytest.raises(
+        LedgerCorrupt, match=rf"^ledger entry {forged_at} \(key_added\) is malformed: key_id is not the SHA-256"
+    ):
+        reopen(big).verify(workers=2)
+
+
+def test_attacker_key_under_a_real_id_fails_its_signature(big: Ledger, actors: Actors) -> None:
+    attacker = make_signer("attacker", "board")
+    conn = raw_conn(big)
+    used_at = 14 * CHUNK + 9
+    impersonate(conn, used_at, claimed=actors.board, key=attacker)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {used_at} \(note\): signature does not verify$"):
+        reopen(big).verify(workers=2)
+
+
+def test_a_hint_pairing_a_real_id_with_another_key_is_ignored(big: Ledger, actors: Actors) -> None:
+    # A valid note whose body pairs the board's key id with an attacker's key,
+    # its (unsigned) type column changed to key_added so the hint query reads
+    # it. Were the pair believed, the workers would pass the attacker's
+    # signatures as the board's.
+    attacker = make_signer("attacker", "board")
+    conn = raw_conn(big)
+    hint_at, used_at = 6 * CHUNK + 2, 14 * CHUNK + 9
+    body = {"key_id": actors.board.key_id, "public_key": attacker.info.public_key}
+    rewrite(conn, hint_at, {**stored_entry(conn, hint_at), "body": body}, actors.op)
+    conn.execute("UPDATE ledger SET type = 'key_added' WHERE idx = ?", (hint_at,))
+    impersonate(conn, used_at, claimed=actors.board, key=attacker)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {used_at} \(note\): signature does not verify$"):
+        reopen(big).verify(workers=2)
+
+
+def test_an_altered_type_column_only_costs_time(big: Ledger, actors: Actors) -> None:
+    clean = big.verify(workers=0)
+    conn = raw_conn(big)
+    # Hide every key_added row from the hint query; mark notes as key_added.
+    conn.execute("UPDATE ledger SET type = 'hidden' WHERE type = 'key_added'")
+    conn.execute("UPDATE ledger SET type = 'key_added' WHERE idx % 97 = 50")
+    again = reopen(big)
+    assert again.verify(workers=2).root == clean.root
+    idx = 2 * CHUNK + 30  # a note in a chunk sent before any key was replayed: checked by the main process
+    flip_signature(raw_conn(again), idx)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {idx} \(note\): signature does not verify$"):
+        reopen(big).verify(workers=2)
+
+
+def test_a_self_certified_key_in_the_hints_is_not_trusted(big: Ledger, actors: Actors) -> None:
+    # A note carrying a ghost key's id and public key, its type column claiming
+    # key_added: the workers may use that key, the ledger never added it.
+    ghost = make_signer("ghost", "operator")
+    conn = raw_conn(big)
+    idx, used_at = 3 * CHUNK, 8 * CHUNK + 1
+    entry = stored_entry(conn, idx)
+    body = {"key_id": ghost.key_id, "public_key": ghost.info.public_key}
+    rewrite(conn, idx, {**entry, "body": body}, actors.op)
+    conn.execute("UPDATE ledger SET type = 'key_added' WHERE idx = ?", (idx,))
+    rewrite(conn, used_at, {**stored_entry(conn, used_at), "actor": ghost.key_id}, ghost)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {used_at} \(note\) is signed by unknown key"):
+        reopen(big).verify(workers=2)
+
+
+_PARENT = os.getpid()
+_REAL_CHECK_CHUNK = verify_module._check_chunk
+
+
+def _dies_in_a_worker(rows: Any, publics: Any) -> Any:
+    if os.getpid() != _PARENT and rows[0][0] == 5 * CHUNK:
+        os._exit(1)  # as if killed (OOM, signal)
+    return _REAL_CHECK_CHUNK(rows, publics)
+
+
+def test_a_dead_worker_does_not_lose_a_chunk(big: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = big.verify(workers=0)
+    monkeypatch.setattr(verify_module, "_check_chunk", _dies_in_a_worker)
+    again = reopen(big)
+    assert again.verify(workers=2).root == clean.root
+    conn = raw_conn(again)
+    flip_signature(conn, 5 * CHUNK + 3)
+    flip_signature(conn, 20 * CHUNK + 3)
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {5 * CHUNK + 3} \(note\): signature does not verify"):
+        reopen(big).verify(workers=2)
+
+
+def test_non_ascii_signature_is_named_not_a_crash(big: Ledger) -> None:
+    conn = raw_conn(big)
+    idx = 4 * CHUNK + 4
+    conn.execute(
+        "UPDATE ledger SET entry = ? WHERE idx = ?",
+        (canonical_json({"entry": stored_entry(conn, idx), "signature": "sïgnature"}), idx),
+    )
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {idx} is not a well-formed canonical entry$"):
+        reopen(big).verify(workers=2)
+
+
+def test_deeply_nested_entry_is_named_not_a_crash(big: Ledger) -> None:
+    conn = raw_conn(big)
+    idx = 4 * CHUNK + 4
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (b"[" * 100_000 + b"]" * 100_000, idx))
+    with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {idx} is not a well-formed canonical entry$"):
+        reopen(big).verify(workers=2)
+
+
+def test_pool_failure_exits_7_through_the_cli(big: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPAL_DB_URL", raising=False)
+    conn = raw_conn(big)
+    flip_signature(conn, 13 * CHUNK)
+    conn.close()
+    home = Path(big.db.path).parent  # the ledger fixture's database is <home>/opal.db
+    result = CliRunner().invoke(cli, ["--home", str(home), "ledger", "verify", "--workers", "2"])
+    assert result.exit_code == 7, result.output
+    assert f"ledger entry {13 * CHUNK} (note): signature does not verify" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- the canonical-JSON fast path ------------------------------------------
+
+
+def _reference_accepts(raw: bytes) -> bool:
+    try:
+        return bool(canonical_json(json.loads(raw)) == raw)
+    except ValueError:
+        return False
+
+
+def _accepts(raw: bytes) -> bool:
+    try:
+        parse_canonical(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _doubles() -> list[float]:
+    rng = random.Random(1)
+    special = [0.5, 0.1, 1.5, -2.25, 100.0, 1e15 + 0.5, 1e16, 1e21, 1e-7, 1e-6, 1e-5, 1e-4, 0.001, 123.456]
+    special += [5e-324, 1.7976931348623157e308, 2.0**53, 2.0**53 + 2, 9007199254740993.0, 0.30000000000000004]
+    randoms = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)]
+    scaled = [rng.uniform(-1, 1) * 10.0 ** rng.randint(-12, 25) for _ in range(3000)]
+    rounded = [round(rng.uniform(0, 1000), rng.randint(0, 6)) for _ in range(1000)]
+    return [x for x in special + randoms + scaled + rounded if math.isfinite(x)]
+
+
+def test_fast_canonical_check_agrees_with_rfc8785_on_numbers() -> None:
+    literals: set[str] = {"-0", "0", "-0.0", "0.0", "1.0", "1E5", "1e5", "1e+21", "0.50", "05", "1.", "9007199254740991"}
+    literals |= {"9007199254740992", "-9007199254740991", "-9007199254740992", "123456789012345678901234567890"}
+    for x in _doubles():
+        literals |= {repr(x), rfc8785.dumps(x).decode(), f"{x:.17g}", f"{x:.15g}", f"{x:f}"}
+    disagree = []
+    for lit in sorted(literals):
+        for raw in (
+            b'{"a":' + lit.encode() + b"}",
+            b'{"a":[1,' + lit.encode() + b',"x"],"b":0.5}',
+        ):
+            if _accepts(raw) != _reference_accepts(raw):
+                disagree.append(raw)
+    assert not disagree, disagree[:10]
+
+
+def test_fast_canonical_check_agrees_with_rfc8785_on_strings_and_shape() -> None:
+    docs = [
+        b'{"a":"\\u00e9"}', '{"a":"é"}'.encode(), b'{"a":"\\/"}', b'{"a":"\\u001f"}', b'{"a":"\\u001F"}',
+        b'{"a":"\\n"}', b'{"a":"\\u000a"}', b'{"b":1,"a":2}', b'{"a":1,"a":2}', b'{"a":1, "b":2}',
+        b'{"a":NaN}', b'{"a":Infinity}', b'{"a":true,"b":null}', b' {"a":1}', b'{"a":1}\n', b"[]", b"{}",
+        b'{"a":"\x7f"}', b'{"a":"\\u007f"}', b'{"\\u00e9":1,"z":2}', '{"z":1,"é":2}'.encode(),
+    ]
+    for raw in docs:
+        assert _accepts(raw) == _reference_accepts(raw), raw
