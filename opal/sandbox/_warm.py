@@ -23,11 +23,14 @@ against ``memory_bytes`` (``reserve()``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WarmHeap"]
+__all__ = ["WarmHeap", "idle_priority"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_MMAP_MAX = 65536
@@ -38,6 +41,8 @@ _HUGE = 2 * 2**20
 _TRIM_THRESHOLD = 2**31 - 1
 MAX_BYTES = 1536 * 2**20
 _STEP = 32 * 2**20
+# The zygote starts warming only after this long without a request.
+SETTLE_SECONDS = 0.25
 
 
 class _MallInfo2(ctypes.Structure):
@@ -141,3 +146,26 @@ class WarmHeap:
         if hi > lo:
             self._libc.madvise(lo, hi - lo, _MADV_DONTNEED)
         self._warm_to = lo
+
+
+@contextlib.contextmanager
+def idle_priority() -> Iterator[None]:
+    """Run the body under SCHED_IDLE, then return to normal scheduling.
+
+    Children are forked after the body, so they must never inherit the idle
+    policy: if the way back is refused (an unprivileged process may lack
+    RLIMIT_NICE headroom), this raises instead of going on idle.
+    """
+    before = os.sched_getscheduler(0)
+    params = os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        yield  # not allowed to change: warm at normal priority
+        return
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, before, params)
+        if os.sched_getscheduler(0) != before:
+            raise OSError("could not leave idle scheduling")

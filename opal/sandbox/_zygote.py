@@ -292,13 +292,21 @@ class Zygote:
         )
 
     def _idle(self) -> None:
-        """Warm the heap for the next child while no request is waiting."""
+        """Warm the heap for the next child while no request is waiting, at
+        idle priority: it must not slow the worker finishing the last run."""
         heap = self.heap
-        while heap is not None and heap.warming():
-            ready, _, _ = select.select([self.sock], [], [], 0)
-            if ready:
-                return
-            heap.step()
+        if heap is None or not heap.warming():
+            return
+        # Back-to-back small runs need little memory: leave them the CPU.
+        ready, _, _ = select.select([self.sock], [], [], _warm.SETTLE_SECONDS)
+        if ready:
+            return
+        with _warm.idle_priority():
+            while heap.warming():
+                ready, _, _ = select.select([self.sock], [], [], 0)
+                if ready:
+                    return
+                heap.step()
 
     def serve(self) -> None:
         while True:
