@@ -16,25 +16,15 @@ one algorithm name per line in, the seconds the call took per line out.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import time
 from pathlib import Path
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def _keep_freed_memory() -> None:
-    libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
+from opal.sandbox._warm import allocate_from_heap
 
 
 def main(argv: list[str]) -> None:
-    _keep_freed_memory()
+    allocate_from_heap()  # as a sandbox child does
     from opal.bench.algorithms import algorithms
     from opal.bench.datasets import load_frame
 

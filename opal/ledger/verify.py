@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, NamedTuple
 
-from opal.canonical import canonical_json
+from opal.canonical import parse_canonical
 from opal.errors import LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.records import (
@@ -63,7 +63,6 @@ __all__ = [
     "check_cosignature",
     "check_entry",
     "check_equivocation",
-    "parse_canonical",
     "self_certified_keys",
     "verify_entries",
 ]
@@ -301,64 +300,6 @@ def self_certified_keys(raws: Iterable[bytes]) -> dict[str, bytes]:
         if len(public) == 32 and key_id_of(public) == key_id:
             found[key_id] = public
     return found
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-class _NotPlain(Exception):
-    """A number that json.dumps and RFC 8785 may write differently."""
-
-
-def _plain_float(text: str) -> float:
-    value = float(text)
-    # RFC 8785 §3.2.2.3 writes numbers as ECMAScript does. For a non-zero
-    # double whose repr has neither an exponent nor a bare ".0", that is its
-    # repr, which is also what json.dumps writes.
-    if text != repr(value) or "e" in text or text.endswith(".0"):
-        raise _NotPlain(text)
-    return value
-
-
-_SAFE_INT = 2**53 - 1
-
-
-def _plain_int(text: str) -> int:
-    value = int(text)
-    # Beyond ±(2**53 - 1) an integer is not an I-JSON number; RFC 8785 refuses it.
-    if len(text) > 15 and not -_SAFE_INT <= value <= _SAFE_INT:
-        raise _NotPlain(text)
-    return value
-
-
-_PLAIN = json.JSONDecoder(parse_float=_plain_float, parse_int=_plain_int, parse_constant=_reject_constant)
-_DUMPS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def parse_canonical(raw: bytes) -> Any:
-    """Parse ``raw``; raise ValueError unless it is RFC 8785 canonical JSON.
-
-    Fast path: for ASCII documents whose numbers are written as Python's
-    repr writes them (``_plain_float``) and are in the I-JSON range
-    (``_plain_int``), RFC 8785 and ``json.dumps(sort_keys, compact)`` agree
-    byte for byte; anything else is re-encoded with the real RFC 8785
-    implementation.
-    """
-    if raw.isascii():
-        text = raw.decode("ascii")
-        try:
-            doc = _PLAIN.decode(text)
-        except _NotPlain:
-            pass
-        else:
-            if _DUMPS.encode(doc) != text:
-                raise ValueError("not canonical JSON")
-            return doc
-    doc = json.loads(raw, parse_constant=_reject_constant)
-    if canonical_json(doc) != raw:
-        raise ValueError("not canonical JSON")
-    return doc
 
 
 def _mp_context() -> Any:

@@ -9,7 +9,6 @@ algorithm could put a data value into it).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import struct
@@ -27,13 +26,6 @@ FRAME = struct.Struct("!Qc")
 
 # A record: its tag and its payload (bytes, or an _ArrowStream).
 Record = tuple[bytes, Any]
-
-# glibc mallopt(3) parameters.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-try:
-    _LIBC: Any = ctypes.CDLL(None)
-except OSError:  # pragma: no cover - no C library to tune
-    _LIBC = None
 
 # Fixed, data-free explanations for common failures.
 _HINTS: dict[str, str] = {
@@ -185,35 +177,11 @@ def _write_all(fd: int, *parts: bytes) -> None:
             view = view[os.write(fd, view):]
 
 
-def _tune_allocator() -> None:
-    """Let this fresh child take every allocation from its heap and keep what
-    it frees.
-
-    By default glibc maps each large temporary fresh from the kernel and
-    returns it on free; in a new process that memory is cold, which made a
-    sandboxed run up to twice as slow as the same function in a warm process
-    (issue #3). From the heap, the child uses the warm block the zygote handed
-    over (``_warm``). Arrow (pandas' string columns) allocates through the
-    same C heap instead of its own mimalloc/jemalloc segments, which the child
-    would otherwise share copy-on-write with the zygote or map fresh. RLIMIT_AS
-    still bounds the total.
-    """
-    mallopt = getattr(_LIBC, "mallopt", None)
-    if mallopt is None:
-        return
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    mallopt(_M_MMAP_MAX, 0)
-    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    mallopt(_M_TOP_PAD, 64 * 2**20)
-
-
 def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers: dict[str, bool]) -> int:
     """Entry point in the forked child; returns the process exit status."""
-    from opal.sandbox import _isolation
+    from opal.sandbox import _isolation, _warm
 
-    _tune_allocator()
+    _warm.allocate_from_heap()
     try:
         applied = _isolation.harden(limits=job["limits"], result_fd=result_fd, layers=layers)
         missing = [name for name, on in layers.items() if on and not applied.get(name)]

@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WarmHeap", "idle_priority"]
+__all__ = ["WarmHeap", "allocate_from_heap", "idle_priority"]
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _DEFAULT_MMAP_MAX = 65536
 _MADV_DONTNEED, _MADV_HUGEPAGE, _MADV_POPULATE_WRITE = 4, 14, 23
 _HUGE = 2 * 2**20
@@ -68,6 +68,29 @@ def _libc() -> Any:
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mallinfo2.restype = _MallInfo2
     return libc
+
+
+def allocate_from_heap() -> None:
+    """Make this process take every allocation from its C heap and keep what
+    it frees: in a sandbox child, that heap starts with the warm block.
+
+    By default glibc maps each large temporary fresh from the kernel and
+    returns it on free, and Arrow (pandas' string columns) uses its own
+    mimalloc/jemalloc segments, which a forked child shares copy-on-write with
+    the zygote or maps fresh; on this kind of machine both are cold. RLIMIT_AS
+    still bounds the total.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    mallopt(_M_MMAP_MAX, 0)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    mallopt(_M_TOP_PAD, 64 * 2**20)
 
 
 def huge_pages_available() -> bool:

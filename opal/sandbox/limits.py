@@ -52,7 +52,9 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadInputError(f"limit {f.name} must be a number, got {type(value).__name__}")
-            if f.name == "warm_memory_bytes" and value == 0:
+            if f.name == "warm_memory_bytes":
+                if not math.isfinite(value) or value < 0:
+                    raise BadInputError(f"limit warm_memory_bytes must be 0 (off) or more, got {value}")
                 continue
             if not math.isfinite(value) or value <= 0:
                 raise BadInputError(f"limit {f.name} must be positive, got {value}")

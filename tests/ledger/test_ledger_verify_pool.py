@@ -18,13 +18,13 @@ import rfc8785
 from click.testing import CliRunner
 from ledger_fixtures import Actors, add_key, make_signer, populate, raw_conn
 
-from opal.canonical import canonical_json
+from opal.canonical import canonical_json, parse_canonical
 from opal.cli import cli
 from opal.errors import LedgerCorrupt
 from opal.ledger import Ledger
 from opal.ledger import verify as verify_module
 from opal.ledger.records import ENTRY_DOMAIN, envelope
-from opal.ledger.verify import parse_canonical, self_certified_keys
+from opal.ledger.verify import self_certified_keys
 from opal.trust.keyring import Signer
 
 CHUNK = 40  # entries per worker task in these tests: a few hundred entries span many chunks

@@ -108,5 +108,26 @@ def test_the_warm_block_is_capped_by_memory_bytes_and_can_be_turned_off(cdr_path
 
 
 def test_warm_memory_bytes_must_not_be_negative() -> None:
-    with pytest.raises(BadInputError, match="warm_memory_bytes"):
+    with pytest.raises(BadInputError, match="warm_memory_bytes must be 0 .off. or more, got -1"):
         Limits(warm_memory_bytes=-1)
+
+
+_IDLE = textwrap.dedent(
+    r"""
+    import os
+    from opal.sandbox._warm import idle_priority
+
+    before = os.sched_getscheduler(0)
+    with idle_priority():
+        inside = os.sched_getscheduler(0)
+    print(inside == os.SCHED_IDLE, os.sched_getscheduler(0) == before)
+    """
+)
+
+
+def test_refilling_runs_at_idle_priority_and_children_are_forked_after_it_ends() -> None:
+    # The zygote forks the next child right after this block: it must not inherit SCHED_IDLE.
+    out = subprocess.run(
+        [sys.executable, "-c", _IDLE], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out == ["True", "True"]
