@@ -56,6 +56,12 @@ def ledger() -> None:
     default=None,
     help="Signature-checking processes (default: one per core on large ledgers).",
 )
+@click.option(
+    "--no-batch",
+    "no_batch",
+    is_flag=True,
+    help="Check each signature on its own with OpenSSL instead of in batches (several times slower).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def verify(
@@ -64,6 +70,7 @@ def verify(
     export_file: Path | None,
     log_keys: tuple[str, ...],
     workers: int | None,
+    no_batch: bool,
     as_json: bool,
 ) -> None:
     """Re-derive every leaf, the root and every signature; exit 7 on tampering."""
@@ -103,12 +110,13 @@ def verify(
             if total >= _PROGRESS_MIN:
                 bar.update(task, completed=done, total=total)
 
-        report = node.ledger.verify(progress=progress, against=against, workers=workers)
+        report = node.ledger.verify(progress=progress, against=against, workers=workers, batch=not no_batch)
     if as_json:
         emit_json(report.to_dict())
         return
     console.print(
-        f"ledger ok: {report.size} entries, {report.signatures} signatures by {report.keys} keys, "
+        f"ledger ok: {report.size} entries, {report.signatures} signatures ({report.signature_check}) "
+        f"by {report.keys} keys, "
         f"{report.checkpoints} signed checkpoint(s), {report.cosignatures} cosignature(s), "
         f"{report.runs} run outcome(s) checked in {report.seconds:.1f}s; root {report.root[:16]}…"
         + (f"; extends your checkpoint of size {report.against['size']}" if report.against else "")

@@ -379,6 +379,7 @@ class Ledger:
         progress: Callable[[int, int], None] | None = None,
         against: Checkpoint | None = None,
         workers: int | None = None,
+        batch: bool = True,
     ) -> VerifyReport:
         """Re-derive every leaf, the root and every signature (see ``opal.ledger.verify``).
 
@@ -403,4 +404,5 @@ class Ledger:
             key_hints=key_hints,
             workers=workers,
             progress=progress,
+            batch=batch,
         )

@@ -105,8 +105,9 @@ class MerkleTree:
             BadInputError: a leaf hash is not 32 bytes (nothing is appended).
         """
         hashes = list(leaf_hashes)
-        for h in hashes:
-            _check_hash_input(h, "leaf hash")
+        if not all(type(h) is bytes and len(h) == HASH_SIZE for h in hashes):
+            for h in hashes:  # the slow path names what is wrong
+                _check_hash_input(h, "leaf hash")
         if not hashes:
             return
         self._levels[0] += b"".join(hashes)

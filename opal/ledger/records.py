@@ -216,6 +216,8 @@ class VerifyReport:
     cosignatures: int = 0
     against: dict[str, Any] | None = None
     seconds: float = 0.0
+    # "batch" (opal.trust.ed25519_batch, OpenSSL for any batch that fails) or "one-by-one" (OpenSSL)
+    signature_check: str = "one-by-one"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +229,7 @@ class VerifyReport:
             "checkpoints_checked": self.checkpoints,
             "cosignatures_checked": self.cosignatures,
             "runs_checked": self.runs,
+            "signature_check": self.signature_check,
             "against": self.against,
             "seconds": round(self.seconds, 3),
         }

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opal.errors import BadInputError, TrustError
+from opal.trust import ed25519_batch
 
 __all__ = [
     "ROLES",
     "KeyInfo",
+    "first_invalid_signature",
     "key_id_of",
     "sign_bytes",
     "verify_signature",
@@ -179,6 +182,36 @@ def verify_signature_raw(public_raw: bytes, domain: str, message: bytes, signatu
         _public_key(public_raw).verify(raw, _tagged(domain, message))
     except (InvalidSignature, ValueError):
         raise TrustError(f"{domain} signature does not verify") from None
+
+
+def first_invalid_signature(items: Sequence[tuple[bytes, str, bytes, str]], *, batch: bool = True) -> int | None:
+    """The position of the first ``(public key raw, domain, message, signature)`` that
+    :func:`verify_signature_raw` rejects, or None if all verify.
+
+    All are checked at once by batch verification (:mod:`opal.trust.ed25519_batch`);
+    only if that does not pass are they checked one by one with OpenSSL, up to the
+    first bad one. Several times faster than checking each; ``batch=False``
+    checks each with OpenSSL (see the module docstring of ed25519_batch for the
+    one case where the two can differ).
+    """
+    together: list[tuple[bytes, bytes, bytes]] = []
+    if batch and len(items) >= ed25519_batch.MIN_BATCH and ed25519_batch.available():
+        for public_raw, domain, message, signature in items:
+            try:
+                raw = base64.b64decode(signature, validate=True)
+            except (ValueError, TypeError):
+                break
+            if len(raw) != 64 or len(public_raw) != 32:
+                break
+            together.append((public_raw, _tagged(domain, message), raw))
+        if len(together) == len(items) and ed25519_batch.verify_batch(together):
+            return None
+    for position, (public_raw, domain, message, signature) in enumerate(items):
+        try:
+            verify_signature_raw(public_raw, domain, message, signature)
+        except TrustError:
+            return position
+    return None
 
 
 # A ledger has few keys and many signatures by each: load each key once.

@@ -239,10 +239,10 @@ _PARENT = os.getpid()
 _REAL_CHECK_CHUNK = verify_module._check_chunk
 
 
-def _dies_in_a_worker(rows: Any, publics: Any) -> Any:
+def _dies_in_a_worker(rows: Any, publics: Any, batch: bool = True) -> Any:
     if os.getpid() != _PARENT and rows[0][0] == 5 * CHUNK:
         os._exit(1)  # as if killed (OOM, signal)
-    return _REAL_CHECK_CHUNK(rows, publics)
+    return _REAL_CHECK_CHUNK(rows, publics, batch)
 
 
 def test_a_dead_worker_does_not_lose_a_chunk(big: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
