@@ -42,6 +42,24 @@ def raw_conn(ledger: Ledger) -> sqlite3.Connection:
     conn.execute("DROP TRIGGER IF EXISTS ledger_no_delete")
     return conn
 
+def notes(ledger: Ledger, signer: Signer, n: int) -> None:
+    """Append ``n`` note entries signed by ``signer``."""
+    ledger.append_many([{"type": "note", "body": {"n": i}} for i in range(n)], signer=signer)
+
+
+def flip_signature(conn: sqlite3.Connection, idx: int) -> None:
+    """Change one base64 character of entry ``idx``'s signature (still valid base64, no longer valid)."""
+    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
+    pos = raw.index(b'"signature":"') + 14
+    swapped = b"B" if raw[pos : pos + 1] == b"A" else b"A"
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw[:pos] + swapped + raw[pos + 1 :], idx))
+
+
+def reopen(ledger: Ledger) -> Ledger:
+    """A fresh Ledger on the same SQLite file (after raw_conn closed the first one's connection)."""
+    return Ledger(Database(ledger.db.path, url=""), origin="opal/test")
+
+
 
 class Actors:
     def __init__(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from ed25519_reference import order8_point, ref_sign, secret_scalar
-from ledger_fixtures import Actors, make_signer, populate, raw_conn
+from ledger_fixtures import Actors, flip_signature, make_signer, notes, populate, raw_conn, reopen
 
 from opal.canonical import canonical_json
 from opal.cli import cli
@@ -29,23 +29,10 @@ from opal.trust.keys import first_invalid_signature
 needs_extension = pytest.mark.skipif(not ed25519_batch.available(), reason="the C extension is not built")
 
 
-def notes(ledger: Ledger, signer: Signer, n: int) -> None:
-    ledger.append_many([{"type": "note", "body": {"n": i}} for i in range(n)], signer=signer)
 
 
-def flip_signature(ledger: Ledger, idx: int) -> None:
-    conn = raw_conn(ledger)
-    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
-    pos = raw.index(b'"signature":"') + 14
-    swapped = b"B" if raw[pos : pos + 1] == b"A" else b"A"
-    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw[:pos] + swapped + raw[pos + 1 :], idx))
-    conn.close()
 
 
-def reopen(ledger: Ledger) -> Ledger:
-    from opal.db import Database
-
-    return Ledger(Database(ledger.db.path, url=""), origin="opal/test")
 
 
 @pytest.fixture
@@ -92,7 +79,7 @@ def test_no_batch_checks_each_signature_with_openssl(filled: Ledger, batches: li
 def test_a_bad_signature_fails_its_batch_and_openssl_names_it(
     filled: Ledger, batches: list[tuple[int, bool]], at: int
 ) -> None:
-    flip_signature(filled, at)
+    flip_signature(raw_conn(filled), at)
     with pytest.raises(LedgerCorrupt, match=rf"^ledger entry {at} \(note\): signature does not verify$"):
         reopen(filled).verify(workers=0)
     assert batches and batches[-1][1] is False
@@ -101,8 +88,8 @@ def test_a_bad_signature_fails_its_batch_and_openssl_names_it(
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("batch", [True, False])
 def test_two_bad_signatures_name_the_first_either_way(filled: Ledger, workers: int, batch: bool) -> None:
-    flip_signature(filled, 250)
-    flip_signature(filled, 90)
+    flip_signature(raw_conn(filled), 250)
+    flip_signature(raw_conn(filled), 90)
     with pytest.raises(LedgerCorrupt, match=r"^ledger entry 90 \(note\): signature does not verify$"):
         reopen(filled).verify(workers=workers, batch=batch)
 
@@ -111,7 +98,7 @@ def test_without_the_extension_verify_falls_back_to_openssl(filled: Ledger, monk
     monkeypatch.setattr(ed25519_batch, "_ed25519batch", None)
     assert not ed25519_batch.available()
     assert reopen(filled).verify(workers=0).signature_check == "one-by-one"
-    flip_signature(filled, 120)
+    flip_signature(raw_conn(filled), 120)
     with pytest.raises(LedgerCorrupt, match=r"^ledger entry 120 \(note\): signature does not verify$"):
         reopen(filled).verify(workers=0)
 
@@ -128,7 +115,7 @@ def test_cli_reports_which_check_was_used(filled: Ledger) -> None:
     expected = "batch" if ed25519_batch.available() else "one-by-one"
     assert verify()["signature_check"] == expected
     assert verify("--no-batch")["signature_check"] == "one-by-one"
-    flip_signature(filled, 77)
+    flip_signature(raw_conn(filled), 77)
     result = CliRunner().invoke(cli, ["--home", str(home), "ledger", "verify", "--no-batch"])
     assert result.exit_code == 7
     assert "ledger entry 77 (note): signature does not verify" in result.stderr

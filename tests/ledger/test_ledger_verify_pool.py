@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import rfc8785
 from click.testing import CliRunner
-from ledger_fixtures import Actors, add_key, make_signer, populate, raw_conn
+from ledger_fixtures import Actors, add_key, flip_signature, make_signer, notes, populate, raw_conn, reopen
 
 from opal.canonical import canonical_json, parse_canonical
 from opal.cli import cli
@@ -35,15 +35,8 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify_module, "_CHUNK", CHUNK)
 
 
-def notes(ledger: Ledger, signer: Signer, n: int) -> None:
-    ledger.append_many([{"type": "note", "body": {"n": i}} for i in range(n)], signer=signer)
 
 
-def flip_signature(conn: sqlite3.Connection, idx: int) -> None:
-    (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (idx,)).fetchone()
-    pos = raw.index(b'"signature":"') + 14
-    swapped = b"B" if raw[pos : pos + 1] == b"A" else b"A"
-    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (raw[:pos] + swapped + raw[pos + 1 :], idx))
 
 
 def rewrite(conn: sqlite3.Connection, idx: int, entry: dict[str, Any], signer: Signer) -> None:
@@ -65,10 +58,6 @@ def stored_entry(conn: sqlite3.Connection, idx: int) -> dict[str, Any]:
     return entry
 
 
-def reopen(ledger: Ledger) -> Ledger:
-    from opal.db import Database
-
-    return Ledger(Database(ledger.db.path, url=""), origin="opal/test")
 
 
 @pytest.fixture
