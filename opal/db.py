@@ -266,6 +266,8 @@ def ensure_tables(db: Database, statements: Sequence[str], done: weakref.WeakSet
     Database; ``done`` (one per package) remembers where they already ran."""
     if db in done:
         return
+    for sql in statements:
+        _PRIMARY_KEYS.update(_primary_keys(sql))
     with db.transaction() as tx:
         for sql in statements:
             tx.execute(sql)
@@ -313,21 +315,27 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
     return lambda values: Row(values, names)
 
 
-def _primary_keys(schema: str) -> dict[str, tuple[str, ...]]:
+def _primary_keys(script: str) -> dict[str, tuple[str, ...]]:
+    """The primary key of every ``CREATE TABLE`` in ``script`` (one statement or many)."""
     keys: dict[str, tuple[str, ...]] = {}
-    for table, body in re.findall(
-        r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", schema, re.DOTALL
-    ):
-        m = re.search(r"PRIMARY KEY \(([^)]*)\)", body)
-        if m:
-            keys[table] = tuple(c.strip() for c in m.group(1).split(","))
+    for statement in script.split(";"):
+        m = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\(", statement)
+        if not m:
             continue
-        m = re.search(r"^\s*(\w+)\s+\w+\s+PRIMARY KEY", body, re.MULTILINE)
-        if m:
-            keys[table] = (m.group(1),)
+        body = statement[m.end() : statement.rfind(")")]
+        table = m.group(1).lower()
+        composite = re.search(r"PRIMARY KEY\s*\(([^)]*)\)", body)
+        if composite:
+            keys[table] = tuple(c.strip() for c in composite.group(1).split(","))
+            continue
+        single = re.search(r"(?:^|[(,])\s*(\w+)\s+\w+(?:\s+\w+)*?\s+PRIMARY KEY", body)
+        if single:
+            keys[table] = (single.group(1),)
     return keys
 
 
+# Tables created later by ensure_tables() add their keys here, so their
+# INSERT OR REPLACE translates to the right ON CONFLICT clause on PostgreSQL.
 _PRIMARY_KEYS = _primary_keys(SCHEMA)
 _TYPES = [
     (re.compile(r"\bINTEGER\b"), "BIGINT"),
@@ -370,12 +378,18 @@ def translate(sql: str) -> str:
             text += " ON CONFLICT DO NOTHING"
         else:
             key = _PRIMARY_KEYS.get(table.lower())
-            if key:
-                rest = [c for c in cols if c not in key]
-                update = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
-                text += f" ON CONFLICT ({', '.join(key)}) " + (
-                    f"DO UPDATE SET {update}" if rest else "DO NOTHING"
+            if key is None:
+                # Fail loudly: a plain INSERT would raise UniqueViolation on the
+                # second write of a row, far from this cause.
+                raise InternalError(
+                    f"INSERT OR REPLACE into {table}: its primary key is unknown; "
+                    "create the table through db.SCHEMA or ensure_tables()"
                 )
+            rest = [c for c in cols if c not in key]
+            update = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
+            text += f" ON CONFLICT ({', '.join(key)}) " + (
+                f"DO UPDATE SET {update}" if rest else "DO NOTHING"
+            )
     return text
 
 

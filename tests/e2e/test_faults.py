@@ -79,6 +79,25 @@ def _assert_books_balance(sc: Scenario, run_ids: list[str]) -> None:
 @pytest.mark.parametrize("recovery", ["opal worker recover", "worker restart"])
 def test_worker_killed_mid_run_ends_the_run_exactly_once(sc: Scenario, workers: Workers, broker_url: str,
                                                          recovery: str) -> None:
+    _kill_mid_run_then_recover(sc, workers, broker_url, recovery)
+
+
+@pytest.mark.parametrize("recovery", ["opal worker recover", "worker restart"])
+def test_worker_killed_mid_run_on_postgresql_ends_the_run_exactly_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str, pg_url: str, recovery: str) -> None:
+    # The second attempt of a run rewrites its run_attempts row: on PostgreSQL that
+    # upsert once failed with UniqueViolation and lost the release.
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    monkeypatch.setenv("OPAL_DB_URL", pg_url)
+    sc = build(tmp_path / "home", subscribers=400, days=1)
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url)
+    try:
+        _kill_mid_run_then_recover(sc, workers, broker_url, recovery)
+    finally:
+        workers.stop_all()
+
+
+def _kill_mid_run_then_recover(sc: Scenario, workers: Workers, broker_url: str, recovery: str) -> None:
     workers.start()
     if recovery == "opal worker recover":
         workers.start()

@@ -29,6 +29,8 @@ class Workers:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
         env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url)
+        if os.environ.get("OPAL_DB_URL"):     # a PostgreSQL node: its workers share that database
+            env["OPAL_DB_URL"] = os.environ["OPAL_DB_URL"]
         return env
 
     def start(self, dataset: str = "demo", *, key: str = "olga", concurrency: int = 1,
