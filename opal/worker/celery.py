@@ -12,6 +12,8 @@ Settings are chosen for safety:
   slow run first and the run is recorded as failed with the limit named);
 - a broker visibility timeout above the longest allowed run, so Redis does not
   hand a run that is still running to a second worker;
+- a message that is not a decodable envelope is logged and dropped
+  (``opal.worker._transport``), never the end of the worker;
 - results expire; workers reconnect to the broker forever (a Redis restart
   must not end a worker), clients give up fast (the request is recorded and
   ``opal worker recover`` re-dispatches it).
@@ -90,7 +92,7 @@ def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str,
     # Redis hands an unacknowledged message to another consumer after this;
     # it must outlast the longest run (recovery handles dead workers sooner).
     visibility = max(2 * hard, 3600.0)
-    return {
+    conf: dict[str, Any] = {
         "broker_url": url,
         "result_backend": url,
         "task_serializer": "json",
@@ -125,6 +127,10 @@ def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str,
         "redis_socket_connect_timeout": 5,
         "task_default_queue": queue_name(home, "default"),
     }
+    if url.startswith("redis://"):
+        # kombu's Redis transport with junk messages dropped instead of ending the worker
+        conf["broker_transport"] = "opal.worker._transport:Transport"
+    return conf
 
 
 def configure(home: Home, *, timeout: float | None = None) -> Celery:

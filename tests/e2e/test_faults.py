@@ -254,3 +254,47 @@ def test_malformed_messages_are_rejected_and_the_worker_serves_on(sc: Scenario, 
     assert outcomes_in_ledger(sc.node)[target] == 1
     assert get_run(sc.node, other).state == "requested"
     assert _opal(sc, broker_url, "ledger", "verify").returncode == 0
+
+
+# Raw bytes pushed onto the queue list, below Celery: each once ended the worker
+# inside kombu's event loop ("Unrecoverable error").
+_JUNK = [
+    b"this is not json",
+    b"\xff\xfe not utf-8",
+    b"[1,2,3]",
+    b"null",
+    b'"a string"',
+    b'{"body": "!!!not base64!!!", "properties": {"body_encoding": "base64", "delivery_tag": "t1"}}',
+    b'{"body": "e30=", "properties": "not an object"}',
+    b'{"body": "e30=", "properties": {"body_encoding": "rot13", "delivery_tag": "t2"}}',
+    b'{"body": 5, "properties": {"body_encoding": "base64", "delivery_tag": "t3"}}',
+    b'{"body": "e30=", "headers": [], "properties": {"body_encoding": "base64", "delivery_tag": "t4"}}',
+    b'{"body": "e30=", "content-type": "application/json", "properties": {"body_encoding": "base64", '
+    b'"delivery_tag": "t5", "delivery_info": {}}}',
+]
+
+
+def test_junk_bytes_on_the_queue_never_stop_the_worker(sc: Scenario, workers: Workers, broker_url: str) -> None:
+    import redis
+
+    from opal.worker.celery import queue_name
+
+    proc = workers.start()
+    queue = queue_name(sc.node.home, sc.dataset)
+    client = redis.Redis.from_url(broker_url)
+    for junk in _JUNK:
+        client.lpush(queue, junk)
+    deadline = time.monotonic() + 60
+    while client.llen(queue) > 0:
+        assert time.monotonic() < deadline, workers.log()[-4000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, workers.log()[-4000:]
+    log = workers.log()
+    assert "Unrecoverable error" not in log
+    assert "dropped a broker message that is not JSON" in log
+    assert "dropped a malformed broker message" in log
+    assert "not base64" not in log and "rot13" not in log       # the bytes themselves are never logged
+    good = _request(sc, 1)
+    assert wait(sc.node, good, timeout=60).state == "released"
+    assert proc.poll() is None
