@@ -51,7 +51,10 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
     def progress(state: str) -> None:
         err_console.print(f"run {record.run_id}: {state} ({time.monotonic() - t0:.1f} s)")
 
-    record = wait_for(node, record.run_id, timeout=timeout, on_state=None if as_json else progress)
+    def hint(text: str) -> None:
+        err_console.print(f"run {record.run_id}: waiting: {text}")
+
+    record = wait_for(node, record.run_id, timeout=timeout, on_state=None if as_json else progress, on_hint=hint)
     if as_json:
         emit_json(record.to_dict())
     elif record.state == "released" and record.result is not None:

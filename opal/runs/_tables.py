@@ -3,7 +3,9 @@
 ``run_attempts``: how many times a run was started and by which worker
 process (the retry cap and the owner recovery asks about). ``workers``: the
 worker processes that execute runs, with a heartbeat, so recovery can tell a
-run in flight from a run whose worker died.
+run in flight from a run whose worker died. ``leases``: which worker holds a
+node-wide chore (the periodic recovery sweep of a dataset) until when, so two
+nodes sharing a database do not both do it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ _TABLES = (
         dataset    TEXT,
         started    TEXT NOT NULL,
         heartbeat  DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name       TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        until      DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS runs_state ON runs(state)",
 )

@@ -71,15 +71,21 @@ def wait(
     *,
     timeout: float = 600.0,
     on_state: Callable[[str], object] | None = None,
+    on_hint: Callable[[str], object] | None = None,
 ) -> RunRecord:
     """Wait until the run has an outcome; the node's ``runs`` table is the truth.
 
     Polls from 5 ms, backing off to 100 ms: a read of one row is far cheaper
-    than the latency a coarse poll would add to every run.
+    than the latency a coarse poll would add to every run. A run still queued
+    after a few seconds while no live worker serves its dataset is named to
+    ``on_hint`` once, and in the time-out error.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     last = None
     delay = 0.005
+    hinted = False
+    next_check = start + _NO_WORKER_GRACE
     while True:
         record = get_run(node, run_id)
         if record.state != last and on_state is not None:
@@ -87,8 +93,34 @@ def wait(
         last = record.state
         if record.finished:
             return record
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             break
+        if not hinted and record.state == "requested" and now >= next_check:
+            next_check = now + _NO_WORKER_GRACE
+            if not _served(node, record.dataset):
+                hinted = True
+                if on_hint is not None:
+                    on_hint(_no_worker(record))
         time.sleep(delay)
         delay = min(delay * 1.3, 0.1)
+    if record.state == "requested" and not _served(node, record.dataset):
+        raise LimitExceeded(f"run {run_id} has no outcome after {timeout:g} s: {_no_worker(record)}")
     raise LimitExceeded(f"run {run_id} has no outcome after {timeout:g} s; follow it with opal runs show {run_id}")
+
+
+# How long a queued run waits before the client asks whether any worker serves it.
+_NO_WORKER_GRACE = 3.0
+
+
+def _served(node: Node, dataset: str) -> bool:
+    from opal.worker.liveness import serving
+
+    return bool(serving(node.db, dataset))
+
+
+def _no_worker(record: RunRecord) -> str:
+    return (
+        f"no live worker serves dataset {record.dataset}; start one with "
+        f"opal worker start --dataset {record.dataset} (the run stays queued: opal runs show {record.run_id})"
+    )

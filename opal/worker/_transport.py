@@ -48,10 +48,10 @@ def _envelope_fault(message: Any) -> str | None:
     return None
 
 
-class Channel(redis.Channel):  # type: ignore[misc]
+class Channel(redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
-            result: bool = super()._brpop_read(**options)
+            result: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
         except (json.JSONDecodeError, UnicodeDecodeError):
             # The message is already off the queue: nothing else to undo.
             log.warning("dropped a broker message that is not JSON")
@@ -59,7 +59,7 @@ class Channel(redis.Channel):  # type: ignore[misc]
         return result
 
 
-class Transport(redis.Transport):  # type: ignore[misc]
+class Transport(redis.Transport):
     Channel = Channel
 
     def _deliver(self, message: Any, queue: str) -> None:
@@ -67,4 +67,4 @@ class Transport(redis.Transport):  # type: ignore[misc]
         if fault is not None:
             log.warning("dropped a malformed broker message on %s: %s", queue, fault)
             return
-        super()._deliver(message, queue)
+        super()._deliver(message, queue)  # type: ignore[no-untyped-call]

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from opal.db import Database
     from opal.node import Node
 
-__all__ = ["HEARTBEAT_SECONDS", "HOST", "LEASE_SECONDS", "is_alive", "local_worker", "worker_row"]
+__all__ = [
+    "HEARTBEAT_SECONDS", "HOST", "LEASE_SECONDS", "is_alive", "local_worker", "serving", "take_lease", "worker_row",
+]
 
 HEARTBEAT_SECONDS = 5.0
 # A heartbeat older than this means the worker is gone (or cut off): its runs
@@ -110,4 +112,30 @@ def is_alive(db: Database, worker_id: str | None, *, now: float | None = None) -
         return False
     if row["host"] == HOST:
         return _process_exists(int(row["pid"]))
+    return True
+
+
+def serving(db: Database, dataset: str, *, now: float | None = None) -> list[str]:
+    """The live worker processes registered for ``dataset``."""
+    ensure_run_tables(db)
+    now = time.time() if now is None else now
+    rows = db.query(
+        "SELECT worker_id FROM workers WHERE dataset = ? AND heartbeat >= ?", (dataset, now - LEASE_SECONDS)
+    )
+    return [r["worker_id"] for r in rows if is_alive(db, r["worker_id"], now=now)]
+
+
+def take_lease(db: Database, name: str, holder: str, *, seconds: float, now: float | None = None) -> bool:
+    """Hold the chore ``name`` for ``seconds`` unless another holder's lease is still running.
+
+    The check and the write happen under the database's write lock, so of two
+    nodes asking at once exactly one gets it.
+    """
+    ensure_run_tables(db)
+    now = time.time() if now is None else now
+    with db.transaction() as tx:
+        row = tx.execute("SELECT holder, until FROM leases WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] != holder and float(row[1]) > now:
+            return False
+        tx.execute("INSERT OR REPLACE INTO leases(name, holder, until) VALUES (?,?,?)", (name, holder, now + seconds))
     return True

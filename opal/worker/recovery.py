@@ -12,28 +12,35 @@ messages. A run without an outcome is in one of these situations:
   it stays reserved, and the outcome is recorded exactly once — unless it
   already used ``MAX_ATTEMPTS`` attempts, then it is failed and its ε returned.
 
-Run by ``opal worker recover`` and by every worker when it starts.
+Run by ``opal worker recover``, by every worker when it starts, and by every
+worker periodically (``sweep``), one node at a time under a lease.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from opal.errors import InternalError
+from opal.errors import InternalError, OpalError
 from opal.runs._tables import ensure_run_tables
 from opal.runs.dispatch import dispatch_many
 from opal.runs.records import get_run
-from opal.worker.liveness import is_alive
+from opal.worker.liveness import is_alive, take_lease
 from opal.worker.pipeline import MAX_ATTEMPTS, fail_run, run_owner
 
 if TYPE_CHECKING:
     from opal.node import Node
     from opal.trust.keyring import Signer
 
-__all__ = ["RecoveryReport", "broker_redis", "queue_keys", "queued_run_ids", "recover"]
+__all__ = [
+    "DEFAULT_SWEEP_SECONDS", "RecoveryReport", "broker_redis", "queue_keys", "queued_run_ids", "recover",
+    "start_sweeper",
+]
 
 log = logging.getLogger("opal.worker")
 
@@ -43,6 +50,9 @@ _PRIORITY_STEPS = (0, 3, 6, 9)
 _PRIORITY_SEP = "\x06\x16"
 _UNACKED = "unacked"
 _UNACKED_INDEX = "unacked_index"
+# Every worker sweeps this often (OPAL_RECOVERY_INTERVAL overrides it); a run
+# requested less than a sweep ago may still be on its way to the queue.
+DEFAULT_SWEEP_SECONDS = 30.0
 
 
 @dataclass
@@ -110,8 +120,13 @@ def _unacked_tags(client: Any, run_ids: set[str]) -> dict[str, list[bytes]]:
     return tags
 
 
-def recover(node: Node, *, signer: Signer, dataset: str | None = None) -> RecoveryReport:
+def recover(
+    node: Node, *, signer: Signer, dataset: str | None = None, min_age: float = 0.0
+) -> RecoveryReport:
     """Re-dispatch or fail every run without an outcome that nothing is working on.
+
+    A ``requested`` run younger than ``min_age`` seconds is left alone: its
+    requester may be publishing it right now.
 
     Raises:
         InternalError: the broker is unreachable (nothing was changed).
@@ -121,12 +136,14 @@ def recover(node: Node, *, signer: Signer, dataset: str | None = None) -> Recove
     from opal.worker.celery import broker_url, queue_name
 
     ensure_run_tables(node.db)
-    sql = "SELECT run_id, dataset, state FROM runs WHERE state IN ('requested', 'started')"
+    sql = "SELECT run_id, dataset, state, created FROM runs WHERE state IN ('requested', 'started')"
     params: tuple[Any, ...] = ()
     if dataset:
         sql += " AND dataset = ?"
         params = (dataset,)
     rows = node.db.query(sql + " ORDER BY created", params)
+    if min_age > 0:
+        rows = [r for r in rows if r["state"] == "started" or _age(r["created"]) >= min_age]
     report = RecoveryReport()
     if not rows:
         return report
@@ -180,3 +197,30 @@ def recover(node: Node, *, signer: Signer, dataset: str | None = None) -> Recove
             len(report.redispatched), len(report.failed), len(report.in_flight), len(report.queued),
         )
     return report
+
+
+def _age(created: str) -> float:
+    return time.time() - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+
+
+def start_sweeper(node: Node, *, signer: Signer, dataset: str, holder: str, interval: float) -> threading.Event:
+    """Recover ``dataset``'s runs every ``interval`` seconds from a daemon thread.
+
+    Of the workers serving the dataset (on any node), the one holding the
+    lease sweeps; the lease outlives two sweeps, so a dead holder is replaced.
+    Set the returned event to stop.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                if take_lease(node.db, f"recovery:{dataset}", holder, seconds=2.5 * interval):
+                    recover(node, signer=signer, dataset=dataset, min_age=interval)
+            except OpalError as exc:
+                log.warning("recovery sweep skipped: %s", exc.message)
+            except Exception as exc:  # noqa: BLE001 - the sweep must outlive any one failure
+                log.warning("recovery sweep failed (%s); retrying in %g s", type(exc).__name__, interval)
+
+    threading.Thread(target=loop, name="opal-recovery", daemon=True).start()
+    return stop

@@ -2,7 +2,9 @@
 
 Before it consumes, the worker refreshes the dataset (a changed file or table
 is a new version), and recovers the dataset's runs that lost their message or
-their worker. Each pool process loads the dataset into its sandbox runtime as
+their worker; then it re-runs that recovery periodically, one worker at a
+time under a lease (``OPAL_RECOVERY_INTERVAL`` seconds, default 30, 0 turns
+it off), so a lost message never waits for a human. Each pool process loads the dataset into its sandbox runtime as
 it starts, so the first run does not pay for it.
 """
 
@@ -16,7 +18,7 @@ import threading
 from typing import Any
 
 from opal.data import catalog
-from opal.errors import OpalError
+from opal.errors import BadInputError, OpalError
 from opal.node import Node
 from opal.worker.celery import configure, queue_name, run_timeout
 
@@ -56,6 +58,7 @@ def start_worker(
     from celery.signals import worker_process_init, worker_process_shutdown
 
     signer = node.keyring.signer_for(key, "operator")  # fail early on a missing operator key
+    interval = _sweep_interval()
     catalog.get(node, dataset)                          # and on an unknown dataset
     ds = catalog.refresh(node, dataset, signer=signer)
     wall = run_timeout(timeout)
@@ -69,10 +72,13 @@ def start_worker(
     app = configure(node.home, timeout=wall)
     import opal.worker.tasks  # noqa: F401  (registers the task)
     from opal.worker import state
+    from opal.worker.liveness import local_worker
+    from opal.worker.recovery import recover, start_sweeper
 
+    me = local_worker(node, dataset=ds.name)   # a live worker serves the dataset from now on
+    if interval > 0:
+        start_sweeper(node, signer=signer, dataset=ds.name, holder=me, interval=interval)
     if recover_at_start:
-        from opal.worker.recovery import recover
-
         try:
             report = recover(node, signer=signer, dataset=ds.name)
             if report.redispatched or report.failed:
@@ -94,3 +100,18 @@ def start_worker(
             "--without-mingle",
         ]
     )
+
+
+def _sweep_interval() -> float:
+    from opal.worker.recovery import DEFAULT_SWEEP_SECONDS
+
+    raw = os.environ.get("OPAL_RECOVERY_INTERVAL")
+    try:
+        value = float(raw) if raw else DEFAULT_SWEEP_SECONDS
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise BadInputError(
+            f"OPAL_RECOVERY_INTERVAL must be a number of seconds >= 0 (0 turns the sweep off), found {raw!r}"
+        )
+    return value

@@ -183,6 +183,51 @@ def test_redis_restart_loses_messages_and_recover_finishes_every_request(tmp_pat
         redis_server.stop()
 
 
+def test_after_a_broker_restart_workers_recover_lost_runs_by_themselves(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server = PrivateRedis(tmp_path / "redis")
+    redis_server.start()
+    monkeypatch.setenv("OPAL_BROKER_URL", redis_server.url)
+    sc = build(tmp_path / "home", subscribers=400, days=1)
+    workers = Workers(home=sc.node.home.root, broker_url=redis_server.url, extra_env={"OPAL_RECOVERY_INTERVAL": "1"})
+    try:
+        workers.start()
+        workers.start()
+        slow = [_request(sc, i, spin=3 * SPIN_PER_SECOND) for i in range(2)]
+        queued = [_request(sc, 10 + i) for i in range(4)]
+        for r in slow:
+            wait_state(sc.node, r, ("started",), timeout=60)
+        redis_server.stop()                                  # queued and unacked messages are gone
+        during = []
+        for i in range(2):                                   # requests while the broker is down
+            with pytest.raises(InternalError):
+                _request(sc, 20 + i)
+            during.append(sc.node.db.one("SELECT run_id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1")["run_id"])
+        time.sleep(1.0)
+        redis_server.start()
+        everything = slow + queued + during                  # nobody runs opal worker recover
+        for r in everything:
+            record = wait(sc.node, r, timeout=180)
+            assert record.state == "released", (r, record.state, record.error)
+        _assert_books_balance(sc, everything)
+        assert "recovery: " in workers.log(0) + workers.log(1)
+        assert _opal(sc, redis_server.url, "ledger", "verify").returncode == 0
+    finally:
+        workers.stop_all()
+        redis_server.stop()
+
+
+def test_a_run_no_worker_serves_says_so(sc: Scenario, broker_url: str) -> None:
+    proc = _opal(sc, broker_url, "run", "spin_count", "--dataset", sc.dataset, "--params", '{"tag": 1}',
+                 "--epsilon", "0.01", "--key", "sam", "--timeout", "6")
+    assert proc.returncode == 5, proc.stderr
+    hint = f"no live worker serves dataset {sc.dataset}; start one with opal worker start --dataset {sc.dataset}"
+    lines = proc.stderr.strip().splitlines()
+    assert any("waiting: " + hint in line for line in lines), proc.stderr
+    assert hint in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_over_its_time_limit_is_failed_and_the_worker_serves_on(sc: Scenario, workers: Workers, broker_url: str) -> None:
     proc = workers.start(run_timeout=2)
     slow = _request(sc, 1, spin=30 * SPIN_PER_SECOND)

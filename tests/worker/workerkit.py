@@ -24,6 +24,7 @@ class Workers:
     home: Path
     broker_url: str
     procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -31,6 +32,7 @@ class Workers:
         env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url)
         if os.environ.get("OPAL_DB_URL"):     # a PostgreSQL node: its workers share that database
             env["OPAL_DB_URL"] = os.environ["OPAL_DB_URL"]
+        env.update(self.extra_env)
         return env
 
     def start(self, dataset: str = "demo", *, key: str = "olga", concurrency: int = 1,
