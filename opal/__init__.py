@@ -9,7 +9,19 @@ tamper-evident ledger.
 functions.
 """
 
-from opal.helpers import between_days, modal_region, night_events, night_hours, require_columns
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opal.helpers import between_days, modal_region, night_events, night_hours, require_columns
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "between_days", "modal_region", "night_events", "night_hours", "require_columns"]
+
+
+def __getattr__(name: str) -> Any:
+    # The helpers load on first use, so the CLI's start does not pay for them.
+    if name in __all__:
+        from opal import helpers
+
+        return getattr(helpers, name)
+    raise AttributeError(f"module 'opal' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
@@ -13,10 +14,43 @@ from opal.cli._errors import guarded
 __all__ = ["main", "cli"]
 
 
+# Every command: the module that defines it and its one-line help. Commands
+# are imported only when invoked, so `opal --help`, `--version` and each verb
+# load no more than they use (tests/cli checks this table against the modules).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "algo": ("opal.cli.algo", "Write, check, test, submit and review algorithm bundles."),
+    "broker": ("opal.cli.broker", "The embedded Redis broker (for one machine; production sets OPAL_BROKER_URL)."),
+    "budget": ("opal.cli.budget", "The privacy budget of each dataset."),
+    "dataset": ("opal.cli.dataset", "Register datasets and make synthetic ones."),
+    "demo": ("opal.cli.demo", "Run the whole story on the embedded default."),
+    "keys": ("opal.cli.keys", "Ed25519 keys and their roles."),
+    "ledger": ("opal.cli.ledger", "Audit the governance ledger."),
+    "run": ("opal.cli.run", "Request a run of an algorithm on a dataset."),
+    "runs": ("opal.cli.run", "Follow runs."),
+    "trust": ("opal.cli.trust", "The board-signed trust policy."),
+    "worker": ("opal.cli.worker", "Run worker nodes next to the data."),
+}
+
+
 class OpalGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug")) if ctx.parent is None else False
         return guarded(lambda: super(OpalGroup, self).invoke(ctx), debug=debug)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        command: click.Command = next(c for c in module.COMMANDS if c.name == name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The short help from the table: listing the verbs imports none of them.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=OpalGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,17 +62,6 @@ class OpalGroup(click.Group):
 def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
     """OPAL: vetted algorithms travel to private data; only noise-protected aggregates leave."""
     ctx.obj = App(home=home, debug=debug)
-
-
-def _register() -> None:
-    from opal.cli import algo, broker, budget, dataset, demo, keys, ledger, run, trust, worker
-
-    for module in (keys, algo, trust, dataset, run, ledger, budget, worker, broker, demo):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

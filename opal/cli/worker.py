@@ -1,4 +1,4 @@
-"""opal worker start/status/recover"""
+"""opal worker start/status/recover/unit"""
 
 from __future__ import annotations
 
@@ -71,6 +71,23 @@ def recover(app: App, dataset: str | None, key: str | None, as_json: bool) -> No
         f"re-dispatched {len(report.redispatched)}, failed {len(report.failed)}, "
         f"in flight {len(report.in_flight)}, queued {len(report.queued)}"
     )
+
+
+@worker.command("unit")
+@click.option("--dataset", required=True, help="Dataset whose queue the worker serves.")
+@click.option("--key", default=None, help="Operator key that signs the worker's ledger entries.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--user", default=None, help="System user the worker runs as (User=).")
+@pass_app
+def unit(app: App, dataset: str, key: str | None, concurrency: int, user: str | None) -> None:
+    """Print a systemd unit that keeps DATASET's worker up (Restart=on-failure)."""
+    from opal.data import catalog
+    from opal.worker.unit import systemd_unit
+
+    catalog.get(app.node, dataset)                     # an unknown dataset is refused now, not at boot
+    app.node.keyring.signer_for(key, "operator")       # and so is a missing operator key
+    click.echo(systemd_unit(home=app.node.home.root, dataset=dataset, key=key, concurrency=concurrency, user=user),
+               nl=False)
 
 
 COMMANDS = [worker]

@@ -343,3 +343,36 @@ def test_junk_bytes_on_the_queue_never_stop_the_worker(sc: Scenario, workers: Wo
     good = _request(sc, 1)
     assert wait(sc.node, good, timeout=60).state == "released"
     assert proc.poll() is None
+
+
+def test_the_systemd_unit_starts_a_worker_that_serves_runs(sc: Scenario, broker_url: str, tmp_path: Path) -> None:
+    import shlex
+    import signal
+
+    proc = _opal(sc, broker_url, "worker", "unit", "--dataset", sc.dataset, "--key", "olga")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "Restart=on-failure" in lines and "WantedBy=multi-user.target" in lines
+    env = {k: v for k, v in Workers(home=sc.node.home.root, broker_url=broker_url).env.items()
+           if not k.startswith("OPAL_")}
+    for line in lines:
+        if line.startswith("Environment="):
+            key, _, value = shlex.split(line.removeprefix("Environment="))[0].partition("=")
+            env[key] = value
+    assert env["OPAL_HOME"] == str(sc.node.home.root.resolve()) and env["OPAL_BROKER_URL"] == broker_url
+    command = shlex.split(next(x for x in lines if x.startswith("ExecStart=")).removeprefix("ExecStart="))
+    log = tmp_path / "unit.log"
+    with open(log, "wb") as out:                     # what systemd would run, as it would run it
+        worker = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run_id = _request(sc, 1)
+        assert wait(sc.node, run_id, timeout=90).state == "released", log.read_text()[-3000:]
+    finally:
+        worker.send_signal(signal.SIGTERM)           # systemctl stop
+        assert worker.wait(timeout=60) == 0
+
+
+def test_a_unit_for_an_unknown_dataset_is_refused(sc: Scenario, broker_url: str) -> None:
+    proc = _opal(sc, broker_url, "worker", "unit", "--dataset", "nope", "--key", "olga")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "nope" in proc.stderr and "Traceback" not in proc.stderr
