@@ -203,7 +203,12 @@ class Database:
         else:
             # executescript commits any open transaction first, so it runs on
             # its own; every statement is idempotent.
-            self._conn().executescript(SCHEMA + _SQLITE_APPEND_ONLY)
+            try:
+                self._conn().executescript(SCHEMA + _SQLITE_APPEND_ONLY)
+            except sqlite3.OperationalError as exc:
+                if _disk_full(exc, path):
+                    raise _disk_full_error(str(path)) from None
+                raise
 
     @property
     def where(self) -> str:
@@ -228,17 +233,25 @@ class Database:
         ``execute``/``executescript`` surface on PostgreSQL.
         """
         conn = self._conn()
-        if self.dialect == "postgresql":
-            conn.begin()
-        else:
-            conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            if self.dialect == "postgresql":
+                conn.begin()
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                _rollback(conn)
+                raise
+            else:
+                conn.execute("COMMIT")
+        except Exception as exc:
+            if _disk_full(exc, self.path):
+                # Nothing of the transaction is kept: SQLite and PostgreSQL
+                # roll back a commit that could not be written.
+                _rollback(conn)
+                raise _disk_full_error(self.where) from None
             raise
-        else:
-            conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._conn()
@@ -261,6 +274,46 @@ class Database:
             self._local.conn = None
 
 
+def _disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (SQLSTATE 53100), ENOSPC/EDQUOT,
+    or an SQLite I/O error on a file system with no room left (creating the
+    WAL's shared-memory file fails that way)."""
+    import errno
+
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            return True
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR or "disk I/O error" in str(exc)) and (
+            path is not None and _no_room(path.parent)
+        )
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlstate", None) == "53100"
+
+
+def _no_room(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
+
+
+def _disk_full_error(where: str) -> InternalError:
+    return InternalError(
+        f"the disk holding the database {where} is full; nothing was written: "
+        "free some space and run the command again"
+    )
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - no transaction left to roll back
+        pass
+
+
 def ensure_tables(db: Database, statements: Sequence[str], done: weakref.WeakSet[Database]) -> None:
     """Run a package's idempotent ``CREATE … IF NOT EXISTS`` statements once per
     Database; ``done`` (one per package) remembers where they already ran."""
@@ -279,9 +332,15 @@ def _open_sqlite(path: Path | None) -> sqlite3.Connection:
         conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
     except sqlite3.Error as exc:
         raise InternalError(f"cannot open database {path}: {exc}") from None
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=60000")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=60000")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if _disk_full(exc, path):
+            raise _disk_full_error(str(path)) from None
+        raise
     return conn
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +17,23 @@ __all__ = ["App", "pass_app", "emit_json", "console", "err_console"]
 
 console: Console
 err_console: Console
+_PIPE_WIDTH = 400
 
 
 def __getattr__(name: str) -> Any:
     # The consoles (and rich) load when a command first asks for them, not
     # for --help or --version.
     if name in ("console", "err_console"):
+        import sys
+
         from rich.console import Console
 
-        globals()["console"] = Console(highlight=False, soft_wrap=True)
-        globals()["err_console"] = Console(stderr=True, highlight=False, soft_wrap=True)
+        # A terminal's own width; a pipe or file has none, so tables there are
+        # never cut to rich's default 80 columns (COLUMNS still wins).
+        out_width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
+        err_width = None if sys.stderr.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
+        globals()["console"] = Console(highlight=False, soft_wrap=True, width=out_width)
+        globals()["err_console"] = Console(stderr=True, highlight=False, soft_wrap=True, width=err_width)
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -33,6 +33,21 @@ def guarded(fn: Callable[..., Any], *, debug: bool) -> Any:
         sys.exit(130)
     except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
         raise
+    except OSError as exc:
+        if debug:
+            raise
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            click.echo("opal: error: the disk is full; free some space and run the command again", err=True)
+        else:
+            # The errno's name, never the path or text (they can name private files)
+            click.echo(
+                f"opal: internal error ({type(exc).__name__} {errno.errorcode.get(exc.errno or 0, '')}); "
+                "rerun with --debug for details",
+                err=True,
+            )
+        sys.exit(1)
     except Exception as exc:  # never a traceback (it might hold data) unless --debug
         if debug:
             raise

@@ -81,9 +81,9 @@ def list_(app: App, dataset: str | None, state: str | None, limit: int, as_json:
     if as_json:
         emit_json([r.to_dict(with_result=False) for r in items])
         return
-    table = Table("run id", "algorithm", "dataset", "ε", "state", "updated")
+    table = Table("run id", "algorithm", "dataset", "requester", "ε", "state", "updated")
     for r in items:
-        table.add_row(r.run_id, r.algorithm, r.dataset, f"{r.epsilon:g}", r.state, r.updated)
+        table.add_row(r.run_id, r.algorithm, r.dataset, r.requester, f"{r.epsilon:g}", r.state, r.updated)
     console.print(table)
 
 

@@ -45,6 +45,9 @@ def test_run_no_wait_prints_only_the_id_then_runs_and_status_follow_it(opal: Opa
         wait_for(lambda: opal.json("runs", "show", run_id)["state"] == "released", timeout=60, interval=0.3)
         listed = opal.json("runs", "list")
         assert {r["run_id"] for r in listed} >= {run_id} and all(r["state"] == "released" for r in listed)
+        table = opal("runs", "list", check=True).stdout      # piped: no 80-column cut
+        row = next(line for line in table.splitlines() if run_id in line)
+        assert "spin_count" in row and " sam " in row and "released" in row
         result = opal.json("runs", "result", run_id)
         assert result["run_id"] == run_id
     finally:
