@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -169,6 +170,9 @@ DO $$ BEGIN
 END $$;
 """
 
+# How long a process whose PostgreSQL connection dropped waits for the server.
+_RECONNECT_SECONDS = 30.0
+
 # Key of the database-wide write lock on PostgreSQL ("opal" in ASCII).
 _PG_WRITE_LOCK = 0x6F70616C
 
@@ -232,12 +236,8 @@ class Database:
         Yields a ``sqlite3.Connection`` on SQLite, an object with the same
         ``execute``/``executescript`` surface on PostgreSQL.
         """
-        conn = self._conn()
+        conn = self._begin()
         try:
-            if self.dialect == "postgresql":
-                conn.begin()
-            else:
-                conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
@@ -246,6 +246,14 @@ class Database:
             else:
                 conn.execute("COMMIT")
         except Exception as exc:
+            if self._lost(exc):
+                # The server went away mid-transaction: it rolled back, and
+                # this connection is dead; the next call opens a new one.
+                self.close()
+                raise InternalError(
+                    f"lost the connection to the database {self.where} mid-transaction; "
+                    "nothing of it was written: run the command again"
+                ) from None
             if _disk_full(exc, self.path):
                 # Nothing of the transaction is kept: SQLite and PostgreSQL
                 # roll back a commit that could not be written.
@@ -253,10 +261,62 @@ class Database:
                 raise _disk_full_error(self.where) from None
             raise
 
+    def _begin(self) -> Any:
+        """A connection inside a fresh write transaction. On PostgreSQL a
+        connection the server dropped (a restart, a failover) is replaced once."""
+        conn = self._conn()
+        if self.dialect == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+            return conn
+        try:
+            conn.begin()
+        except Exception as exc:
+            if not self._lost(exc):
+                raise
+            conn = self._reconnect()
+            conn.begin()
+        return conn
+
+    def _reconnect(self) -> Any:
+        """A new connection after the server dropped ours, waiting for it to come
+        back (a restart, crash recovery, a failover) for up to
+        ``OPAL_DB_RECONNECT_SECONDS`` (default 30)."""
+        import logging
+
+        self.close()
+        deadline = time.monotonic() + float(os.environ.get("OPAL_DB_RECONNECT_SECONDS") or _RECONNECT_SECONDS)
+        delay = 0.1
+        logging.getLogger("opal.db").warning("lost the connection to %s; reconnecting", self.where)
+        while True:
+            try:
+                return self._conn()
+            except InternalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Did the PostgreSQL server drop this process's connection?"""
+        if self.dialect != "postgresql":
+            return False
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and (
+            conn is None or conn.broken
+        )
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._conn()
         if self.dialect == "postgresql":
-            return list(conn.execute(sql, params))
+            try:
+                return list(conn.execute(sql, params))
+            except Exception as exc:
+                if not self._lost(exc):
+                    raise
+                # a read is safe to repeat on a new connection
+                return list(self._reconnect().execute(sql, params))
         conn.row_factory = sqlite3.Row
         try:
             return list(conn.execute(sql, params))
@@ -270,8 +330,11 @@ class Database:
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is dropped anyway
+                pass
 
 
 def _disk_full(exc: BaseException, path: Path | None = None) -> bool:
@@ -480,6 +543,13 @@ class _PgConnection:
                 f"cannot connect to {where}: {str(exc).strip().splitlines()[0]}"
             ) from None
         return cls(conn)
+
+    @property
+    def broken(self) -> bool:
+        """Closed, or lost (psycopg marks a connection BAD once the server is gone)."""
+        from psycopg import pq
+
+        return bool(self._conn.closed or self._conn.pgconn.status == pq.ConnStatus.BAD)
 
     def begin(self) -> None:
         self._conn.execute("BEGIN")

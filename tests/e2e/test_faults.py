@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ from opal.runs.dispatch import dispatch, wait
 from opal.worker._scenario import Scenario, build
 from tests.worker.workerkit import (
     SPIN_PER_SECOND,
+    PrivatePostgres,
     PrivateRedis,
     Workers,
     outcomes_in_ledger,
@@ -82,7 +86,7 @@ def test_worker_killed_mid_run_ends_the_run_exactly_once(sc: Scenario, workers: 
     _kill_mid_run_then_recover(sc, workers, broker_url, recovery)
 
 
-@pytest.mark.parametrize("recovery", ["opal worker recover", "worker restart"])
+@pytest.mark.parametrize("recovery", ["opal worker recover", "worker restart", "pool process redelivery"])
 def test_worker_killed_mid_run_on_postgresql_ends_the_run_exactly_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str, pg_url: str, recovery: str) -> None:
     # The second attempt of a run rewrites its run_attempts row: on PostgreSQL that
@@ -104,14 +108,20 @@ def _kill_mid_run_then_recover(sc: Scenario, workers: Workers, broker_url: str, 
     run_id = _request(sc, 1, spin=6 * SPIN_PER_SECOND)
     wait_state(sc.node, run_id, ("started",), timeout=60)
     owner = sc.node.db.one("SELECT worker FROM run_attempts WHERE run_id = ?", (run_id,))["worker"]
-    # kill whichever worker took it, with its whole process group
     pid = int(owner.split(":")[1])
     victim = next(p for p, _ in workers.procs if _is_ancestor(p.pid, pid))
     time.sleep(1.0)
-    workers.kill9(victim)
+    if recovery == "pool process redelivery":
+        # only the pool process: its worker forks another, and Celery redelivers the run
+        os.kill(pid, signal.SIGKILL)
+    else:
+        # whichever worker took it, with its whole process group
+        workers.kill9(victim)
     assert get_run(sc.node, run_id).state == "started"
 
-    if recovery == "worker restart":
+    if recovery == "pool process redelivery":
+        pass
+    elif recovery == "worker restart":
         workers.start()                                       # recovers the dataset's runs before serving
         assert "recovered at start" in workers.log()
     else:
@@ -129,6 +139,9 @@ def _kill_mid_run_then_recover(sc: Scenario, workers: Workers, broker_url: str, 
     again = json.loads(_opal(sc, broker_url, "worker", "recover", "--json").stdout)
     assert again == {"redispatched": [], "failed": [], "in_flight": [], "queued": []}
     assert _opal(sc, broker_url, "ledger", "verify").returncode == 0
+    if recovery == "pool process redelivery":
+        assert victim.poll() is None                                         # the worker itself serves on
+        return
     assert victim.poll() is not None
     assert [p.poll() for p, _ in workers.procs if p is not victim] == [None]   # the other one serves on
 
@@ -183,8 +196,11 @@ def test_redis_restart_loses_messages_and_recover_finishes_every_request(tmp_pat
         redis_server.stop()
 
 
-def test_after_a_broker_restart_workers_recover_lost_runs_by_themselves(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_after_a_broker_restart_workers_recover_lost_runs_by_themselves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backend: str) -> None:
+    if backend == "postgresql":
+        monkeypatch.setenv("OPAL_DB_URL", request.getfixturevalue("pg_url"))
     redis_server = PrivateRedis(tmp_path / "redis")
     redis_server.start()
     monkeypatch.setenv("OPAL_BROKER_URL", redis_server.url)
@@ -202,7 +218,7 @@ def test_after_a_broker_restart_workers_recover_lost_runs_by_themselves(tmp_path
         for i in range(2):                                   # requests while the broker is down
             with pytest.raises(InternalError):
                 _request(sc, 20 + i)
-            during.append(sc.node.db.one("SELECT run_id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1")["run_id"])
+            during.append(sc.node.db.one("SELECT run_id FROM runs ORDER BY created DESC LIMIT 1")["run_id"])
         time.sleep(1.0)
         redis_server.start()
         everything = slow + queued + during                  # nobody runs opal worker recover
@@ -215,6 +231,43 @@ def test_after_a_broker_restart_workers_recover_lost_runs_by_themselves(tmp_path
     finally:
         workers.stop_all()
         redis_server.stop()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    if PrivatePostgres.binaries() is None or shutil.which("runuser") is None:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    pg = PrivatePostgres()
+    pg.init()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_database_restart_mid_run_loses_nothing_and_the_worker_serves_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str, private_pg: PrivatePostgres,
+        mode: str) -> None:
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    monkeypatch.setenv("OPAL_DB_URL", private_pg.url)
+    sc = build(tmp_path / "home", subscribers=400, days=1)
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env={"OPAL_RECOVERY_INTERVAL": "1"})
+    try:
+        proc = workers.start()
+        slow = _request(sc, 1, spin=3 * SPIN_PER_SECOND)
+        wait_state(sc.node, slow, ("started",), timeout=60)
+        private_pg.stop(mode)                 # every connection of the node and its worker is cut
+        time.sleep(1.0)
+        private_pg.start()
+        record = wait(sc.node, slow, timeout=120)
+        assert record.state == "released", (record.state, record.error)
+        after = _request(sc, 2)
+        assert wait(sc.node, after, timeout=60).state == "released"
+        assert proc.poll() is None
+        _assert_books_balance(sc, [slow, after])
+        assert _opal(sc, broker_url, "ledger", "verify").returncode == 0
+    finally:
+        workers.stop_all()
 
 
 def test_a_run_no_worker_serves_says_so(sc: Scenario, broker_url: str) -> None:

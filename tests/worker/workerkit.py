@@ -136,6 +136,57 @@ class PrivateRedis:
         self.start()
 
 
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of our own on a free port (initdb as the postgres user,
+    trust auth): restarting it disturbs nobody else's databases."""
+
+    port: int = field(default_factory=free_port)
+    folder: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def binaries() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        return found[-1].parent if found else None
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> None:
+        import tempfile
+
+        bin_dir = self.binaries()
+        assert bin_dir is not None
+        # not under pytest's tmp_path: the postgres user cannot enter root's 0700 folders
+        self.folder = Path(tempfile.mkdtemp(prefix="opal-pg-"))
+        shutil.chown(self.folder, "postgres", "postgres")
+        self._as_postgres(str(bin_dir / "initdb"), "-D", str(self.folder / "data"), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        assert self.folder is not None
+        bin_dir = self.binaries()
+        assert bin_dir is not None
+        self._as_postgres(str(bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-l", str(self.folder / "log"),
+                          "-w", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        bin_dir = self.binaries()
+        if self.folder is None or bin_dir is None or not (self.folder / "data" / "postmaster.pid").exists():
+            return
+        self._as_postgres(str(bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def outcomes_in_ledger(node: Any) -> collections.Counter[str]:
     """run id → number of run_finished entries."""
     return collections.Counter(e.body["run_id"] for e in node.ledger.entries(type="run_finished"))
