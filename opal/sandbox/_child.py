@@ -17,8 +17,10 @@ from typing import Any
 
 from opal.errors import AlgorithmFailed, InternalError, LimitExceeded, OpalError, PolicyViolation
 
-__all__ = ["run_job", "execute", "encode_error", "Record", "RECORD_OK", "RECORD_ERROR"]
+__all__ = ["run_job", "execute", "encode_error", "Record", "RECORD_OK", "RECORD_ERROR", "EXIT_MEMORY"]
 
+# The child's exit status when it ran out of memory writing its result.
+EXIT_MEMORY = 5
 RECORD_OK = b"R"
 RECORD_ERROR = b"E"
 # The frame before a record: its length (tag included), then the tag.
@@ -66,6 +68,9 @@ def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError
     violation = _guards.violation()
     if violation is not None:
         return PolicyViolation(violation)
+    limit = _guards.limit_hit()
+    if limit is not None:
+        return LimitExceeded(limit)
     if isinstance(exc, OpalError):
         return exc
     line = _algorithm_line(exc, filename)
@@ -74,9 +79,11 @@ def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError
         return LimitExceeded(f"{where}: memory limit (memory_bytes) exceeded")
     name = type(exc).__name__
     if isinstance(exc, ImportError):
-        return InternalError(
-            f"{where}: a library needed a module the sandbox did not preload ({name}); "
-            "report this to the OPAL operators"
+        # The algorithm reached a library part that needs the disk (numpy.test
+        # imports pytest): its own doing, not the worker's.
+        return AlgorithmFailed(
+            f"{where}: {entrypoint}() raised {name} (a library feature that is not available "
+            "in the sandbox)"
         )
     hint = _HINTS.get(name)
     text = f"{where}: {entrypoint}() raised {name}"
@@ -163,6 +170,9 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
         violation = _guards.violation()
         if violation is not None:
             raise PolicyViolation(violation)
+        limit = _guards.limit_hit()
+        if limit is not None:
+            raise LimitExceeded(limit)
         return _serialize(result, job["limits"], entrypoint=entrypoint)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a scrubbed record
         if isinstance(exc, (SystemExit, KeyboardInterrupt)) and _guards.violation() is None:
@@ -204,6 +214,8 @@ def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers:
                 payload.write_to(out)
         else:
             _write_all(result_fd, FRAME.pack(1 + len(payload), tag), payload)
+    except MemoryError:
+        return EXIT_MEMORY
     except (OSError, pa.ArrowException):
         return 3
     return 0

@@ -46,6 +46,7 @@ class JobState:
     def __init__(self, *, filename: str, protected: list[Any]) -> None:
         self.filename = filename
         self.violation: str | None = None
+        self.limit: str | None = None
         self.protected_ids = {id(obj) for obj in protected}
         self.algorithm_globals: dict[str, Any] = {}
 
@@ -670,6 +671,25 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
     return fn(x, y)
 
 
+def _caught(in_finally: bool) -> None:
+    """First statement of every except/finally block of the algorithm.
+
+    Resource limits stick: once a MemoryError was raised the run ends as a
+    limit hit even if the algorithm catches it (or `finally: return`s over
+    it). A denial caught by a bare ``except:`` is raised again.
+    """
+    exc = sys.exc_info()[1]
+    if isinstance(exc, MemoryError):
+        line = _algorithm_line()
+        where = f"{_STATE.filename}:{line}" if line is not None else _STATE.filename
+        if _STATE.limit is None:
+            _STATE.limit = f"{where}: memory limit (memory_bytes) exceeded"
+        if not in_finally:
+            raise exc
+    if isinstance(exc, SandboxDenied) and not in_finally:
+        raise exc
+
+
 def _guarded_getitem(obj: Any, key: Any) -> Any:
     # df.set_index("timestamp").loc["now"] parses the key against a DatetimeIndex
     if isinstance(key, (str, bytes, slice, tuple)) and _clock.holds_clock_word(key):
@@ -707,6 +727,7 @@ def build_globals(*, filename: str, protected: list[Any]) -> dict[str, Any]:
         "__name__": "algorithm",
         "_getattr_": guarded_getattr,
         "_getitem_": _guarded_getitem,
+        "_caught_": _caught,
         "_getiter_": iter,
         "_write_": guarded_write,
         "_print_": _DiscardPrint,
@@ -722,3 +743,8 @@ def build_globals(*, filename: str, protected: list[Any]) -> dict[str, Any]:
 def violation() -> str | None:
     """The first rule the current job hit, if any."""
     return _STATE.violation
+
+
+def limit_hit() -> str | None:
+    """The resource limit the current job hit, even if it caught the error."""
+    return _STATE.limit

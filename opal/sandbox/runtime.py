@@ -38,7 +38,7 @@ from opal.errors import (
     error_from_dict,
 )
 from opal.sandbox import _protocol
-from opal.sandbox._child import FRAME, RECORD_ERROR, RECORD_OK
+from opal.sandbox._child import EXIT_MEMORY, FRAME, RECORD_ERROR, RECORD_OK
 from opal.sandbox.limits import LAYERS, Limits
 from opal.sandbox.policy import check_source
 
@@ -563,6 +563,10 @@ def _outcome(
             raise PolicyViolation("the algorithm made a system call the sandbox forbids")
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         raise AlgorithmFailed(f"the algorithm crashed the interpreter ({name})")
+    if status.get("exit") == EXIT_MEMORY:
+        raise LimitExceeded(
+            f"memory limit of {limits.memory_bytes} bytes (memory_bytes) exceeded while writing the result"
+        )
     if reader.payload is None:
         raise InternalError(f"sandbox child ended without a result (exit status {status.get('exit')})")
     if not reader.complete:

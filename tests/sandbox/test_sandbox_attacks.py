@@ -220,6 +220,40 @@ PAYLOADS: list[tuple[str, str, int, Limits | None]] = [
             d = d.merge(d, how='cross', suffixes=('', '_' + str(i)))
         return d
     """), LIMIT, SMALL),
+    ("memory_error_caught", fn("""
+        try:
+            x = np.zeros((10 ** 6, 10 ** 6))
+        except MemoryError:
+            pass
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_caught_by_exception", fn("""
+        try:
+            x = 'a' * (2 ** 40)
+        except Exception:
+            pass
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_bare_except", fn("""
+        for i in range(3):
+            try:
+                x = [0] * (10 ** 10)
+            except:
+                continue
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_swallowed_by_finally", mod("""
+        import numpy as np
+        def grab():
+            try:
+                np.ones((10 ** 6, 10 ** 6))
+            finally:
+                return 0
+        def contributions(data, params):
+            grab()
+            return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("numpy_test_via_agg_name", fn("return data.cdr.agg(numeric_only=('duration_s', 'test'))"), POLICY, None),
     ("print_flood", fn("while True:\n    print('x' * 10000)"), LIMIT, SMALL),
     ("huge_result_rows", fn("return pd.DataFrame({'msisdn': np.arange(5000)})"), LIMIT, TINY_OUTPUT),
     ("huge_result_bytes", fn("return pd.DataFrame({'msisdn': ['x' * 4000] * 900})"), LIMIT, TINY_OUTPUT),
