@@ -75,16 +75,17 @@ class _OpalPolicy(RestrictingNodeTransformer):
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
         # A handler first hands the exception to the guards: a MemoryError or
         # a sandbox denial ends the run whatever the handler does next.
-        node = super().visit_ExceptHandler(node)
-        node.body.insert(0, _caught_call(node, in_finally=False))
-        return node
+        visited = super().visit_ExceptHandler(node)
+        if isinstance(visited, ast.ExceptHandler):
+            visited.body.insert(0, _caught_call(visited, in_finally=False))
+        return visited
 
     def visit_Try(self, node: ast.Try) -> Any:
         # `finally: return x` swallows an exception without any handler
-        node = super().visit_Try(node)
-        if node.finalbody:
-            node.finalbody.insert(0, _caught_call(node.finalbody[0], in_finally=True))
-        return node
+        visited = super().visit_Try(node)
+        if isinstance(visited, ast.Try) and visited.finalbody:
+            visited.finalbody.insert(0, _caught_call(visited.finalbody[0], in_finally=True))
+        return visited
 
     def visit_TryStar(self, node: ast.AST) -> Any:
         # except* hands out ExceptionGroup objects built outside the guards.
