@@ -213,6 +213,34 @@ def _seccomp_works() -> bool:
     return False
 
 
+def _pid_namespace_works(forker: _isolation.RunForker) -> bool:
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = forker.fork(pid_namespace=True)
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return False
+    if pid == 0:
+        os.write(write_fd, b"1" if os.getpid() == 1 else b"0")
+        os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 1)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return answer == b"1"
+
+
+def _ipc_namespace_works() -> bool:
+    _isolation._unshare(_isolation.CLONE_NEWIPC)
+    return True
+
+
+def _empty_root_works() -> bool:
+    _isolation.enter_empty_root(os.getcwd())
+    return os.listdir("/") == [] and not os.path.exists("/proc") and not os.path.exists("/etc")
+
+
 def _privilege_drop_works() -> bool:
     os.setgroups([])
     os.setresgid(_isolation.NOBODY, _isolation.NOBODY, _isolation.NOBODY)
@@ -220,24 +248,29 @@ def _privilege_drop_works() -> bool:
     return os.geteuid() != 0
 
 
-def _clean_environment(control_fd: int) -> bool:
+def _clean_environment(control_fd: int, forker: _isolation.RunForker) -> bool:
     if not set(os.environ) <= ALLOWED_ENV:
         return False
     if any(Path.cwd().iterdir()):
         return False
     fds = {int(name) for name in os.listdir("/proc/self/fd")}
     # 0-2 are /dev/null, control_fd is the socket; listdir itself holds one fd
-    return len(fds - {0, 1, 2, control_fd}) <= 1
+    return len(fds - {0, 1, 2, control_fd, forker.fd}) <= 1
 
 
-def _detect_layers(namespaces: dict[str, bool], control_fd: int) -> dict[str, bool]:
+def _detect_layers(
+    namespaces: dict[str, bool], control_fd: int, forker: _isolation.RunForker
+) -> dict[str, bool]:
     layers = {
         "restricted_python": True,
-        "clean_environment": _clean_environment(control_fd),
+        "clean_environment": _clean_environment(control_fd, forker),
         "rlimits": True,
         "seccomp": _isolation.seccomp_available() and _probe(_seccomp_works),
         "network_namespace": namespaces.get("network_namespace", False),
         "unprivileged_user": os.geteuid() != 0 or _probe(_privilege_drop_works),
+        "ipc_namespace": _probe(_ipc_namespace_works),
+        "pid_namespace": _pid_namespace_works(forker),
+        "empty_filesystem": _probe(_empty_root_works),
     }
     return layers
 
@@ -249,10 +282,11 @@ class Zygote:
         self.tables: dict[str, Any] = {}
         self.layers: dict[str, bool] = {}
         self.heap: _warm.WarmHeap | None = None
+        self.forker = _isolation.RunForker()
 
     def start(self, namespaces: dict[str, bool]) -> None:
         config, _ = _protocol.recv(self.sock)
-        self.layers = _detect_layers(namespaces, self.control_fd)
+        self.layers = _detect_layers(namespaces, self.control_fd, self.forker)
         import numpy  # noqa: F401
         import pandas  # noqa: F401
 
@@ -360,10 +394,11 @@ class Zygote:
         started = time.monotonic()
         reserved = self.heap.reserve() if self.heap is not None else 0
         job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
-        pid = os.fork()
+        pid = self.forker.fork(pid_namespace=self.layers.get("pid_namespace", False))
         if pid == 0:
             code = 1
             try:
+                self.forker.close_in_child()
                 code = _child.run_job(job, self.tables, result_fd, self.layers)
             finally:
                 os._exit(code)

@@ -18,6 +18,9 @@ LAYERS: tuple[str, ...] = (
     "seccomp",  # no sockets, no exec/fork, no file writes (pyseccomp)
     "network_namespace",  # empty network namespace: no interfaces at all
     "unprivileged_user",  # the child runs as an unprivileged uid (nobody)
+    "ipc_namespace",  # a fresh IPC namespace per run: no earlier run's segments
+    "pid_namespace",  # each run is process 1 of its own PID namespace
+    "empty_filesystem",  # each run's root is an empty read-only tmpfs: no host path
 )
 
 
