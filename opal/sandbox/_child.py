@@ -49,6 +49,7 @@ _HINTS: dict[str, str] = {
     "DateParseError": "a date could not be parsed",
     "IntCastingNaNError": "missing values cannot be cast to integer",
     "InvalidIndexError": "an index operation was invalid",
+    "ZoneInfoNotFoundError": "a time zone name is not an IANA zone",
 }
 
 

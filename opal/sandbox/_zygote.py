@@ -149,6 +149,41 @@ def _preload_modules() -> None:
     del pandas
 
 
+def _preload_time_zones() -> None:
+    """Serve every IANA time zone from memory (about 0.7 MB, 15 ms): a run's
+    root is empty, and ``tz_convert("Africa/Kigali")`` must still work.
+
+    zoneinfo (C and pure-Python alike) falls back to
+    ``zoneinfo._common.load_tzdata`` when no directory of its search path has
+    the zone; the search path is emptied and that loader answers from here.
+    """
+    import io
+    import zoneinfo
+    from zoneinfo import _common, _tzpath
+
+    zones: dict[str, bytes] = {}
+    for key in sorted(zoneinfo.available_timezones()):
+        path = _tzpath.find_tzfile(key)
+        try:
+            if path is not None:
+                with open(path, "rb") as fh:
+                    zones[key] = fh.read()
+            else:
+                with _common.load_tzdata(key) as fh:
+                    zones[key] = fh.read()
+        except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+            continue
+
+    def load_tzdata(key: str) -> io.BytesIO:
+        try:
+            return io.BytesIO(zones[key])
+        except (KeyError, TypeError):
+            raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {key}") from None
+
+    _common.load_tzdata = load_tzdata  # type: ignore[assignment]  # same contract, a BytesIO
+    zoneinfo.reset_tzpath(to=[])
+
+
 def _make_read_only(frame: Any) -> None:
     for block in frame._mgr.blocks:
         values = getattr(block, "values", None)
@@ -294,6 +329,7 @@ class Zygote:
 
         _guards.facades()
         _preload_modules()
+        _preload_time_zones()
         tables: dict[str, Any] = {}
         for name, path in config["tables"].items():
             tables[name] = _load_table(path)

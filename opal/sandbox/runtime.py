@@ -440,7 +440,8 @@ def _known_exception_names() -> frozenset[str]:
 
     names.update(n for n, v in vars(pandas.errors).items() if isinstance(v, type))
     names.update({"ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError", "AxisError",
-                  "DTypePromotionError", "ArrowIndexError", "ArrowKeyError"})
+                  "DTypePromotionError", "ArrowIndexError", "ArrowKeyError",
+                  "ZoneInfoNotFoundError"})
     return frozenset(names)
 
 

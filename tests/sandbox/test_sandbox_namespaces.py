@@ -251,3 +251,26 @@ def test_dateutil_tz_probe_fails_the_same_for_every_path(runtime: Runtime, sandb
             outcomes.add((type(exc).__name__, str(exc)))
             assert HOST_SECRET not in str(exc)
     assert len(outcomes) == 1, outcomes
+
+
+def test_time_zones_convert_without_the_disk(runtime: Runtime) -> None:
+    source = (
+        "def contributions(data, params):\n"
+        "    cdr = data.cdr\n"
+        "    local = cdr['timestamp'].dt.tz_convert('Africa/Kigali')\n"
+        "    return cdr[['msisdn']].assign(hour=local.dt.hour)\n"
+    )
+    out = runtime.run(source=source, entrypoint="contributions", params={})
+    # known_cdr() is in UTC; Kigali is UTC+2 all year
+    assert out["hour"].tolist() == [10, 21, 11, 1, 14, 9, 9, 20]
+
+
+def test_an_unknown_time_zone_is_the_algorithms_error(runtime: Runtime) -> None:
+    source = (
+        "def contributions(data, params):\n"
+        "    return data.cdr[['msisdn']].assign(t=data.cdr['timestamp'].dt.tz_convert('Mars/Olympus'))\n"
+    )
+    with pytest.raises(OpalError) as info:
+        runtime.run(source=source, entrypoint="contributions", params={})
+    assert info.value.exit_code == 8
+    assert "ZoneInfoNotFoundError" in str(info.value)
