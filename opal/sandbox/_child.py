@@ -63,7 +63,28 @@ def _algorithm_line(exc: BaseException, filename: str) -> int | None:
     return line
 
 
-def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError:
+def _literal_hint(source: str, line: int | None) -> str | None:
+    """A did-you-mean for a string literal on the failing line that is close
+    to a dataset column (``cdr["duraton_s"]``). Source and schema only."""
+    import ast
+
+    from opal.sandbox import _guards
+
+    if line is None or not source:
+        return None
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.lineno == line:
+            hint = _guards.column_hint(node.value)
+            if hint is not None:
+                return hint
+    return None
+
+
+def _failure(exc: BaseException, *, filename: str, entrypoint: str, source: str = "") -> OpalError:
     from opal.sandbox import _guards
 
     violation = _guards.violation()
@@ -88,6 +109,10 @@ def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError
         )
     hint = _HINTS.get(name)
     text = f"{where}: {entrypoint}() raised {name}"
+    if isinstance(exc, KeyError):
+        column = _literal_hint(source, line)
+        if column is not None:
+            return AlgorithmFailed(f"{text} ({column})")
     return AlgorithmFailed(f"{text} ({hint})" if hint else text)
 
 
@@ -160,7 +185,8 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
     entrypoint = job["entrypoint"]
     try:
         code = compile_algorithm(job["source"], filename=filename, entrypoint=entrypoint)
-        glb = _guards.build_globals(filename=filename, protected=list(tables.values()))
+        schema = {name: [str(c) for c in frame.columns] for name, frame in tables.items()}
+        glb = _guards.build_globals(filename=filename, protected=list(tables.values()), schema=schema)
         data = _guards.make_data(tables)
         params = json.loads(job["params"])
         exec(code, glb)
@@ -178,7 +204,11 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a scrubbed record
         if isinstance(exc, (SystemExit, KeyboardInterrupt)) and _guards.violation() is None:
             return encode_error(AlgorithmFailed(f"{filename}: {entrypoint}() was interrupted"))
-        return encode_error(_failure(exc, filename=filename, entrypoint=entrypoint))
+        try:
+            error = _failure(exc, filename=filename, entrypoint=entrypoint, source=job["source"])
+        except BaseException:  # noqa: BLE001 - e.g. out of memory while explaining
+            error = AlgorithmFailed(f"{filename}: {entrypoint}() failed")
+        return encode_error(error)
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

@@ -21,6 +21,7 @@ the run ends as a policy violation whatever the algorithm does next.
 from __future__ import annotations
 
 import datetime
+import difflib
 import itertools
 import operator
 import sys
@@ -43,8 +44,12 @@ class SandboxDenied(BaseException):
 class JobState:
     """What the guards need to know about the one job running in this process."""
 
-    def __init__(self, *, filename: str, protected: list[Any]) -> None:
+    def __init__(
+        self, *, filename: str, protected: list[Any], schema: dict[str, list[str]] | None = None
+    ) -> None:
         self.filename = filename
+        # the dataset's column names by table (public: the schema), for hints
+        self.schema: dict[str, list[str]] = dict(schema or {})
         self.violation: str | None = None
         self.limit: str | None = None
         self.protected_ids = {id(obj) for obj in protected}
@@ -385,6 +390,9 @@ def guarded_getattr(obj: Any, name: str) -> Any:
     elif isinstance(obj, _TYPES["DataFrameGroupBy"]) and _has_column(obj.obj, name):
         return obj[name]
     else:
+        hint = column_hint(name) if isinstance(obj, (_TYPES["DataFrame"], _TYPES["DataFrameGroupBy"])) else None
+        if hint is not None:
+            raise _deny(f"attribute '{name}' of {tp.__name__} is not allowed: {hint}")
         raise _deny(f"attribute '{name}' of {tp.__name__} is not allowed")
     if not callable(value) or isinstance(value, _TYPES["indexers"]):
         return value
@@ -395,6 +403,21 @@ def guarded_getattr(obj: Any, name: str) -> Any:
     if _TYPES["library_object"](obj):
         return _clock_checked_method(obj, name, value)
     return value
+
+
+def column_hint(name: str, schema: dict[str, list[str]] | None = None) -> str | None:
+    """'column X is not in data.T; did you mean Y?' for a name from the source
+    that is close to a column of the dataset's schema, else None. Only the
+    schema is searched, never a frame the algorithm built (a pivot's columns
+    are data values)."""
+    tables = _STATE.schema if schema is None else schema
+    if not isinstance(name, str) or any(name in columns for columns in tables.values()):
+        return None
+    for table, columns in tables.items():
+        match = difflib.get_close_matches(name, [c for c in columns if isinstance(c, str)], n=1, cutoff=0.6)
+        if match:
+            return f"column '{name}' is not in data.{table}; did you mean {match[0]}?"
+    return None
 
 
 def _has_column(frame: Any, name: str) -> bool:
@@ -715,13 +738,18 @@ def _safe_builtins() -> dict[str, Any]:
     return table
 
 
-def build_globals(*, filename: str, protected: list[Any]) -> dict[str, Any]:
-    """Fresh module globals for one job; resets the per-process guard state."""
+def build_globals(
+    *, filename: str, protected: list[Any], schema: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Fresh module globals for one job; resets the per-process guard state.
+
+    ``schema`` (table -> column names) lets a denial suggest a column.
+    """
     global _STATE
     facades()
     if not _REGISTRY:
         _build_registry()
-    _STATE = JobState(filename=filename, protected=protected)
+    _STATE = JobState(filename=filename, protected=protected, schema=schema)
     glb: dict[str, Any] = {
         "__builtins__": _safe_builtins(),
         "__name__": "algorithm",

@@ -356,7 +356,10 @@ class Zygote:
             {
                 "op": "ready",
                 "layers": self.layers,
-                "tables": {n: {"rows": int(len(f))} for n, f in tables.items()},
+                "tables": {
+                    n: {"rows": int(len(f)), "columns": [str(c) for c in f.columns]}
+                    for n, f in tables.items()
+                },
                 "warm_memory_bytes": self.heap.size if self.heap is not None else 0,
             },
         )
