@@ -142,8 +142,11 @@ def make_data(tables: dict[str, Any]) -> Data:
 # Facade functions that parse their arguments as dates: always checked. Any
 # other facade function or library method is checked when a datetime array,
 # scalar or dtype takes part in the call (a string meeting one may be parsed).
+# (Grouper parses its `origin`; the two classes become plain functions, so
+# isinstance() with them is not available to algorithms.)
 _DATE_PARSERS = frozenset(
-    {"to_datetime", "Timestamp", "date_range", "period_range", "interval_range", "datetime64"}
+    {"to_datetime", "Timestamp", "date_range", "period_range", "interval_range", "datetime64",
+     "Grouper", "DatetimeIndex"}
 )
 
 
