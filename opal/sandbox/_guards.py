@@ -507,17 +507,40 @@ def _plain_value(value: Any) -> bool:
     return value is None or type(value) in (bool, int, float)
 
 
-def _vet_keywords(name: str, kwargs: dict[str, Any]) -> None:
+def _vet_forwarded(value: Any, name: str) -> None:
+    """An argument pandas hands to the function the algorithm named (the
+    function is vetted): values pass, a callable is vetted, and a string is
+    refused only if it could never be an option value (``rank(method="dense")``
+    is fine; ``"__reduce__"`` is not)."""
+    if isinstance(value, str):
+        if value.startswith("_") or value in A.ALWAYS_DENIED:
+            raise _deny(f"{name}() was given a name that is not allowed as an argument")
+        return
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _vet_forwarded(item, name)
+        return
+    if callable(value):
+        _vet_function(value, name)
+
+
+def _vet_keywords(name: str, kwargs: dict[str, Any], *, forwarded: bool) -> None:
+    """Check every keyword: options by type; the rest are forwarded to the
+    named function (``forwarded``) or, when no function was named, pandas'
+    named aggregations, whose values it resolves as names."""
     for key, value in kwargs.items():
         check = _OPTION_TYPES.get(key)
         if check is not None:
             if not check(value):
                 raise _deny(f"{name}({key}=...) got a value that is not an allowed {key} option")
             continue
+        if forwarded:
+            _vet_forwarded(value, name)
+            continue
         if _plain_value(value) or (
             isinstance(value, (tuple, list)) and all(_plain_value(x) for x in value)
         ):
-            continue  # numbers or flags forwarded to the function
+            continue  # numbers or flags
         if isinstance(value, tuple) and len(value) == 2:
             _vet_function(value[1], name)  # named aggregation (column, function)
         else:
@@ -550,17 +573,19 @@ def _vetting_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable
                 if isinstance(first, str):
                     raise _deny(f"{name}() does not accept a name; pass a function or mapping")
                 _vet_function(first, name)
-            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in ("arg", "func", "mapper")})
+            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in ("arg", "func", "mapper")},
+                          forwarded=True)
         else:
             if args:
                 _vet_function(args[0], name)
             for value in args[1:]:
-                # forwarded to the function; a name here is resolved as well
-                if not _plain_value(value):
-                    _vet_function(value, name)
-            for key in _FUNCTION_ARGUMENT & kwargs.keys():
+                _vet_forwarded(value, name)
+            named = [key for key in _FUNCTION_ARGUMENT & kwargs.keys() if kwargs[key] is not None]
+            for key in named:
                 _vet_function(kwargs[key], name)
-            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in _FUNCTION_ARGUMENT})
+            # no function named: pandas reads the keywords as named aggregations
+            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in _FUNCTION_ARGUMENT},
+                          forwarded=bool(args) or bool(named))
         return method(*args, **kwargs)
 
     return checked
