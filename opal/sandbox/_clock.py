@@ -51,15 +51,30 @@ def _is_clock_text(value: Any) -> bool:
     return isinstance(value, str) and len(value) in (3, 5) and str(value) in _SPELLINGS_SET
 
 
-def holds_clock_word(value: Any, depth: int = 0) -> bool:
+def holds_clock_word(value: Any, depth: int = 0, *, arrays: bool = True) -> bool:
     """True if ``value`` (a scalar, container, array, Series, Index or
-    DataFrame) holds a string that numpy or pandas would parse as the clock."""
+    DataFrame) holds a string that numpy or pandas would parse as the clock.
+
+    ``arrays=False`` looks at scalars and Python containers only: what a
+    pandas call coerces from an array goes through the parsers ``install``
+    wrapped, so scanning the array up front would only cost time.
+    """
     if _is_clock_text(value):
         return True
     if depth > _MAX_DEPTH or isinstance(value, (str, bytes, int, float, bool)) or value is None:
         return False
     import numpy as np
     import pandas as pd
+
+    if not arrays:
+        if isinstance(value, dict):
+            return any(holds_clock_word(k, depth + 1, arrays=False) or holds_clock_word(v, depth + 1, arrays=False)
+                       for k, v in value.items())
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return any(holds_clock_word(item, depth + 1, arrays=False) for item in value)
+        if isinstance(value, slice):
+            return any(holds_clock_word(p, depth + 1, arrays=False) for p in (value.start, value.stop, value.step))
+        return False
 
     if isinstance(value, pd.DataFrame):
         return any(holds_clock_word(value.iloc[:, i], depth + 1) for i in range(value.shape[1]))
@@ -120,16 +135,18 @@ def involves_datetimes(value: Any) -> bool:
         return any(is_datetime_spec(level.dtype) for level in value.levels)
     if isinstance(value, pd.DataFrame):
         return any(is_datetime_spec(d) for d in value.dtypes)
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and not isinstance(value, np.generic):
-        return is_datetime_spec(dtype)
+    # not getattr(value, "dtype"): on a SeriesGroupBy that property applies a
+    # function to every group
+    if isinstance(value, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
+        return is_datetime_spec(value.dtype)
     return False
 
 
-def refuse(label: str, *values: Any) -> None:
-    """Raise the sandbox's denial if any of ``values`` holds a clock word."""
+def refuse(label: str, *values: Any, arrays: bool = True) -> None:
+    """Raise the sandbox's denial if any of ``values`` holds a clock word
+    (``arrays``: see ``holds_clock_word``)."""
     for value in values:
-        if holds_clock_word(value):
+        if holds_clock_word(value, arrays=arrays):
             raise _DENY[0](f"{label} was given the word now or today; reading the clock is not allowed")
 
 

@@ -150,6 +150,10 @@ _DATE_PARSERS = frozenset(
 )
 
 
+def _has_datetime_spec(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return any(_clock.is_datetime_spec(v) for v in itertools.chain(args, kwargs.values()))
+
+
 def _touches_datetimes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     for value in itertools.chain(args, kwargs.values()):
         if _clock.involves_datetimes(value) or _clock.is_datetime_spec(value):
@@ -159,12 +163,21 @@ def _touches_datetimes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return False
 
 
-def _clock_checked(label: str, fn: Callable[..., Any], *, always: bool = False) -> Callable[..., Any]:
-    """``fn`` refusing 'now'/'today' wherever a string may become a datetime."""
+def _clock_checked(
+    label: str, fn: Callable[..., Any], *, always: bool = False, arrays: bool = True
+) -> Callable[..., Any]:
+    """``fn`` refusing 'now'/'today' wherever a string may become a datetime.
+
+    ``arrays=False`` (pandas functions that do not parse by themselves):
+    arrays are left to the wrapped pandas parsers unless a datetime dtype is
+    asked for, so concat/merge of large frames are not scanned.
+    """
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if always or _touches_datetimes(args, kwargs):
+        if always or _has_datetime_spec(args, kwargs):
             _clock.refuse(label, args, kwargs)
+        elif _touches_datetimes(args, kwargs):
+            _clock.refuse(label, args, kwargs, arrays=arrays)
         return fn(*args, **kwargs)
 
     checked.__name__ = label.rsplit(".", 1)[-1].rstrip("()")
@@ -174,13 +187,19 @@ def _clock_checked(label: str, fn: Callable[..., Any], *, always: bool = False) 
 def _clock_checked_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """A method of a pandas/numpy object, refusing 'now'/'today' when the
     object, an argument or a target dtype is datetime-like (``ts.fillna("now")``,
-    ``s.astype("datetime64[s]")``, ``a.searchsorted("now")``)."""
+    ``s.astype("datetime64[s]")``, ``a.searchsorted("now")``). numpy converts
+    arrays in C, so an ndarray's arguments are scanned whole; a pandas
+    object's array arguments meet the wrapped parsers."""
     label = f"{name}()"
     self_dates = _clock.involves_datetimes(obj) or _clock.involves_datetimes(getattr(obj, "obj", None))
+    arrays = isinstance(obj, _TYPES["ndarray"])
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if self_dates or _touches_datetimes(args, kwargs):
+        if _has_datetime_spec(args, kwargs):
+            # a conversion: the object itself is what becomes datetimes
             _clock.refuse(label, obj, args, kwargs)
+        elif self_dates or _touches_datetimes(args, kwargs):
+            _clock.refuse(label, args, kwargs, arrays=arrays)
         return method(*args, **kwargs)
 
     checked.__name__ = name
@@ -209,7 +228,7 @@ def _clock_facade(module: str, name: str, value: Any) -> Any:
         return _clock_checked(f"{module}.{name}()", value, always=True)
     if isinstance(value, (type, np.ufunc)) or not callable(value):
         return value
-    return _clock_checked(f"{module}.{name}()", value)
+    return _clock_checked(f"{module}.{name}()", value, arrays=module == "numpy")
 
 
 _FACADES: dict[str, Facade] = {}

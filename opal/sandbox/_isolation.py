@@ -85,7 +85,13 @@ class RunForker:
         self._own: int | None = None
         try:
             self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            # Returning must be possible before leaving: without the privilege
+            # (an unprivileged user namespace) runs share the zygote's PID
+            # namespace and the layer is reported inactive.
+            _check(_libc.setns(self._own, CLONE_NEWPID))
         except OSError:
+            if self._own is not None:
+                os.close(self._own)
             self._own = None
 
     @property
