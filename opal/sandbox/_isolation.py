@@ -56,7 +56,8 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
-_SYS_PIVOT_ROOT = 155  # x86_64; glibc has no wrapper
+# glibc has no pivot_root wrapper; elsewhere the layer is reported inactive
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
 
 
 def _check(result: int) -> None:
@@ -133,6 +134,8 @@ def enter_empty_root(root: str) -> None:
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _mount(b"opal-empty", root.encode(), b"tmpfs", flags, b"size=4k,nr_inodes=1,mode=0555")
     os.chdir(root)
+    if _SYS_PIVOT_ROOT is None:
+        raise OSError(errno.ENOSYS, "pivot_root: unknown system call number on this machine")
     # pivot_root(".", "."): the old root ends up stacked on the new one
     _check(int(_libc.syscall(_SYS_PIVOT_ROOT, b".", b".")))
     _check(_libc.umount2(b".", MNT_DETACH))
