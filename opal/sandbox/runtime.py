@@ -501,7 +501,15 @@ def _vocabulary() -> frozenset[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 words.update(_WORD.findall(node.value))
-    for module in (builtins, types, datetime, numpy, pandas, pdt):
+    import importlib
+
+    # the accessor, groupby and window classes a denial names (StringMethods, ...)
+    internals = [importlib.import_module(name) for name in (
+        "pandas.core.strings.accessor", "pandas.core.indexes.accessors", "pandas.core.resample",
+        "pandas.core.window.rolling", "pandas.core.window.ewm", "pandas.core.window.expanding",
+        "pandas.core.groupby.generic", "pandas.core.arrays.categorical", "pandas.core.indexing",
+    )]
+    for module in (builtins, types, datetime, numpy, pandas, pdt, *internals):
         for value in vars(module).values():
             if isinstance(value, type):
                 words.add(value.__name__)

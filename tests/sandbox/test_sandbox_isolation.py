@@ -182,6 +182,8 @@ def test_trivial_run_is_fast(runtime: Runtime) -> None:
         ("AlgorithmFailed", "algorithm.py:3: contributions() raised ZzSecretRegion", True),
         ("PolicyViolation", "algorithm.py:2: attribute 'zz-secret-region' of DataFrame is not allowed", True),
         ("PolicyViolation", "algorithm.py:2: attribute 'eval' of DataFrame is not allowed", False),
+        ("PolicyViolation", "algorithm.py:2: attribute 'eval' of StringMethods is not allowed", False),
+        ("PolicyViolation", "algorithm.py:2: attribute 'eval' of DatetimeIndexResampler is not allowed", False),
         ("AlgorithmFailed", "algorithm.py:987654321012: contributions() raised KeyError", True),
         ("AlgorithmFailed", "algorithm.py:2: value 987654321012", True),
         ("LimitExceeded", "result exceeds the max_output_rows limit of 20000000 rows", False),
