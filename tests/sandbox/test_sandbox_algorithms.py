@@ -267,3 +267,23 @@ def contributions(data, params):
     out = runtime.run(source=source, entrypoint="contributions", params={})
     assert out["r"].tolist() == [2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
     assert out["n"].tolist() == [3, 1, 3, 1, 1, 3, 3, 1]
+
+
+def test_try_except_finally_still_work(runtime: Runtime) -> None:
+    source = """
+def pick(frame, column):
+    try:
+        return frame[column]
+    except KeyError as missing:
+        return frame["region"]
+    finally:
+        frame = None
+
+
+def contributions(data, params):
+    out = data.cdr[["msisdn"]].copy()
+    out["group"] = pick(data.cdr, "no_such_column").to_numpy()
+    return out
+"""
+    out = runtime.run(source=source, entrypoint="contributions", params={})
+    assert out["group"].tolist()[:3] == ["north", "south", "north"]
