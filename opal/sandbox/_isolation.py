@@ -207,7 +207,7 @@ _DENIED_SYSCALLS = (
 )
 
 
-def _load_seccomp() -> None:
+def _build_filter(pid: int) -> Any:
     sc = _seccomp
     if sc is None:
         raise OSError(errno.ENOSYS, "pyseccomp/libseccomp is not available")
@@ -229,9 +229,27 @@ def _load_seccomp() -> None:
         flt.add_rule(eperm, "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
         flt.add_rule(eperm, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
     # Signals only to itself (pidfd_open and pidfd_send_signal are denied above).
-    pid = os.getpid()
     for name in ("kill", "tgkill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         flt.add_rule(eperm, name, sc.Arg(0, sc.NE, pid))
+    return flt
+
+
+# Filters built ahead, by the pid they let signal: building one costs ~6 ms
+# (rule by rule through libseccomp), loading a built one ~1 ms. Every run in a
+# PID namespace of its own is pid 1, so the zygote builds that one once.
+_PREBUILT: dict[int, Any] = {}
+
+
+def prepare_seccomp(pid: int) -> None:
+    """Build, in the zygote, the filter a child with ``pid`` will load."""
+    _PREBUILT[pid] = _build_filter(pid)
+
+
+def _load_seccomp() -> None:
+    pid = os.getpid()
+    flt = _PREBUILT.get(pid)
+    if flt is None:
+        flt = _build_filter(pid)
     flt.load()
 
 

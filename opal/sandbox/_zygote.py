@@ -322,6 +322,8 @@ class Zygote:
     def start(self, namespaces: dict[str, bool]) -> None:
         config, _ = _protocol.recv(self.sock)
         self.layers = _detect_layers(namespaces, self.control_fd, self.forker)
+        if self.layers["seccomp"] and self.layers["pid_namespace"]:
+            _isolation.prepare_seccomp(1)  # every run is pid 1 of its namespace
         import numpy  # noqa: F401
         import pandas  # noqa: F401
 
