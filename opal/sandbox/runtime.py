@@ -434,7 +434,13 @@ class _RecordReader:
 
             # not bytearray: numpy neither zeroes it first nor faults it in
             # 4 KiB at a time (it asks for huge pages)
-            self.payload = np.empty(max(size - 1, 0), dtype=np.uint8)
+            try:
+                self.payload = np.empty(max(size - 1, 0), dtype=np.uint8)
+            except MemoryError:
+                self.refused = LimitExceeded(
+                    "the worker has no memory for this result; lower max_output_bytes or give the worker more"
+                )
+                return False
             return True
         if self.complete:
             self.trailing = bool(os.read(fd, 1))
