@@ -279,3 +279,20 @@ def test_an_unknown_time_zone_is_the_algorithms_error(runtime: Runtime) -> None:
         runtime.run(source=source, entrypoint="contributions", params={})
     assert info.value.exit_code == 8
     assert "ZoneInfoNotFoundError" in str(info.value)
+
+
+def test_zone_names_that_are_paths_fail_the_same_for_every_path(runtime: Runtime, sandbox_dir: Path) -> None:
+    outcomes = set()
+    for path in ("../../../../etc/passwd", "../../../../etc/nonexistent",
+                 "../../../.." + str(sandbox_dir / "host_secret.txt")):
+        source = (
+            "def contributions(data, params):\n"
+            f"    return data.cdr[['msisdn']].assign(t=data.cdr['timestamp'].dt.tz_convert('{path}'))\n"
+        )
+        try:
+            runtime.run(source=source, entrypoint="contributions", params={})
+            outcomes.add(("released", ""))
+        except OpalError as exc:
+            outcomes.add((type(exc).__name__, str(exc)))
+            assert HOST_SECRET not in str(exc)
+    assert len(outcomes) == 1, outcomes
