@@ -43,6 +43,7 @@ def test_bundle(
     policy: ReleasePolicy | None = None,
 ) -> dict[str, Any]:
     from opal.release import release
+    from opal.release.contributions import declared_columns
     from opal.sandbox import Runtime
 
     bundle = check_bundle(folder)
@@ -53,7 +54,12 @@ def test_bundle(
     policy = policy or default_policy()
     eps = policy.default_epsilon if epsilon is None else epsilon
     with Runtime(tables={schema.name: dataset}) as runtime:
-        contributions = runtime.run(source=bundle.source, entrypoint=bundle.manifest.entrypoint, params=params)
+        contributions = runtime.run(
+            source=bundle.source,
+            entrypoint=bundle.manifest.entrypoint,
+            params=params,
+            columns=declared_columns(bundle.manifest.privacy),
+        )
         getter = getattr(runtime, "units", None)
         if callable(getter):
             units = getter(schema.unit)

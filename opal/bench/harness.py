@@ -299,6 +299,11 @@ def _end_to_end(config: BenchConfig, deployment: Any, ds: BenchDataset, algorith
 # -- small runs ---------------------------------------------------------------------------
 
 
+_TRIVIAL = "def contributions(data, params):\n    return data.cdr[['msisdn']].head(1)\n"
+# issue #15: fork + namespaces + empty root + seccomp must stay within this per run
+FIXED_COST_BUDGET = 0.050
+
+
 def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Algorithm],
                 clock: Stopwatch) -> dict[str, Any]:
     """Latency and throughput of many small runs, and what OPAL adds to each."""
@@ -319,6 +324,13 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
             partial(runtime.run, source=algorithm.bundle.source, entrypoint=algorithm.bundle.manifest.entrypoint,
                     params=algorithm.params),
             reps=n, warmup=1)
+        # the per-run fixed cost: fork, namespaces, empty root, rlimits, seccomp, compile, one tiny result
+        fixed, _ = measure(partial(runtime.run, source=_TRIVIAL, entrypoint="contributions", params={}),
+                           reps=max(n, 20), warmup=2)
+        result["layers"] = sorted(name for name, on in runtime.layers().items() if on)
+    result["fixed_cost"] = fixed.to_dict()
+    clock.say(f"small runs: per-run fixed cost on a warm runtime {_fmt(result['fixed_cost'])} "
+              f"(layers: {', '.join(result['layers'])})")
     gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
                               epsilon=1.0, known_units=units), reps=n)
     result["direct"] = direct.to_dict()

@@ -351,6 +351,8 @@ def _small(results: dict[str, Any]) -> list[str]:
     rows = [
         ["(a) pandas, in process", _span(direct)],
         ["(b) sandbox run", _span(s.get("sandbox"))],
+        ["per-run fixed cost: a trivial algorithm on a warm runtime (fork, PID/IPC/mount namespaces, "
+         "empty root, uid, rlimits, seccomp, compile, result; budget 50 ms)", _span(s.get("fixed_cost"))],
         ["release gate", _span(s.get("gate"))],
         ["(d) end to end, one run at a time", _span(e2e)],
         ["  of which the request (signed, appended to the ledger, queued)", _span(s.get("request"))],
@@ -432,6 +434,12 @@ def _why(results: dict[str, Any]) -> list[str]:
             "groups per unit), noise and suppression."
         )
     s = results.get("small")
+    if s and "fixed_cost" in s:
+        verdict = "within" if s["fixed_cost"]["median"] <= 0.050 else "over"
+        bullets.append(
+            f"- **Sandbox fixed cost per run** (warm runtime, trivial algorithm, layers "
+            f"{', '.join(s.get('layers', []))}): {seconds(s['fixed_cost']['median'])}, {verdict} the 50 ms budget."
+        )
     if s and "end_to_end" in s and "direct" in s:
         fixed = s["end_to_end"]["median"] - s["direct"]["median"]
         bullets.append(

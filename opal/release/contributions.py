@@ -24,6 +24,7 @@ __all__ = [
     "check_finite_values",
     "check_known_units",
     "check_layout",
+    "declared_columns",
     "output_column",
     "unit_keys",
 ]
@@ -36,6 +37,16 @@ class Layout:
     unit: str
     groups: tuple[str, ...]
     value: str | None
+
+
+def declared_columns(privacy: PrivacySpec) -> tuple[str, ...] | None:
+    """The exact columns of the contributions — unit, declared groups, value
+    (sum/mean) — or None when the bundle does not declare its groups. The
+    sandbox checks the table against them while reading it (``Runtime.run``)."""
+    if privacy.groups is None:
+        return None
+    value = () if privacy.aggregation == "count" else (privacy.value_column,)
+    return (privacy.unit, *tuple(privacy.groups), *value)
 
 
 def output_column(privacy: PrivacySpec) -> str:

@@ -8,9 +8,14 @@ Defence in depth, each layer assuming the others fail:
    callables, writes only to the algorithm's own containers;
 3. process isolation (``_isolation``, ``_zygote``): a fresh forked child per
    run with an empty environment, no inherited descriptors, rlimits, an
-   unprivileged uid, seccomp and an empty network namespace;
-4. one output channel: the contributions table as Arrow IPC, capped in rows
-   and bytes; errors carry type and line, never data.
+   unprivileged uid, seccomp, an empty network namespace, its own PID and IPC
+   namespaces and an empty read-only root; no clock (``_clock``);
+4. one output channel: the contributions table as Arrow IPC, checked by the
+   trusted side against the declared columns and the caps on columns, rows,
+   bytes, label length and gate memory before any pandas work; errors carry
+   type and line, never data.
+
+See docs/sandbox.md.
 """
 
 from opal.sandbox.limits import LAYERS, Limits

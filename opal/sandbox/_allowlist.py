@@ -301,7 +301,7 @@ SAFE_BUILTINS: frozenset[str] = _names(
     int isinstance len list map max min next object ord pow range repr reversed round
     set slice sorted str sum tuple zip
     True False None
-    ArithmeticError AssertionError Exception IndexError KeyError LookupError
+    ArithmeticError AssertionError Exception IndexError KeyError LookupError MemoryError
     NotImplementedError OverflowError RuntimeError StopIteration TypeError
     ValueError ZeroDivisionError
     """

@@ -17,8 +17,10 @@ from typing import Any
 
 from opal.errors import AlgorithmFailed, InternalError, LimitExceeded, OpalError, PolicyViolation
 
-__all__ = ["run_job", "execute", "encode_error", "Record", "RECORD_OK", "RECORD_ERROR"]
+__all__ = ["run_job", "execute", "encode_error", "Record", "RECORD_OK", "RECORD_ERROR", "EXIT_MEMORY"]
 
+# The child's exit status when it ran out of memory writing its result.
+EXIT_MEMORY = 5
 RECORD_OK = b"R"
 RECORD_ERROR = b"E"
 # The frame before a record: its length (tag included), then the tag.
@@ -47,6 +49,7 @@ _HINTS: dict[str, str] = {
     "DateParseError": "a date could not be parsed",
     "IntCastingNaNError": "missing values cannot be cast to integer",
     "InvalidIndexError": "an index operation was invalid",
+    "ZoneInfoNotFoundError": "a time zone name is not an IANA zone",
 }
 
 
@@ -60,12 +63,36 @@ def _algorithm_line(exc: BaseException, filename: str) -> int | None:
     return line
 
 
-def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError:
+def _literal_hint(source: str, line: int | None) -> str | None:
+    """A did-you-mean for a string literal on the failing line that is close
+    to a dataset column (``cdr["duraton_s"]``). Source and schema only."""
+    import ast
+
+    from opal.sandbox import _guards
+
+    if line is None or not source:
+        return None
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.lineno == line:
+            hint = _guards.column_hint(node.value)
+            if hint is not None:
+                return hint
+    return None
+
+
+def _failure(exc: BaseException, *, filename: str, entrypoint: str, source: str = "") -> OpalError:
     from opal.sandbox import _guards
 
     violation = _guards.violation()
     if violation is not None:
         return PolicyViolation(violation)
+    limit = _guards.limit_hit()
+    if limit is not None:
+        return LimitExceeded(limit)
     if isinstance(exc, OpalError):
         return exc
     line = _algorithm_line(exc, filename)
@@ -74,12 +101,18 @@ def _failure(exc: BaseException, *, filename: str, entrypoint: str) -> OpalError
         return LimitExceeded(f"{where}: memory limit (memory_bytes) exceeded")
     name = type(exc).__name__
     if isinstance(exc, ImportError):
-        return InternalError(
-            f"{where}: a library needed a module the sandbox did not preload ({name}); "
-            "report this to the OPAL operators"
+        # The algorithm reached a library part that needs the disk (numpy.test
+        # imports pytest): its own doing, not the worker's.
+        return AlgorithmFailed(
+            f"{where}: {entrypoint}() raised {name} (a library feature that is not available "
+            "in the sandbox)"
         )
     hint = _HINTS.get(name)
     text = f"{where}: {entrypoint}() raised {name}"
+    if isinstance(exc, KeyError):
+        column = _literal_hint(source, line)
+        if column is not None:
+            return AlgorithmFailed(f"{text} ({column})")
     return AlgorithmFailed(f"{text} ({hint})" if hint else text)
 
 
@@ -152,7 +185,8 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
     entrypoint = job["entrypoint"]
     try:
         code = compile_algorithm(job["source"], filename=filename, entrypoint=entrypoint)
-        glb = _guards.build_globals(filename=filename, protected=list(tables.values()))
+        schema = {name: [str(c) for c in frame.columns] for name, frame in tables.items()}
+        glb = _guards.build_globals(filename=filename, protected=list(tables.values()), schema=schema)
         data = _guards.make_data(tables)
         params = json.loads(job["params"])
         exec(code, glb)
@@ -163,11 +197,18 @@ def execute(job: dict[str, Any], tables: dict[str, Any]) -> Record:
         violation = _guards.violation()
         if violation is not None:
             raise PolicyViolation(violation)
+        limit = _guards.limit_hit()
+        if limit is not None:
+            raise LimitExceeded(limit)
         return _serialize(result, job["limits"], entrypoint=entrypoint)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a scrubbed record
         if isinstance(exc, (SystemExit, KeyboardInterrupt)) and _guards.violation() is None:
             return encode_error(AlgorithmFailed(f"{filename}: {entrypoint}() was interrupted"))
-        return encode_error(_failure(exc, filename=filename, entrypoint=entrypoint))
+        try:
+            error = _failure(exc, filename=filename, entrypoint=entrypoint, source=job["source"])
+        except BaseException:  # noqa: BLE001 - e.g. out of memory while explaining
+            error = AlgorithmFailed(f"{filename}: {entrypoint}() failed")
+        return encode_error(error)
 
 
 def _write_all(fd: int, *parts: bytes) -> None:
@@ -204,6 +245,8 @@ def run_job(job: dict[str, Any], tables: dict[str, Any], result_fd: int, layers:
                 payload.write_to(out)
         else:
             _write_all(result_fd, FRAME.pack(1 + len(payload), tag), payload)
+    except MemoryError:
+        return EXIT_MEMORY
     except (OSError, pa.ArrowException):
         return 3
     return 0

@@ -21,6 +21,8 @@ the run ends as a policy violation whatever the algorithm does next.
 from __future__ import annotations
 
 import datetime
+import difflib
+import itertools
 import operator
 import sys
 import types
@@ -30,6 +32,7 @@ from typing import Any
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 from opal.sandbox import _allowlist as A
+from opal.sandbox import _clock
 
 __all__ = ["SandboxDenied", "JobState", "build_globals", "facades", "make_data"]
 
@@ -41,9 +44,14 @@ class SandboxDenied(BaseException):
 class JobState:
     """What the guards need to know about the one job running in this process."""
 
-    def __init__(self, *, filename: str, protected: list[Any]) -> None:
+    def __init__(
+        self, *, filename: str, protected: list[Any], schema: dict[str, list[str]] | None = None
+    ) -> None:
         self.filename = filename
+        # the dataset's column names by table (public: the schema), for hints
+        self.schema: dict[str, list[str]] = dict(schema or {})
         self.violation: str | None = None
+        self.limit: str | None = None
         self.protected_ids = {id(obj) for obj in protected}
         self.algorithm_globals: dict[str, Any] = {}
 
@@ -131,24 +139,70 @@ def make_data(tables: dict[str, Any]) -> Data:
     return Data(tables)
 
 
-_CLOCK_WORDS = frozenset({"now", "today", "utcnow"})
+# Facade functions that parse their arguments as dates: always checked. Any
+# other facade function or library method is checked when a datetime array,
+# scalar or dtype takes part in the call (a string meeting one may be parsed).
+# (Grouper parses its `origin`; the two classes become plain functions, so
+# isinstance() with them is not available to algorithms.)
+_DATE_PARSERS = frozenset(
+    {"to_datetime", "Timestamp", "date_range", "period_range", "interval_range", "datetime64",
+     "Grouper", "DatetimeIndex"}
+)
 
 
-def _reject_clock(label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    values = list(args) + list(kwargs.values())
-    for value in values:
-        items = value if isinstance(value, (list, tuple)) else (value,)
-        for item in items:
-            if isinstance(item, str) and item.strip().lower() in _CLOCK_WORDS:
-                raise _deny(f"{label}() was asked to read the clock, which is not allowed")
+def _has_datetime_spec(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return any(_clock.is_datetime_spec(v) for v in itertools.chain(args, kwargs.values()))
 
 
-def _clock_checked(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _touches_datetimes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for value in itertools.chain(args, kwargs.values()):
+        if _clock.involves_datetimes(value) or _clock.is_datetime_spec(value):
+            return True
+        if isinstance(value, (list, tuple)) and any(_clock.involves_datetimes(v) for v in value[:64]):
+            return True
+    return False
+
+
+def _clock_checked(
+    label: str, fn: Callable[..., Any], *, always: bool = False, arrays: bool = True
+) -> Callable[..., Any]:
+    """``fn`` refusing 'now'/'today' wherever a string may become a datetime.
+
+    ``arrays=False`` (pandas functions that do not parse by themselves):
+    arrays are left to the wrapped pandas parsers unless a datetime dtype is
+    asked for, so concat/merge of large frames are not scanned.
+    """
+
     def checked(*args: Any, **kwargs: Any) -> Any:
-        _reject_clock(label, args, kwargs)
+        if always or _has_datetime_spec(args, kwargs):
+            _clock.refuse(label, args, kwargs)
+        elif _touches_datetimes(args, kwargs):
+            _clock.refuse(label, args, kwargs, arrays=arrays)
         return fn(*args, **kwargs)
 
-    checked.__name__ = label.rsplit(".", 1)[-1]
+    checked.__name__ = label.rsplit(".", 1)[-1].rstrip("()")
+    return checked
+
+
+def _clock_checked_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """A method of a pandas/numpy object, refusing 'now'/'today' when the
+    object, an argument or a target dtype is datetime-like (``ts.fillna("now")``,
+    ``s.astype("datetime64[s]")``, ``a.searchsorted("now")``). numpy converts
+    arrays in C, so an ndarray's arguments are scanned whole; a pandas
+    object's array arguments meet the wrapped parsers."""
+    label = f"{name}()"
+    self_dates = _clock.involves_datetimes(obj) or _clock.involves_datetimes(getattr(obj, "obj", None))
+    arrays = isinstance(obj, _TYPES["ndarray"])
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if _has_datetime_spec(args, kwargs):
+            # a conversion: the object itself is what becomes datetimes
+            _clock.refuse(label, obj, args, kwargs)
+        elif self_dates or _touches_datetimes(args, kwargs):
+            _clock.refuse(label, args, kwargs, arrays=arrays)
+        return method(*args, **kwargs)
+
+    checked.__name__ = name
     return checked
 
 
@@ -160,8 +214,21 @@ def _aggfunc_checked(label: str, fn: Callable[..., Any], position: int) -> Calla
             _vet_function(args[position], label)
         return fn(*args, **kwargs)
 
-    checked.__name__ = label.rsplit(".", 1)[-1]
+    checked.__name__ = label.rsplit(".", 1)[-1].rstrip("()")
     return checked
+
+
+def _clock_facade(module: str, name: str, value: Any) -> Any:
+    """Facade members that can turn a string into a datetime, clock-checked.
+    Classes stay classes (``isinstance`` works) except the two that parse a
+    string themselves; ufuncs have no string-to-datetime loop."""
+    import numpy as np
+
+    if name in _DATE_PARSERS:
+        return _clock_checked(f"{module}.{name}()", value, always=True)
+    if isinstance(value, (type, np.ufunc)) or not callable(value):
+        return value
+    return _clock_checked(f"{module}.{name}()", value, arrays=module == "numpy")
 
 
 _FACADES: dict[str, Facade] = {}
@@ -183,12 +250,9 @@ def facades() -> dict[str, Facade]:
     import numpy as np
     import pandas as pd
 
-    numpy_members = {name: getattr(np, name) for name in A.NUMPY_FACADE}
-    numpy_members["datetime64"] = _clock_checked("numpy.datetime64", np.datetime64)
-
-    pandas_members = {name: getattr(pd, name) for name in A.PANDAS_FACADE}
-    for name in ("to_datetime", "Timestamp", "date_range", "period_range"):
-        pandas_members[name] = _clock_checked(f"pandas.{name}", getattr(pd, name))
+    _clock.install(_deny)
+    numpy_members = {name: _clock_facade("numpy", name, getattr(np, name)) for name in A.NUMPY_FACADE}
+    pandas_members = {name: _clock_facade("pandas", name, getattr(pd, name)) for name in A.PANDAS_FACADE}
     pandas_members["pivot_table"] = _aggfunc_checked("pivot_table", pd.pivot_table, 4)
     pandas_members["crosstab"] = _aggfunc_checked("crosstab", pd.crosstab, 5)
 
@@ -280,6 +344,7 @@ def _build_registry() -> None:
         NamedAgg=pd.NamedAgg,
         indexers=(_LocIndexer, _iLocIndexer, _AtIndexer, _iAtIndexer),
         ndarray=np.ndarray,
+        library_object=lambda obj: type(obj).__module__.split(".", 1)[0] in ("pandas", "numpy"),
     )
 
 
@@ -347,14 +412,34 @@ def guarded_getattr(obj: Any, name: str) -> Any:
     elif isinstance(obj, _TYPES["DataFrameGroupBy"]) and _has_column(obj.obj, name):
         return obj[name]
     else:
+        hint = column_hint(name) if isinstance(obj, (_TYPES["DataFrame"], _TYPES["DataFrameGroupBy"])) else None
+        if hint is not None:
+            raise _deny(f"attribute '{name}' of {tp.__name__} is not allowed: {hint}")
         raise _deny(f"attribute '{name}' of {tp.__name__} is not allowed")
     if not callable(value) or isinstance(value, _TYPES["indexers"]):
         return value
     if name in A.CALLABLE_TAKING:
-        return _vetting_method(obj, name, value)
-    if id(obj) in _STATE.protected_ids:
-        return _read_only_method(tp.__name__, name, value)
+        value = _vetting_method(obj, name, value)
+    elif id(obj) in _STATE.protected_ids:
+        value = _read_only_method(tp.__name__, name, value)
+    if _TYPES["library_object"](obj):
+        return _clock_checked_method(obj, name, value)
     return value
+
+
+def column_hint(name: str, schema: dict[str, list[str]] | None = None) -> str | None:
+    """'column X is not in data.T; did you mean Y?' for a name from the source
+    that is close to a column of the dataset's schema, else None. Only the
+    schema is searched, never a frame the algorithm built (a pivot's columns
+    are data values)."""
+    tables = _STATE.schema if schema is None else schema
+    if not isinstance(name, str) or any(name in columns for columns in tables.values()):
+        return None
+    for table, columns in tables.items():
+        match = difflib.get_close_matches(name, [c for c in columns if isinstance(c, str)], n=1, cutoff=0.6)
+        if match:
+            return f"column '{name}' is not in data.{table}; did you mean {match[0]}?"
+    return None
 
 
 def _has_column(frame: Any, name: str) -> bool:
@@ -413,7 +498,72 @@ def _vet_function(value: Any, where: str) -> None:
     )
 
 
-_NAMED_AGG_SKIP = frozenset({"axis", "engine", "engine_kwargs", "numeric_only"})
+# Options of agg/aggregate/transform/apply that are not functions: each value
+# must have the option's own plain type. Any other keyword is a named
+# aggregation or an argument forwarded to the function, and pandas resolves a
+# string or (column, name) tuple there with getattr: those are vetted as
+# functions. (DataFrame.agg has no `numeric_only` or `engine_kwargs`
+# parameter, so pandas reads `numeric_only=("c", "__reduce__")` as a named
+# aggregation: names alone decide nothing.)
+_OPTION_TYPES: dict[str, Callable[[Any], bool]] = {
+    "axis": lambda v: v in (0, 1, "index", "columns", "rows"),
+    "engine": lambda v: v in (None, "python", "cython"),
+    "engine_kwargs": lambda v: v is None,
+    "numeric_only": lambda v: type(v) is bool,
+    "raw": lambda v: type(v) is bool,
+    "include_groups": lambda v: type(v) is bool,
+    "dropna": lambda v: type(v) is bool,
+    "convert_dtype": lambda v: type(v) is bool,
+    "result_type": lambda v: v in (None, "expand", "reduce", "broadcast"),
+    "by_row": lambda v: v in (False, "compat"),
+    "na_action": lambda v: v in (None, "ignore"),
+    "args": lambda v: type(v) is tuple and all(_plain_value(x) for x in v),
+}
+_FUNCTION_ARGUMENT = frozenset({"func", "arg", "aggfunc"})
+
+
+def _plain_value(value: Any) -> bool:
+    return value is None or type(value) in (bool, int, float)
+
+
+def _vet_forwarded(value: Any, name: str) -> None:
+    """An argument pandas hands to the function the algorithm named (the
+    function is vetted): values pass, a callable is vetted, and a string is
+    refused only if it could never be an option value (``rank(method="dense")``
+    is fine; ``"__reduce__"`` is not)."""
+    if isinstance(value, str):
+        if value.startswith("_") or value in A.ALWAYS_DENIED:
+            raise _deny(f"{name}() was given a name that is not allowed as an argument")
+        return
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _vet_forwarded(item, name)
+        return
+    if callable(value):
+        _vet_function(value, name)
+
+
+def _vet_keywords(name: str, kwargs: dict[str, Any], *, forwarded: bool) -> None:
+    """Check every keyword: options by type; the rest are forwarded to the
+    named function (``forwarded``) or, when no function was named, pandas'
+    named aggregations, whose values it resolves as names."""
+    for key, value in kwargs.items():
+        check = _OPTION_TYPES.get(key)
+        if check is not None:
+            if not check(value):
+                raise _deny(f"{name}({key}=...) got a value that is not an allowed {key} option")
+            continue
+        if forwarded:
+            _vet_forwarded(value, name)
+            continue
+        if _plain_value(value) or (
+            isinstance(value, (tuple, list)) and all(_plain_value(x) for x in value)
+        ):
+            continue  # numbers or flags
+        if isinstance(value, tuple) and len(value) == 2:
+            _vet_function(value[1], name)  # named aggregation (column, function)
+        else:
+            _vet_function(value, name)
 
 
 def _vetting_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -422,8 +572,6 @@ def _vetting_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable
         return _maybe_read_only(obj, name, method)
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("engine") not in (None, "python", "cython"):
-            raise _deny(f"{name}(engine=...) is not allowed")
         if id(obj) in _STATE.protected_ids and kwargs.get("inplace"):
             raise _deny(f"{name}(inplace=True) would modify the read-only input data")
         if name == "pivot_table":
@@ -431,6 +579,8 @@ def _vetting_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable
                 _vet_function(kwargs["aggfunc"], name)
             if len(args) > 3:
                 _vet_function(args[3], name)
+            if kwargs.get("engine") not in (None, "python", "cython"):
+                raise _deny(f"{name}(engine=...) is not allowed")
         elif name == "combine":
             if len(args) > 1:
                 _vet_function(args[1], name)
@@ -442,21 +592,19 @@ def _vetting_method(obj: Any, name: str, method: Callable[..., Any]) -> Callable
                 if isinstance(first, str):
                     raise _deny(f"{name}() does not accept a name; pass a function or mapping")
                 _vet_function(first, name)
+            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in ("arg", "func", "mapper")},
+                          forwarded=True)
         else:
             if args:
                 _vet_function(args[0], name)
-            if "func" in kwargs:
-                _vet_function(kwargs["func"], name)
-            if name in ("agg", "aggregate"):
-                for key, value in kwargs.items():
-                    if key in _NAMED_AGG_SKIP or key == "func":
-                        continue
-                    if isinstance(value, _TYPES["NamedAgg"]):
-                        _vet_function(value.aggfunc, name)
-                    elif isinstance(value, tuple) and len(value) == 2:
-                        _vet_function(value[1], name)
-                    elif isinstance(value, (str, types.FunctionType)) or callable(value):
-                        _vet_function(value, name)
+            for value in args[1:]:
+                _vet_forwarded(value, name)
+            named = [key for key in _FUNCTION_ARGUMENT & kwargs.keys() if kwargs[key] is not None]
+            for key in named:
+                _vet_function(kwargs[key], name)
+            # no function named: pandas reads the keywords as named aggregations
+            _vet_keywords(name, {k: v for k, v in kwargs.items() if k not in _FUNCTION_ARGUMENT},
+                          forwarded=bool(args) or bool(named))
         return method(*args, **kwargs)
 
     return checked
@@ -483,7 +631,13 @@ class _WriteProxy:
         object.__setattr__(self, "_attrs", attrs)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._target[key] = value
+        target = self._target
+        if _clock.holds_clock_word(value) and (
+            _clock.involves_datetimes(target) or _clock.involves_datetimes(getattr(target, "obj", None))
+        ):
+            # a[0] = "now" on a datetime array parses the clock
+            raise _deny("assigning the word now or today to datetimes reads the clock, which is not allowed")
+        target[key] = value
 
     def __delitem__(self, key: Any) -> None:
         del self._target[key]
@@ -587,6 +741,35 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
     return fn(x, y)
 
 
+def _caught(in_finally: bool) -> None:
+    """First statement of every except/finally block of the algorithm.
+
+    Resource limits stick: once a MemoryError was raised the run ends as a
+    limit hit even if the algorithm catches it (or `finally: return`s over
+    it). A denial caught by a bare ``except:`` is raised again.
+    """
+    exc = sys.exc_info()[1]
+    if isinstance(exc, MemoryError):
+        line = _algorithm_line()
+        where = f"{_STATE.filename}:{line}" if line is not None else _STATE.filename
+        if _STATE.limit is None:
+            _STATE.limit = f"{where}: memory limit (memory_bytes) exceeded"
+        if not in_finally:
+            raise exc
+    if isinstance(exc, SandboxDenied) and not in_finally:
+        raise exc
+
+
+def _guarded_getitem(obj: Any, key: Any) -> Any:
+    # df.set_index("timestamp").loc["now"] parses the key against a DatetimeIndex
+    if isinstance(key, (str, bytes, slice, tuple)) and _clock.holds_clock_word(key):
+        target = getattr(obj, "obj", obj)
+        index = getattr(target, "index", None)
+        if _clock.involves_datetimes(index) or _clock.involves_datetimes(target):
+            raise _deny("indexing datetimes with the word now or today reads the clock, which is not allowed")
+    return obj[key]
+
+
 def _apply(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
@@ -602,18 +785,24 @@ def _safe_builtins() -> dict[str, Any]:
     return table
 
 
-def build_globals(*, filename: str, protected: list[Any]) -> dict[str, Any]:
-    """Fresh module globals for one job; resets the per-process guard state."""
+def build_globals(
+    *, filename: str, protected: list[Any], schema: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Fresh module globals for one job; resets the per-process guard state.
+
+    ``schema`` (table -> column names) lets a denial suggest a column.
+    """
     global _STATE
     facades()
     if not _REGISTRY:
         _build_registry()
-    _STATE = JobState(filename=filename, protected=protected)
+    _STATE = JobState(filename=filename, protected=protected, schema=schema)
     glb: dict[str, Any] = {
         "__builtins__": _safe_builtins(),
         "__name__": "algorithm",
         "_getattr_": guarded_getattr,
-        "_getitem_": operator.getitem,
+        "_getitem_": _guarded_getitem,
+        "_caught_": _caught,
         "_getiter_": iter,
         "_write_": guarded_write,
         "_print_": _DiscardPrint,
@@ -629,3 +818,8 @@ def build_globals(*, filename: str, protected: list[Any]) -> dict[str, Any]:
 def violation() -> str | None:
     """The first rule the current job hit, if any."""
     return _STATE.violation
+
+
+def limit_hit() -> str | None:
+    """The resource limit the current job hit, even if it caught the error."""
+    return _STATE.limit

@@ -149,6 +149,41 @@ def _preload_modules() -> None:
     del pandas
 
 
+def _preload_time_zones() -> None:
+    """Serve every IANA time zone from memory (about 0.7 MB, 15 ms): a run's
+    root is empty, and ``tz_convert("Africa/Kigali")`` must still work.
+
+    zoneinfo (C and pure-Python alike) falls back to
+    ``zoneinfo._common.load_tzdata`` when no directory of its search path has
+    the zone; the search path is emptied and that loader answers from here.
+    """
+    import io
+    import zoneinfo
+    from zoneinfo import _common, _tzpath
+
+    zones: dict[str, bytes] = {}
+    for key in sorted(zoneinfo.available_timezones()):
+        path = _tzpath.find_tzfile(key)
+        try:
+            if path is not None:
+                with open(path, "rb") as fh:
+                    zones[key] = fh.read()
+            else:
+                with _common.load_tzdata(key) as fh:
+                    zones[key] = fh.read()
+        except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+            continue
+
+    def load_tzdata(key: str) -> io.BytesIO:
+        try:
+            return io.BytesIO(zones[key])
+        except (KeyError, TypeError):
+            raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {key}") from None
+
+    _common.load_tzdata = load_tzdata  # type: ignore[assignment]  # same contract, a BytesIO
+    zoneinfo.reset_tzpath(to=[])
+
+
 def _make_read_only(frame: Any) -> None:
     for block in frame._mgr.blocks:
         values = getattr(block, "values", None)
@@ -213,6 +248,34 @@ def _seccomp_works() -> bool:
     return False
 
 
+def _pid_namespace_works(forker: _isolation.RunForker) -> bool:
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = forker.fork(pid_namespace=True)
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return False
+    if pid == 0:
+        os.write(write_fd, b"1" if os.getpid() == 1 else b"0")
+        os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 1)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return answer == b"1"
+
+
+def _ipc_namespace_works() -> bool:
+    _isolation._unshare(_isolation.CLONE_NEWIPC)
+    return True
+
+
+def _empty_root_works() -> bool:
+    _isolation.enter_empty_root(os.getcwd())
+    return os.listdir("/") == [] and not os.path.exists("/proc") and not os.path.exists("/etc")
+
+
 def _privilege_drop_works() -> bool:
     os.setgroups([])
     os.setresgid(_isolation.NOBODY, _isolation.NOBODY, _isolation.NOBODY)
@@ -220,24 +283,29 @@ def _privilege_drop_works() -> bool:
     return os.geteuid() != 0
 
 
-def _clean_environment(control_fd: int) -> bool:
+def _clean_environment(control_fd: int, forker: _isolation.RunForker) -> bool:
     if not set(os.environ) <= ALLOWED_ENV:
         return False
     if any(Path.cwd().iterdir()):
         return False
     fds = {int(name) for name in os.listdir("/proc/self/fd")}
     # 0-2 are /dev/null, control_fd is the socket; listdir itself holds one fd
-    return len(fds - {0, 1, 2, control_fd}) <= 1
+    return len(fds - {0, 1, 2, control_fd, forker.fd}) <= 1
 
 
-def _detect_layers(namespaces: dict[str, bool], control_fd: int) -> dict[str, bool]:
+def _detect_layers(
+    namespaces: dict[str, bool], control_fd: int, forker: _isolation.RunForker
+) -> dict[str, bool]:
     layers = {
         "restricted_python": True,
-        "clean_environment": _clean_environment(control_fd),
+        "clean_environment": _clean_environment(control_fd, forker),
         "rlimits": True,
         "seccomp": _isolation.seccomp_available() and _probe(_seccomp_works),
         "network_namespace": namespaces.get("network_namespace", False),
         "unprivileged_user": os.geteuid() != 0 or _probe(_privilege_drop_works),
+        "ipc_namespace": _probe(_ipc_namespace_works),
+        "pid_namespace": _pid_namespace_works(forker),
+        "empty_filesystem": _probe(_empty_root_works),
     }
     return layers
 
@@ -249,10 +317,13 @@ class Zygote:
         self.tables: dict[str, Any] = {}
         self.layers: dict[str, bool] = {}
         self.heap: _warm.WarmHeap | None = None
+        self.forker = _isolation.RunForker()
 
     def start(self, namespaces: dict[str, bool]) -> None:
         config, _ = _protocol.recv(self.sock)
-        self.layers = _detect_layers(namespaces, self.control_fd)
+        self.layers = _detect_layers(namespaces, self.control_fd, self.forker)
+        if self.layers["seccomp"] and self.layers["pid_namespace"]:
+            _isolation.prepare_seccomp(1)  # every run is pid 1 of its namespace
         import numpy  # noqa: F401
         import pandas  # noqa: F401
 
@@ -260,6 +331,7 @@ class Zygote:
 
         _guards.facades()
         _preload_modules()
+        _preload_time_zones()
         tables: dict[str, Any] = {}
         for name, path in config["tables"].items():
             tables[name] = _load_table(path)
@@ -286,7 +358,10 @@ class Zygote:
             {
                 "op": "ready",
                 "layers": self.layers,
-                "tables": {n: {"rows": int(len(f))} for n, f in tables.items()},
+                "tables": {
+                    n: {"rows": int(len(f)), "columns": [str(c) for c in f.columns]}
+                    for n, f in tables.items()
+                },
                 "warm_memory_bytes": self.heap.size if self.heap is not None else 0,
             },
         )
@@ -360,10 +435,11 @@ class Zygote:
         started = time.monotonic()
         reserved = self.heap.reserve() if self.heap is not None else 0
         job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
-        pid = os.fork()
+        pid = self.forker.fork(pid_namespace=self.layers.get("pid_namespace", False))
         if pid == 0:
             code = 1
             try:
+                self.forker.close_in_child()
                 code = _child.run_job(job, self.tables, result_fd, self.layers)
             finally:
                 os._exit(code)

@@ -18,6 +18,9 @@ LAYERS: tuple[str, ...] = (
     "seccomp",  # no sockets, no exec/fork, no file writes (pyseccomp)
     "network_namespace",  # empty network namespace: no interfaces at all
     "unprivileged_user",  # the child runs as an unprivileged uid (nobody)
+    "ipc_namespace",  # a fresh IPC namespace per run: no earlier run's segments
+    "pid_namespace",  # each run is process 1 of its own PID namespace
+    "empty_filesystem",  # each run's root is an empty read-only tmpfs: no host path
 )
 
 
@@ -31,6 +34,12 @@ class Limits:
     memory_bytes: int = 6 * 2**30
     max_output_rows: int = 20_000_000
     max_output_bytes: int = 1 * 2**30
+    # Caps the trusted side applies to the contributions table while it reads
+    # it from the pipe, before any pandas work (issue #15): columns, the byte
+    # length of any text label, and the memory the worker may spend on it.
+    max_output_columns: int = 32
+    max_label_bytes: int = 256
+    gate_memory_bytes: int = 4 * 2**30
     max_open_files: int = 64
     max_threads: int = 64
     # Memory the zygote keeps touched and hands to each child (opal/sandbox/_warm.py);

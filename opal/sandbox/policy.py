@@ -25,6 +25,8 @@ from opal.sandbox._allowlist import FACADES
 __all__ = ["check_source", "compile_algorithm"]
 
 MAX_SOURCE_BYTES = 1_000_000
+# Called first in every except/finally block (opal.sandbox._guards supplies it).
+CAUGHT_GUARD = "_caught_"
 
 
 # Builtins that reach objects, names or code the guards cannot see; they are
@@ -70,6 +72,21 @@ class _OpalPolicy(RestrictingNodeTransformer):
         self.error(node, "'global' statements are not allowed")
         return node
 
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
+        # A handler first hands the exception to the guards: a MemoryError or
+        # a sandbox denial ends the run whatever the handler does next.
+        visited = super().visit_ExceptHandler(node)
+        if isinstance(visited, ast.ExceptHandler):
+            visited.body.insert(0, _caught_call(visited, in_finally=False))
+        return visited
+
+    def visit_Try(self, node: ast.Try) -> Any:
+        # `finally: return x` swallows an exception without any handler
+        visited = super().visit_Try(node)
+        if isinstance(visited, ast.Try) and visited.finalbody:
+            visited.finalbody.insert(0, _caught_call(visited.finalbody[0], in_finally=True))
+        return visited
+
     def visit_TryStar(self, node: ast.AST) -> Any:
         # except* hands out ExceptionGroup objects built outside the guards.
         self.error(node, "'try/except*' is not allowed")
@@ -92,6 +109,17 @@ class _OpalPolicy(RestrictingNodeTransformer):
                         node, f"'{alias.name}' is not an allowed member of the {module} facade"
                     )
         return super().visit_ImportFrom(node)
+
+
+def _caught_call(where: ast.AST, *, in_finally: bool) -> ast.stmt:
+    call = ast.Expr(
+        ast.Call(
+            func=ast.Name(id=CAUGHT_GUARD, ctx=ast.Load()),
+            args=[ast.Constant(value=in_finally)],
+            keywords=[],
+        )
+    )
+    return ast.fix_missing_locations(ast.copy_location(call, where))
 
 
 def _import_message(name: str) -> str:

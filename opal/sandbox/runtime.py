@@ -35,10 +35,11 @@ from opal.errors import (
     LimitExceeded,
     OpalError,
     PolicyViolation,
+    ReleaseRefused,
     error_from_dict,
 )
 from opal.sandbox import _protocol
-from opal.sandbox._child import FRAME, RECORD_ERROR, RECORD_OK
+from opal.sandbox._child import EXIT_MEMORY, FRAME, RECORD_ERROR, RECORD_OK
 from opal.sandbox.limits import LAYERS, Limits
 from opal.sandbox.policy import check_source
 
@@ -106,6 +107,7 @@ class Runtime:
         self._workdir: str | None = None
         self._layers: dict[str, bool] = {}
         self.table_rows: dict[str, int] = {}
+        self.table_columns: dict[str, list[str]] = {}
         self.warm_memory_bytes = 0
         self._units_cache: dict[tuple[str, str], Any] = {}
         self._owner = os.getpid()
@@ -172,6 +174,8 @@ class Runtime:
             )
         self._layers = {name: bool(message["layers"].get(name)) for name in LAYERS}
         self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
+        # the dataset's schema (public): words a child's column hint may use
+        self.table_columns = {n: [str(c) for c in v.get("columns", [])] for n, v in message["tables"].items()}
         self.warm_memory_bytes = int(message.get("warm_memory_bytes", 0))
 
     def _ensure_started(self) -> None:
@@ -299,10 +303,18 @@ class Runtime:
         params: dict[str, Any],
         filename: str = "algorithm.py",
         limits: Limits | None = None,
+        columns: tuple[str, ...] | None = None,
     ) -> Any:
         """Run one algorithm in a fresh child and return its contributions table.
 
+        ``columns`` are the names the contributions must have, exactly (the
+        bundle's unit, group columns and value, when declared). The table is
+        checked against them and against the limits' caps on columns, rows,
+        bytes and label length while it is read, before any pandas work.
+
         Raises:
+            ReleaseRefused: the table does not have the declared columns or
+                holds a column type contributions cannot have (exit 3).
             PolicyViolation: the code broke the sandbox policy (exit 4).
             LimitExceeded: a resource limit was hit; the message names it (exit 5).
             AlgorithmFailed: the algorithm raised; type and line only (exit 8).
@@ -322,12 +334,13 @@ class Runtime:
             "params": params_json,
             "limits": limits.to_dict(),
         }
+        expected = _check_expected(columns)
         with self._lock:
             self._ensure_started()
             _require(self._layers, limits.require_layers)
-            return self._run_locked(job, limits)
+            return self._run_locked(job, limits, expected)
 
-    def _run_locked(self, job: dict[str, Any], limits: Limits) -> Any:
+    def _run_locked(self, job: dict[str, Any], limits: Limits, columns: tuple[str, ...] | None) -> Any:
         assert self._sock is not None
         read_fd, write_fd = os.pipe()
         try:
@@ -342,7 +355,7 @@ class Runtime:
             fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:
             pass  # a smaller pipe is only slower
-        reader = _RecordReader(cap=limits.max_output_bytes + 2**20)
+        reader = _RecordReader(cap=limits.max_output_bytes + 2**20, shape=_Shape(columns, limits))
         deadline = time.monotonic() + limits.wall_seconds + _BACKSTOP_SECONDS
         status: dict[str, Any] | None = None
         selector = selectors.DefaultSelector()
@@ -379,7 +392,9 @@ class Runtime:
             selector.close()
             if read_fd >= 0:
                 os.close(read_fd)
-        return _outcome(reader, status, limits, source=job["source"], filename=job["filename"])
+        schema_words = frozenset(self.table_columns) | {c for cs in self.table_columns.values() for c in cs}
+        return _outcome(reader, status, limits, source=job["source"], filename=job["filename"],
+                        schema_words=schema_words)
 
 
 class _RecordReader:
@@ -387,8 +402,10 @@ class _RecordReader:
     from its frame, so a large table is copied once on the way in; refuses a
     record over ``cap`` bytes and anything after the record."""
 
-    def __init__(self, *, cap: int) -> None:
+    def __init__(self, *, cap: int, shape: _Shape | None = None) -> None:
         self.cap = cap
+        self.shape = shape
+        self.refused: OpalError | None = None
         self.head = bytearray()
         self.tag = b""
         self.payload: Any = None
@@ -417,13 +434,26 @@ class _RecordReader:
 
             # not bytearray: numpy neither zeroes it first nor faults it in
             # 4 KiB at a time (it asks for huge pages)
-            self.payload = np.empty(max(size - 1, 0), dtype=np.uint8)
+            try:
+                self.payload = np.empty(max(size - 1, 0), dtype=np.uint8)
+            except MemoryError:
+                self.refused = LimitExceeded(
+                    "the worker has no memory for this result; lower max_output_bytes or give the worker more"
+                )
+                return False
             return True
         if self.complete:
             self.trailing = bool(os.read(fd, 1))
             return False
         read = os.readv(fd, [memoryview(self.payload)[self.filled :]])
         self.filled += read
+        if self.shape is not None and self.tag == RECORD_OK and not self.shape.schema_checked:
+            # the schema leads the stream: refuse a wrong shape before the rest arrives
+            try:
+                self.shape.check_schema_prefix(self.payload, self.filled)
+            except OpalError as exc:
+                self.refused = exc
+                return False
         return read > 0
 
 
@@ -440,7 +470,8 @@ def _known_exception_names() -> frozenset[str]:
 
     names.update(n for n, v in vars(pandas.errors).items() if isinstance(v, type))
     names.update({"ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError", "AxisError",
-                  "DTypePromotionError", "ArrowIndexError", "ArrowKeyError"})
+                  "DTypePromotionError", "ArrowIndexError", "ArrowKeyError",
+                  "ZoneInfoNotFoundError"})
     return frozenset(names)
 
 
@@ -476,7 +507,15 @@ def _vocabulary() -> frozenset[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 words.update(_WORD.findall(node.value))
-    for module in (builtins, types, datetime, numpy, pandas, pdt):
+    import importlib
+
+    # the accessor, groupby and window classes a denial names (StringMethods, ...)
+    internals = [importlib.import_module(name) for name in (
+        "pandas.core.strings.accessor", "pandas.core.indexes.accessors", "pandas.core.resample",
+        "pandas.core.window.rolling", "pandas.core.window.ewm", "pandas.core.window.expanding",
+        "pandas.core.groupby.generic", "pandas.core.arrays.categorical", "pandas.core.indexing",
+    )]
+    for module in (builtins, types, datetime, numpy, pandas, pdt, *internals):
         for value in vars(module).values():
             if isinstance(value, type):
                 words.add(value.__name__)
@@ -484,7 +523,9 @@ def _vocabulary() -> frozenset[str]:
     return _CACHE["vocabulary"]
 
 
-def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limits) -> OpalError:
+def _scrubbed_error(
+    payload: bytes, *, source: str, filename: str, limits: Limits, schema_words: frozenset[str] = frozenset()
+) -> OpalError:
     """Rebuild the child's error; withhold its text unless it provably holds no data.
 
     The child already builds messages from fixed text, names from the source
@@ -511,7 +552,7 @@ def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limit
             if token and token not in source and token != filename:
                 ok = False
         known = _vocabulary()
-        source_words = set(_WORD.findall(source)) | {filename}
+        source_words = set(_WORD.findall(source)) | {filename} | set(schema_words)
         for word in _WORD.findall(message.replace(filename, "")):
             if word not in known and word not in source_words:
                 ok = False
@@ -533,6 +574,134 @@ def _scrubbed_error(payload: bytes, *, source: str, filename: str, limits: Limit
 
 
 
+_EXPECTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _check_expected(columns: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if columns is None:
+        return None
+    names = tuple(columns)
+    if not names or len(set(names)) != len(names) or not all(
+        isinstance(c, str) and _EXPECTED_NAME.fullmatch(c) for c in names
+    ):
+        raise BadInputError(
+            "columns must be distinct identifiers (the unit, group and value columns of [privacy])"
+        )
+    return names
+
+
+class _Shape:
+    """The declared shape of a contributions table and the caps on it; checks
+    an Arrow stream before anything but Arrow touches it. Messages name the
+    declared columns and the caps, never a name the algorithm chose."""
+
+    def __init__(self, columns: tuple[str, ...] | None, limits: Limits) -> None:
+        self.columns = columns
+        self.limits = limits
+        self.schema_checked = False
+
+    def check_schema_prefix(self, payload: Any, filled: int) -> None:
+        """Check the schema once its message has arrived (``filled`` bytes)."""
+        if filled < 8:
+            return
+        import pyarrow as pa
+
+        head = payload[:8].tobytes()
+        if head[:4] != b"\xff\xff\xff\xff":
+            raise InternalError("sandbox child sent a result that is not an Arrow stream")
+        size = 8 + int.from_bytes(head[4:8], "little", signed=True)
+        if size > len(payload):
+            raise InternalError("sandbox child sent a result that is not an Arrow stream")
+        if filled < size:
+            return
+        try:
+            schema = pa.ipc.read_schema(pa.py_buffer(payload[:size].tobytes()))
+        except (pa.ArrowException, ValueError):
+            raise InternalError("sandbox child sent a result that is not an Arrow stream") from None
+        self.check_schema(schema)
+
+    def check_schema(self, schema: Any) -> None:
+        import pyarrow as pa
+
+        self.schema_checked = True
+        names = list(schema.names)
+        if len(names) > self.limits.max_output_columns:
+            raise LimitExceeded(
+                f"contributions have more columns than the max_output_columns limit of "
+                f"{self.limits.max_output_columns}"
+            )
+        if self.columns is not None:
+            if len(set(names)) != len(names) or set(names) != set(self.columns):
+                missing = [c for c in self.columns if c not in names]
+                extra = any(n not in self.columns for n in names)
+                raise ReleaseRefused(
+                    f"contributions must have exactly the columns {', '.join(self.columns)} "
+                    f"(unit, groups, value as declared in [privacy]); "
+                    + (f"missing {', '.join(missing)}; " if missing else "")
+                    + ("and other columns; " if extra else "")
+                    + "return exactly the declared columns"
+                )
+        for name, field in zip(names, schema, strict=True):
+            kind = field.type
+            if pa.types.is_dictionary(kind):
+                kind = kind.value_type
+            if not (
+                pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_date(kind) or pa.types.is_timestamp(kind) or pa.types.is_null(kind)
+            ):
+                label = name if self.columns is not None else "a column"
+                raise ReleaseRefused(
+                    f"contributions column {label} holds {kind}; contributions hold numbers, "
+                    "text, booleans or dates"
+                )
+
+    def read(self, payload: Any) -> Any:
+        """The checked Arrow table: columns, rows, label bytes, memory estimate."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        reader = pa.ipc.open_stream(pa.py_buffer(payload))
+        self.check_schema(reader.schema)
+        rows = 0
+        batches = []
+        for batch in reader:
+            rows += batch.num_rows
+            if rows > self.limits.max_output_rows:
+                raise LimitExceeded(
+                    f"result exceeds the max_output_rows limit of {self.limits.max_output_rows} rows"
+                )
+            for column in batch.columns:
+                values = column.dictionary if pa.types.is_dictionary(column.type) else column
+                if (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) and len(values):
+                    longest = pc.max(pc.binary_length(values)).as_py() or 0
+                    if longest > self.limits.max_label_bytes:
+                        raise LimitExceeded(
+                            f"a text label of the contributions exceeds the max_label_bytes limit of "
+                            f"{self.limits.max_label_bytes} bytes"
+                        )
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        need = gate_memory_estimate(rows=rows, columns=table.num_columns, nbytes=len(payload))
+        if need > self.limits.gate_memory_bytes:
+            # (the estimate itself is not shown: it follows the number of rows)
+            raise LimitExceeded(
+                "the release gate would need more memory for these contributions than the "
+                f"gate_memory_bytes limit of {self.limits.gate_memory_bytes} bytes"
+            )
+        return table
+
+
+def gate_memory_estimate(*, rows: int, columns: int, nbytes: int) -> int:
+    """Bytes the trusted side may need for a contributions table: the received
+    stream and its pandas copy, the gate's integer work arrays (unit keys,
+    cell codes, sort order: 8 bytes per column and row each) and, when every
+    row is a cell of its own, one decision per cell. Measured on 1-2 M rows
+    [unit, text label, day]: 37 B/row with 50 labels, 190 B/row with unique
+    labels; this gives 2 x stream + 256 B/row."""
+    return 2 * nbytes + rows * (8 * 4 * max(columns, 1) + 160)
+
+
 def _outcome(
     reader: _RecordReader,
     status: dict[str, Any],
@@ -540,7 +709,10 @@ def _outcome(
     *,
     source: str,
     filename: str,
+    schema_words: frozenset[str] = frozenset(),
 ) -> Any:
+    if reader.refused is not None:
+        raise reader.refused
     if reader.overflow:
         raise LimitExceeded(
             f"result exceeds the max_output_bytes limit of {limits.max_output_bytes} bytes"
@@ -563,6 +735,10 @@ def _outcome(
             raise PolicyViolation("the algorithm made a system call the sandbox forbids")
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         raise AlgorithmFailed(f"the algorithm crashed the interpreter ({name})")
+    if status.get("exit") == EXIT_MEMORY:
+        raise LimitExceeded(
+            f"memory limit of {limits.memory_bytes} bytes (memory_bytes) exceeded while writing the result"
+        )
     if reader.payload is None:
         raise InternalError(f"sandbox child ended without a result (exit status {status.get('exit')})")
     if not reader.complete:
@@ -571,20 +747,24 @@ def _outcome(
         raise InternalError("sandbox child sent more than one record")
     payload = reader.payload
     if reader.tag == RECORD_ERROR:
-        raise _scrubbed_error(payload.tobytes(), source=source, filename=filename, limits=limits)
+        raise _scrubbed_error(payload.tobytes(), source=source, filename=filename, limits=limits,
+                              schema_words=schema_words)
     if reader.tag != RECORD_OK:
         raise InternalError("sandbox child sent an unknown record")
     import pyarrow as pa
 
+    shape = reader.shape or _Shape(None, limits)
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+        table = shape.read(payload)
     except (pa.ArrowException, ValueError):
         raise InternalError("sandbox child sent a result that is not an Arrow stream") from None
-    if table.num_rows > limits.max_output_rows:
+    try:
+        return table.to_pandas()
+    except MemoryError:
         raise LimitExceeded(
-            f"result exceeds the max_output_rows limit of {limits.max_output_rows} rows"
-        )
-    return table.to_pandas()
+            f"the worker ran out of memory reading the contributions; lower max_output_bytes "
+            f"(now {limits.max_output_bytes}) or gate_memory_bytes"
+        ) from None
 
 
 def run_algorithm(
@@ -595,6 +775,7 @@ def run_algorithm(
     params: dict[str, Any],
     limits: Limits | None = None,
     filename: str = "algorithm.py",
+    columns: tuple[str, ...] | None = None,
 ) -> Any:
     """One-shot convenience: start a Runtime, run one job, stop it."""
     if limits is None:
@@ -602,7 +783,8 @@ def run_algorithm(
     check_source(source, filename=filename, entrypoint=entrypoint)
     with Runtime(tables=tables, limits=limits) as runtime:
         return runtime.run(
-            source=source, entrypoint=entrypoint, params=params, filename=filename, limits=limits
+            source=source, entrypoint=entrypoint, params=params, filename=filename, limits=limits,
+            columns=columns,
         )
 
 

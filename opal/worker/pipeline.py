@@ -167,7 +167,14 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         return _outcome(get_run(node, record.run_id))
     # 5. sandbox
     runtime = runtime_for(ds)
-    contributions = runtime.run(source=bundle.source, entrypoint=manifest.entrypoint, params=record.params)
+    from opal.release.contributions import declared_columns
+
+    contributions = runtime.run(
+        source=bundle.source,
+        entrypoint=manifest.entrypoint,
+        params=record.params,
+        columns=declared_columns(manifest.privacy),
+    )
     # 6. release gate
     from opal.release import release as gate
 

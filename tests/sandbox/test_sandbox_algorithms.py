@@ -252,3 +252,38 @@ def test_named_index_becomes_columns(runtime: Runtime) -> None:
     """)
     assert list(out.columns) == ["msisdn", "region", "events"]
     assert rows(out)[0] == (1001, "north", 2)
+
+
+def test_options_forwarded_to_a_named_reducer_pass(runtime: Runtime) -> None:
+    source = """
+def contributions(data, params):
+    cdr = data.cdr
+    out = cdr[["msisdn", "region"]].copy()
+    out["r"] = cdr.groupby("region")["duration_s"].transform("rank", method="dense")
+    out["q"] = cdr.groupby("region")["duration_s"].transform("quantile", 0.5, interpolation="nearest")
+    out["n"] = cdr.groupby("region").agg(n=("msisdn", "nunique"))["n"].reindex(cdr["region"]).to_numpy()
+    return out
+"""
+    out = runtime.run(source=source, entrypoint="contributions", params={})
+    assert out["r"].tolist() == [2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert out["n"].tolist() == [3, 1, 3, 1, 1, 3, 3, 1]
+
+
+def test_try_except_finally_still_work(runtime: Runtime) -> None:
+    source = """
+def pick(frame, column):
+    try:
+        return frame[column]
+    except KeyError as missing:
+        return frame["region"]
+    finally:
+        frame = None
+
+
+def contributions(data, params):
+    out = data.cdr[["msisdn"]].copy()
+    out["group"] = pick(data.cdr, "no_such_column").to_numpy()
+    return out
+"""
+    out = runtime.run(source=source, entrypoint="contributions", params={})
+    assert out["group"].tolist()[:3] == ["north", "south", "north"]

@@ -134,6 +134,21 @@ PAYLOADS: list[tuple[str, str, int, Limits | None]] = [
     ("transform_query_name", fn("return data.cdr.transform('query', expr='day > 0')"), POLICY, None),
     ("groupby_agg_pipe", fn("return data.cdr.groupby('region').agg('pipe', print)"), POLICY, None),
     ("named_agg_writer", fn("return data.cdr.groupby('region').agg(x=('duration_s', 'to_pickle'))"), POLICY, None),
+    # ------------- attribute names pandas resolves from keyword arguments
+    ("agg_numeric_only_dunder", fn("return data.cdr.agg(numeric_only=('duration_s', '__reduce__'))"), POLICY, None),
+    ("agg_engine_kwargs_to_csv", fn("return data.cdr.agg(engine_kwargs=('region', 'to_csv'))"), POLICY, None),
+    ("agg_axis_named_dict", fn("return data.cdr.agg(axis=('duration_s', '__dict__'))"), POLICY, None),
+    ("agg_named_mgr", fn("return data.cdr.agg(x=('duration_s', '_mgr'))"), POLICY, None),
+    ("agg_dict_list_dunder", fn("return data.cdr.agg({'duration_s': ['sum', '__reduce_ex__']})"), POLICY, None),
+    ("agg_namedagg_denied", fn("return data.cdr.groupby('region').agg(x=pd.NamedAgg(column='day', aggfunc='to_pickle'))"), POLICY, None),
+    ("groupby_agg_engine_kwargs", fn("return data.cdr.groupby('region').agg('sum', engine_kwargs={'nopython': True})"), POLICY, None),
+    ("groupby_agg_engine_numba", fn("return data.cdr.groupby('region').duration_s.agg('sum', engine='numba')"), POLICY, None),
+    ("series_agg_keyword_name", fn("return data.cdr.groupby('region').duration_s.agg(x='__sizeof__')"), POLICY, None),
+    ("transform_forwarded_name", fn("return data.cdr.transform(func='cumsum', numeric_only=('day', 'to_csv'))"), POLICY, None),
+    ("apply_keyword_tuple", fn("return data.cdr.apply(lambda c: c, result_type=('x', '__class__'))"), POLICY, None),
+    ("resample_agg_named", fn("return data.cdr.set_index('timestamp').resample('D').agg(x=('day', '__len__'))"), POLICY, None),
+    ("rolling_agg_dunder", fn("return data.cdr.duration_s.rolling(2).agg(['sum', '__iter__'])"), POLICY, None),
+    ("agg_positional_forward", fn("return data.cdr.groupby('region').duration_s.agg('sum', '__reduce__')"), POLICY, None),
     ("pivot_table_aggfunc_eval", fn("return pd.pivot_table(data.cdr, index='region', values='day', aggfunc='eval')"), POLICY, None),
     ("map_bound_method", fn("return data.cdr.region.map(data.cdr.to_dict)"), POLICY, None),
     ("class_method_smuggle", fn("return data.cdr.duration_s.apply(pd.DataFrame.eval)"), POLICY, None),
@@ -205,6 +220,40 @@ PAYLOADS: list[tuple[str, str, int, Limits | None]] = [
             d = d.merge(d, how='cross', suffixes=('', '_' + str(i)))
         return d
     """), LIMIT, SMALL),
+    ("memory_error_caught", fn("""
+        try:
+            x = np.zeros((10 ** 6, 10 ** 6))
+        except MemoryError:
+            pass
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_caught_by_exception", fn("""
+        try:
+            x = 'a' * (2 ** 40)
+        except Exception:
+            pass
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_bare_except", fn("""
+        for i in range(3):
+            try:
+                x = [0] * (10 ** 10)
+            except:
+                continue
+        return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("memory_error_swallowed_by_finally", mod("""
+        import numpy as np
+        def grab():
+            try:
+                np.ones((10 ** 6, 10 ** 6))
+            finally:
+                return 0
+        def contributions(data, params):
+            grab()
+            return data.cdr[['msisdn']]
+    """), LIMIT, SMALL),
+    ("numpy_test_via_agg_name", fn("return data.cdr.agg(numeric_only=('duration_s', 'test'))"), POLICY, None),
     ("print_flood", fn("while True:\n    print('x' * 10000)"), LIMIT, SMALL),
     ("huge_result_rows", fn("return pd.DataFrame({'msisdn': np.arange(5000)})"), LIMIT, TINY_OUTPUT),
     ("huge_result_bytes", fn("return pd.DataFrame({'msisdn': ['x' * 4000] * 900})"), LIMIT, TINY_OUTPUT),

@@ -113,7 +113,12 @@ def test_zygote_has_clean_env_fds_and_own_network(cdr_path: Path, monkeypatch: p
             environ = Path(f"/proc/{pid}/environ").read_bytes()
             assert b"broker-secret" not in environ and b"OPAL_BROKER_URL" not in environ
             fds = os.listdir(f"/proc/{pid}/fd")
-            assert len(fds) <= 4, fds  # stdin, stdout, stderr (log), control socket
+            # stdin, stdout, stderr (log), control socket, its own PID namespace
+            assert len(fds) <= 5, fds
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+            assert [link for link in links if link.startswith("pid:")] == [
+                os.readlink(f"/proc/{pid}/ns/pid")
+            ]
             assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
             assert os.listdir(os.readlink(f"/proc/{pid}/cwd")) == []
     finally:
@@ -177,6 +182,8 @@ def test_trivial_run_is_fast(runtime: Runtime) -> None:
         ("AlgorithmFailed", "algorithm.py:3: contributions() raised ZzSecretRegion", True),
         ("PolicyViolation", "algorithm.py:2: attribute 'zz-secret-region' of DataFrame is not allowed", True),
         ("PolicyViolation", "algorithm.py:2: attribute 'eval' of DataFrame is not allowed", False),
+        ("PolicyViolation", "algorithm.py:2: attribute 'eval' of StringMethods is not allowed", False),
+        ("PolicyViolation", "algorithm.py:2: attribute 'eval' of DatetimeIndexResampler is not allowed", False),
         ("AlgorithmFailed", "algorithm.py:987654321012: contributions() raised KeyError", True),
         ("AlgorithmFailed", "algorithm.py:2: value 987654321012", True),
         ("LimitExceeded", "result exceeds the max_output_rows limit of 20000000 rows", False),
