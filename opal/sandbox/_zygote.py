@@ -203,6 +203,11 @@ def _load_table(path: str) -> Any:
         except pa.ArrowInvalid:
             source = pa.memory_map(path, "r")
             table = pa.ipc.open_stream(source).read_all()
+    elif path.lower().endswith(".csv"):
+        import pyarrow.csv as pcsv
+
+        # the same reader and type inference as registration (opal.data.catalog.read_schema)
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False))
     else:
         table = pq.read_table(path, use_threads=False)
     frame = table.to_pandas(split_blocks=True, use_threads=False)
