@@ -118,12 +118,15 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
     """(a), (b), the gate and (e) for one algorithm, alternating within each
     repetition. A contender that fails (a sandbox limit, say) is recorded in
     ``errors`` and left out of the later repetitions; the others go on."""
-    import pyarrow.parquet as pq
 
+    from opal.devloop import dataset_domains
     from opal.release import release
+    from opal.release.domains import resolve
     from opal.release.policy import ReleasePolicy
+    from opal.sandbox.pseudonyms import RunPseudonyms, for_run
 
     policy = ReleasePolicy()
+    domains = resolve(algorithm.bundle.manifest.privacy.groups, dataset_domains(path))
     row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
     errors: dict[str, str] = {}
     samples: dict[str, list[float]] = {"a": [], "a2": [], "b": [], "units": [], "gate": [], "e": []}
@@ -144,24 +147,25 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
                 errors["a2"] = _error(exc)["error"]
         if "b" not in errors:
             try:
+                # As a worker runs it: on per-run pseudonyms of the unit column.
+                spec = for_run(table="cdr", column="msisdn")
                 t = time.perf_counter()
                 sandboxed = runtime.run(source=algorithm.bundle.source,
-                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params)
+                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params,
+                                        pseudonyms=spec)
                 samples["b"].append(time.perf_counter() - t)
                 row["sandbox_rows"] = len(sandboxed)
             except Exception as exc:  # noqa: BLE001  # e.g. a sandbox limit at 100 M rows
                 errors["b"] = _error(exc)["error"]
             else:
                 try:
-                    # What the worker does for the unit check (opal.worker.pipeline._known_units).
+                    # What the worker does for the unit check (opal.sandbox.pseudonyms.run_pseudonymised).
                     t = time.perf_counter()
-                    getter = getattr(runtime, "units", None)
-                    units = getter("msisdn") if callable(getter) else (
-                        pq.read_table(path, columns=["msisdn"]).column(0).to_pandas())
+                    units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
                     samples["units"].append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=policy,
-                                       epsilon=1.0, known_units=units)
+                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, domains=domains,
+                                       policy=policy, epsilon=1.0, known_units=units)
                     samples["gate"].append(time.perf_counter() - t)
                     row["cells_released"] = released.cells_released
                     row["cells_suppressed"] = released.cells_suppressed

@@ -299,8 +299,12 @@ class Runtime:
         params: dict[str, Any],
         filename: str = "algorithm.py",
         limits: Limits | None = None,
+        pseudonyms: dict[str, Any] | None = None,
     ) -> Any:
         """Run one algorithm in a fresh child and return its contributions table.
+
+        ``pseudonyms`` (``opal.sandbox.pseudonyms.for_run``) replaces the unit
+        column the algorithm sees by the run's pseudonyms.
 
         Raises:
             PolicyViolation: the code broke the sandbox policy (exit 4).
@@ -321,6 +325,7 @@ class Runtime:
             "filename": filename,
             "params": params_json,
             "limits": limits.to_dict(),
+            "pseudonyms": pseudonyms,
         }
         with self._lock:
             self._ensure_started()
