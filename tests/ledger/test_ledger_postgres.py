@@ -23,8 +23,8 @@ def test_sqlite_dialect_is_translated() -> None:
     assert translate("INSERT OR IGNORE INTO keys(name, key_id) VALUES (?,?)").endswith(
         "ON CONFLICT DO NOTHING"
     )
-    assert translate("INSERT OR REPLACE INTO budget(dataset, total) VALUES (?,?)").endswith(
-        "ON CONFLICT (dataset) DO UPDATE SET total = EXCLUDED.total"
+    assert translate("INSERT OR REPLACE INTO budget_owners(dataset, pool) VALUES (?,?)").endswith(
+        "ON CONFLICT (dataset) DO UPDATE SET pool = EXCLUDED.pool"
     )
 
 
