@@ -66,6 +66,7 @@ def test_bundle(
     from opal.release import release
     from opal.release.domains import cell_count, resolve
     from opal.sandbox import Runtime
+    from opal.sandbox.params import run_check_params
     from opal.sandbox.pseudonyms import run_pseudonymised
 
     policy = policy or default_policy()
@@ -78,6 +79,7 @@ def test_bundle(
     check_cells(cell_count(resolved), policy.max_cells)
     eps = policy.check_epsilon(policy.default_epsilon if epsilon is None else epsilon)
     with Runtime(tables={schema.name: dataset}) as runtime:
+        run_check_params(runtime, source=bundle.source, params=params, table=schema.name, column=schema.unit)
         contributions, units = run_pseudonymised(
             runtime,
             table=schema.name,

@@ -434,6 +434,17 @@ def run(config: BenchConfig) -> dict[str, Any]:
             if "gate" in results["gate"]:
                 clock.say(f"gate {_fmt(results['gate']['gate'])}, duckdb {_fmt(results['gate']['duckdb'])}")
 
+        if config.wants("utility"):
+            from opal.bench.utility import bench_utility
+
+            clock.say("utility: population_density, 2 000 subscribers x 7 days, ε = 1 ...")
+            results["utility"] = _attempt(clock, "utility", lambda: bench_utility(runs=10 if config.quick else 30))
+            if "released_share_min" in results["utility"]:
+                u = results["utility"]
+                clock.say(f"utility: {u['released_share_mean']:.0%} of cells released "
+                          f"(min {u['released_share_min']:.0%}), 95 % intervals hold the truth "
+                          f"{u['interval_coverage']:.1%} of the time")
+
         if config.wants("ledger"):
             results["ledger"] = _ledger(config, work, clock)
 

@@ -301,6 +301,25 @@ def _gate(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _utility(results: dict[str, Any]) -> list[str]:
+    u = results.get("utility")
+    if not u:
+        return []
+    out = ["## Utility on small data (public domains)", ""]
+    if "error" in u:
+        return out + [f"Failed: {u['error']}", ""]
+    out += [
+        (f"`population_density` on {u['subscribers']:,} subscribers x {u['days']} days at ε = {u['epsilon']:g}, "
+         f"{u['runs']} runs through the sandbox and the gate: {u['cells']} region x day cells (smallest true "
+         f"count {u['min_true_count']}). Released: {u['released_share_mean']:.1%} of cells on average, "
+         f"{u['released_share_min']:.1%} in the worst run. The stated {u['stated_confidence']:.0%} intervals "
+         f"held the true count {u['interval_coverage']:.1%} of the time (median width "
+         f"{u['interval_width_median']:.0f} subscribers)."),
+        "",
+    ]
+    return out
+
+
 def _ledger(results: dict[str, Any]) -> list[str]:
     led = results.get("ledger")
     if not led:
@@ -474,7 +493,7 @@ def render(results: dict[str, Any], *, previous: Path | None = None) -> str:
     """The whole report; the hand-written block comes from ``previous`` when it has one."""
     lines = (
         _header(results) + _datasets(results) + _algorithms(results) + _memory(results) + _gate(results)
-        + _ledger(results) + _small(results) + _why(results)
+        + _utility(results) + _ledger(results) + _small(results) + _why(results)
         + ["### Why (hand-written)", "", HAND_BEGIN, _hand_written(previous).rstrip("\n"), HAND_END, ""]
         + _sql(results)
     )

@@ -24,8 +24,8 @@ max_groups_per_unit = 1            # each unit counts in at most this many cells
 
 [privacy.groups]                   # every group column and its PUBLIC domain: the released table
 region = "dataset"                 # has one row per label, whatever the data. "dataset": the
-                                   # dataset's registered domain; or { range = [lo, hi] },
-                                   # { values = [...] }, { dataset = "other_column" }
+                                   # dataset's registered domain; or {{ range = [lo, hi] }},
+                                   # {{ values = [...] }}, {{ dataset = "other_column" }}
 
 [parameters]                       # JSON Schema for run parameters (checked before every run)
 type = "object"

@@ -27,7 +27,6 @@ __all__ = [
     "UnitKeys",
     "UnitSet",
     "check_finite_values",
-    "check_known_units",
     "check_layout",
     "domain_codes",
     "domain_keys",
@@ -200,12 +199,6 @@ def unknown_units_error(column: str) -> ReleaseRefused:
         f"privacy-unit column {column!r} holds values that are not units of this run; "
         f"return the {column!r} values the algorithm was given, unchanged"
     )
-
-
-def check_known_units(units: pd.Index, known_units: object, column: str) -> None:
-    """Refuse unit ids that are not in ``known_units``."""
-    if not bool(np.all(unit_membership(units, known_units))):
-        raise unknown_units_error(column)
 
 
 def domain_codes(

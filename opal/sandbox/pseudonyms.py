@@ -112,6 +112,8 @@ def apply(tables: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]
     ``None``: the tables unchanged (library use without a gate)."""
     if spec is None:
         return tables
+    if spec.get("data_free"):
+        return {name: frame.head(0) for name, frame in tables.items()}
     import numpy as np
 
     name, column = spec["table"], spec["column"]

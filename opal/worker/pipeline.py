@@ -2,8 +2,9 @@
 
     1. load bundle by digest; recompute digest from the exact bytes to run
     2. verify author signature + k-of-n reviewer approvals
-    3. validate params against the bundle's JSON Schema; compile policy;
-       resolve the public group domains; check ε against the policy
+    3. validate params against the bundle's JSON Schema (and its data-free
+       check_params, if any); compile policy; resolve the public group
+       domains; check ε against the policy
     4. reserve privacy budget (atomic, exact), append run_started (durable)
     5. sandbox child process, on per-run pseudonyms, returns a contributions table
     6. release gate: drop out-of-domain labels, bound, noise every cell
@@ -159,11 +160,14 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     manifest.validate_params(record.params)
     from opal.release.domains import cell_count, check_cells, resolve
     from opal.sandbox import check_source
+    from opal.sandbox.params import run_check_params
 
     check_source(bundle.source, filename="algorithm.py", entrypoint=manifest.entrypoint)
     domains = resolve(manifest.privacy.groups, ds.domains)
     check_cells(cell_count(domains), ds.policy.max_cells)
     ds.policy.check_epsilon(record.epsilon)
+    runtime = runtime_for(ds)
+    run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # averaging attack: an identical run is served the cached release, no new noise, no new spend
     cached = node.db.one(
         "SELECT run_id, result, result_digest FROM runs WHERE cache_key = ? AND state = 'released' AND run_id != ? "
@@ -176,7 +180,7 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
         return _outcome(get_run(node, record.run_id))
     # 5. sandbox, on this run's pseudonyms. From here on the run is total.
-    contributions, units, outcome = _contributions(runtime_for(ds), bundle.source, manifest.entrypoint, record, ds)
+    contributions, units, outcome = _contributions(runtime, bundle.source, manifest.entrypoint, record, ds)
     # 6. release gate (never refuses contributions: a malformed table is no contributions)
     from opal.release import release as gate
 

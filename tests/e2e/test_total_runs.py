@@ -155,3 +155,19 @@ def test_a_column_named_after_raw_rows_reaches_no_message_or_ledger_entry(
     for text in (json.dumps(run), json.dumps(result), ledger, operator):
         assert rows not in text
     assert "1 undeclared column(s)" in json.loads(operator)["run_outcome"]["message"]
+
+
+def test_a_data_free_parameter_check_refuses_before_the_run_and_spends_nothing(
+    opal: Opal, twins: tuple[Path, Path]
+) -> None:
+    from tests.conftest import ALGORITHMS
+
+    _setup(opal, {"demo": twins[0]}, [ALGORITHMS / "population_density"])
+    opal.start_worker("demo", key="olga")
+    proc = opal("run", "population_density", "--dataset", "demo", "--params", '{"start_day": 1, "end_day": 0}',
+                "--epsilon", "0.1", "--key", "sam")
+    assert proc.returncode == 2, proc.stderr
+    assert "the bundle's check_params refused the parameters" in proc.stderr
+    assert opal.json("budget", "show")[0]["spent"] == 0
+    last = opal.json("ledger", "show", "--type", "run_finished")[-1]["body"]
+    assert last["outcome"] == "refused" and last["epsilon_spent"] == 0
