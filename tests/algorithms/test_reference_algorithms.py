@@ -309,3 +309,19 @@ def test_unique_visitors_excludes_residents(world):
 def test_source_passes_the_sandbox_static_policy(name):
     policy = pytest.importorskip("opal.sandbox.policy")
     policy.check_source((ALGORITHMS / name / "algorithm.py").read_text(), entrypoint="contributions")
+
+
+def test_a_domain_product_over_max_cells_is_refused_by_algo_check_without_data(tmp_path):
+    import shutil
+
+    from opal.devloop import check_bundle
+    from opal.errors import ReleaseRefused
+
+    folder = tmp_path / "wide"
+    shutil.copytree(ALGORITHMS / "population_density", folder)
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('day = "dataset"', "day = { range = [0, 99999] }\nhour = { range = [0, 23] }"))
+    with pytest.raises(ReleaseRefused) as exc:
+        check_bundle(folder)
+    assert exc.value.exit_code == 3
+    assert "the group domains have 2400000 cells in all, more than the policy limit max_cells = 100000" in str(exc.value)
