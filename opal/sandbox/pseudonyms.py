@@ -3,8 +3,8 @@
 Before each run the unit column the algorithm sees is replaced: every unit
 gets a pseudonym ``base + perm[i]``, where ``i`` is the unit's index in the
 column's dictionary (computed once per resident table), ``perm`` a fresh
-random permutation of the units and ``base`` a random offset far above any
-real identifier, both drawn from a 32-byte seed the trusted parent makes per
+random permutation of the units and ``base`` a random 16-digit offset (no
+phone number has 16 digits), both drawn from a 32-byte seed the trusted parent makes per
 run. Per run this costs a permutation of the units and one gather over the
 rows; the dictionary is built once.
 
@@ -29,9 +29,11 @@ from typing import Any
 
 __all__ = ["RunPseudonyms", "apply", "for_run", "pseudonym_at", "pseudonym_base", "run_pseudonymised"]
 
-# Pseudonyms live in [2**61, 2**62): no phone number or account id is that large.
-_BASE_LOW = 2**61
-_BASE_SPAN = 2**60
+# Pseudonyms have 16 digits, so none is an E.164 phone number (at most 15), and
+# stay below 2**53, so an algorithm that turns the unit column into floats (a
+# merge with missing values) keeps them exact.
+_BASE_LOW = 10**15
+_BASE_SPAN = 2**53 - 2**40 - 10**15  # room for up to 2**40 units above any base
 
 # (table name, column, id of the frame) → (codes per row, number of units)
 _DICTIONARIES: dict[tuple[str, str, int], tuple[Any, int]] = {}
@@ -53,7 +55,7 @@ def for_run(*, table: str, column: str, seed: bytes | None = None, drop: list[in
 def pseudonym_base(seed_hex: str) -> int:
     """The run's offset, derived from its seed (the gate recomputes it)."""
     digest = hashlib.sha256(b"opal-pseudonym-base\x00" + bytes.fromhex(seed_hex)).digest()
-    return _BASE_LOW + int.from_bytes(digest[:8], "big") % (_BASE_SPAN - 2**40)
+    return _BASE_LOW + int.from_bytes(digest[:8], "big") % _BASE_SPAN
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,9 +78,14 @@ class RunPseudonyms:
         import pandas as pd
 
         index = pd.Index(values)
-        if not pd.api.types.is_integer_dtype(index.dtype):
+        if pd.api.types.is_float_dtype(index.dtype):
+            floats = index.to_numpy(dtype=np.float64)
+            whole = np.isfinite(floats) & (np.floor(floats) == floats)
+            ids = np.where(whole, floats, -1.0).astype(np.int64)
+        elif pd.api.types.is_integer_dtype(index.dtype):
+            ids = index.to_numpy(dtype=np.int64)
+        else:
             return np.zeros(len(index), dtype=bool)
-        ids = index.to_numpy(dtype=np.int64)
         return (ids >= self.base) & (ids < self.base + self.count)
 
 

@@ -169,3 +169,19 @@ def contributions(data, params):
     assert secret not in json.dumps(r.to_dict())
     assert r.diagnostics["contributions_refused"].startswith("contributions have 1 undeclared column(s)")
     assert labels(r) == public_cells(world)
+
+
+def test_pseudonyms_survive_a_float_unit_column_and_are_no_phone_numbers(runtime: Runtime, world: Path) -> None:
+    source = '''
+def contributions(data, params):
+    cdr = data.cdr
+    out = cdr[["msisdn", "region", "day"]].drop_duplicates()
+    return out.assign(msisdn=out["msisdn"].astype("float64"))
+'''
+    r = worker_release(runtime, world, source)
+    assert r.diagnostics["rows_dropped"] == {}
+    assert r.cells_released > 0
+    probe = "def contributions(data, params):\n    return data.cdr[['msisdn']].drop_duplicates()\n"
+    ids, _ = run_pseudonymised(runtime, table="cdr", column="msisdn", source=probe, entrypoint="contributions",
+                               params={})
+    assert ids["msisdn"].map(lambda v: len(str(v))).eq(16).all()
