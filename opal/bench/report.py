@@ -290,7 +290,8 @@ def _gate(results: dict[str, Any]) -> list[str]:
     out += [
         (f"{g['rows']:,} contribution rows, {g['units']:,} units, {g['groups']:,} groups "
         f"(table from `{g['table_source']}`). The gate: unit check against the known units, bounding to "
-        f"{g['max_groups_per_unit']} groups per unit, distinct-unit counts, OpenDP noise, suppression. "
+        f"{g['max_groups_per_unit']} groups per unit, distinct-unit counts over the public domain of "
+        f"{g['groups']:,} cells, OpenDP noise on every cell, suppression of small noisy counts. "
         "DuckDB: `SELECT cell, count(DISTINCT msisdn) FROM contributions GROUP BY cell` over the same "
         "in-memory table. Run alternately."),
         "",
@@ -408,7 +409,7 @@ def _why(results: dict[str, Any]) -> list[str]:
             continue
         lo, hi = min(ratios), max(ratios)
         parts = sorted([(sandbox, "the sandbox (b − a: process isolation, restricted execution, Arrow IPC copy)"),
-                        (gate, "the release gate (unit-column read, bounding, noise, suppression)"),
+                        (gate, "the release gate (run's unit count, domain check, bounding, noise, suppression)"),
                         (pipeline, "the pipeline (d − c: queue, trust checks, budget, ledger, result backend)")],
                        reverse=True)
         shares = "; ".join(f"{100 * v / extra:.0f} % {name}" for v, name in parts)
