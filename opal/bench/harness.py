@@ -306,9 +306,12 @@ def _end_to_end(config: BenchConfig, deployment: Any, ds: BenchDataset, algorith
 def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Algorithm],
                 clock: Stopwatch) -> dict[str, Any]:
     """Latency and throughput of many small runs, and what OPAL adds to each."""
+    from opal.devloop import dataset_domains
     from opal.release import release
+    from opal.release.domains import resolve
     from opal.release.policy import ReleasePolicy
     from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import RunPseudonyms, for_run
 
     ds = ensure_dataset(config.data_dir, config.small_rows, seed=config.seed, days=config.days, say=clock.say)
     algorithm = next(a for a in algorithms if a.name == "population_density")
@@ -316,15 +319,17 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
     result: dict[str, Any] = {"dataset_rows": ds.rows, "algorithm": algorithm.name, "params": algorithm.params,
                               "runs": n}
     frame, _, _ = load_frame(ds.path)
-    units = frame["msisdn"]
     direct, _ = measure(partial(algorithm.direct, frame), reps=n, warmup=1)
+    spec = for_run(table="cdr", column="msisdn")
+    domains = resolve(algorithm.bundle.manifest.privacy.groups, dataset_domains(ds.path))
     with Runtime(tables={"cdr": ds.path}) as runtime:
         sandbox, sandboxed = measure(
             partial(runtime.run, source=algorithm.bundle.source, entrypoint=algorithm.bundle.manifest.entrypoint,
-                    params=algorithm.params),
+                    params=algorithm.params, pseudonyms=spec),
             reps=n, warmup=1)
-    gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
-                              epsilon=1.0, known_units=units), reps=n)
+        units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
+    gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, domains=domains,
+                              policy=ReleasePolicy(), epsilon=1.0, known_units=units), reps=n)
     result["direct"] = direct.to_dict()
     result["sandbox"] = sandbox.to_dict()
     result["gate"] = gate.to_dict()
