@@ -101,15 +101,20 @@ CREATE TABLE IF NOT EXISTS datasets (
     registered TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS budget (
+    pool       TEXT PRIMARY KEY,
+    total      INTEGER NOT NULL,
+    spent      INTEGER NOT NULL DEFAULT 0 CHECK (spent >= 0),
+    reserved   INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    CHECK (spent + reserved <= total)
+);
+CREATE TABLE IF NOT EXISTS budget_owners (
     dataset    TEXT PRIMARY KEY,
-    total      REAL NOT NULL,
-    spent      REAL NOT NULL DEFAULT 0,
-    reserved   REAL NOT NULL DEFAULT 0
+    pool       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS budget_events (
     run_id     TEXT NOT NULL,
     dataset    TEXT NOT NULL,
-    epsilon    REAL NOT NULL,
+    epsilon    INTEGER NOT NULL,
     state      TEXT NOT NULL,
     actor      TEXT NOT NULL,
     time       TEXT NOT NULL,

@@ -99,7 +99,8 @@ def run_demo(
     )
     try:
         say("\n[bold]6. The statistician requests a run.[/] The worker verifies digest, signatures and approvals,")
-        say("   runs the code in the sandbox, then the release gate bounds, aggregates, adds noise and suppresses.")
+        say("   runs the code in the sandbox on per-run pseudonyms, then the release gate bounds each subscriber,")
+        say("   adds noise to every cell of the public domains and marks cells whose noisy count is under 15.")
         params = f'{{"start_day": 0, "end_day": {days - 1:d}}}'
         opal("run", "population_density", "--dataset", "demo", "--params", params, "--epsilon", "1", "--key", "sam")
         run_id = json.loads(opal("runs", "list", "--json", quiet=True).stdout)[0]["run_id"]

@@ -8,11 +8,15 @@ the same for both.
 """
 
 
+def check_params(params):
+    """Data-free: refuses a reversed window before the run (nothing spent)."""
+    if params["end_day"] < params["start_day"]:
+        raise ValueError("end_day must be greater than or equal to start_day")
+
+
 def contributions(data, params):
     start_day = params["start_day"]
     end_day = params["end_day"]
-    if end_day < start_day:
-        raise ValueError("end_day must be greater than or equal to start_day")
     cdr = data.cdr
     calls = cdr[cdr["day"].between(start_day, end_day) & (cdr["event"] == "call")]
     per_unit = calls.groupby(["msisdn", "region", "day"])["duration_s"].sum().reset_index()

@@ -17,6 +17,19 @@ release threshold would suppress.
 import opal  # the platform's vetted helper API (opal.helpers)
 
 
+def check_params(params):
+    """Data-free: at most seven days in all, refused before the run (nothing spent)."""
+    days_before = 0
+    days_after = 6
+    if "days_before" in params:
+        days_before = params["days_before"]
+    if "days_after" in params:
+        days_after = params["days_after"]
+    if days_before + days_after > 6:
+        raise ValueError("days_before + days_after must be at most 6 (seven days in all)")
+    opal.night_hours(params)
+
+
 def contributions(data, params):
     origin_region = params["origin_region"]
     shock_day = params["shock_day"]
@@ -29,8 +42,6 @@ def contributions(data, params):
         baseline_days = params["baseline_days"]
     if "days_after" in params:
         days_after = params["days_after"]
-    if days_before + days_after > 6:
-        raise ValueError("days_before + days_after must be at most 6 (seven days in all)")
     night_start, night_end = opal.night_hours(params)
     cdr = data.cdr
     baseline = opal.night_events(cdr, shock_day - baseline_days, shock_day - 1, night_start, night_end)

@@ -8,11 +8,16 @@ Returns one row per subscriber with a night-time event: (msisdn, home_region).
 import opal  # the platform's vetted helper API (opal.helpers)
 
 
+def check_params(params):
+    """Data-free: refuses a reversed window before the run (nothing spent)."""
+    if params["end_day"] < params["start_day"]:
+        raise ValueError("end_day must be greater than or equal to start_day")
+    opal.night_hours(params)
+
+
 def contributions(data, params):
     start_day = params["start_day"]
     end_day = params["end_day"]
-    if end_day < start_day:
-        raise ValueError("end_day must be greater than or equal to start_day")
     night_start, night_end = opal.night_hours(params)
     events = opal.night_events(data.cdr, start_day, end_day, night_start, night_end)
     home = opal.modal_region(events, ["msisdn"])

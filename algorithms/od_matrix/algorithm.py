@@ -9,13 +9,18 @@ also subscribers whose home did not change (origin == destination).
 import opal  # the platform's vetted helper API (opal.helpers)
 
 
+def check_params(params):
+    """Data-free: refuses a reversed window before the run (nothing spent)."""
+    if params["before_end_day"] < params["before_start_day"] or params["after_end_day"] < params["after_start_day"]:
+        raise ValueError("each window must end on or after the day it starts")
+    opal.night_hours(params)
+
+
 def contributions(data, params):
     before_start = params["before_start_day"]
     before_end = params["before_end_day"]
     after_start = params["after_start_day"]
     after_end = params["after_end_day"]
-    if before_end < before_start or after_end < after_start:
-        raise ValueError("each window must end on or after the day it starts")
     include_stayers = False
     if "include_stayers" in params:
         include_stayers = params["include_stayers"]

@@ -10,11 +10,16 @@ no known home and are left out.
 import opal  # the platform's vetted helper API (opal.helpers)
 
 
+def check_params(params):
+    """Data-free: refuses a reversed window before the run (nothing spent)."""
+    if params["end_day"] < params["start_day"]:
+        raise ValueError("end_day must be greater than or equal to start_day")
+    opal.night_hours(params)
+
+
 def contributions(data, params):
     start_day = params["start_day"]
     end_day = params["end_day"]
-    if end_day < start_day:
-        raise ValueError("end_day must be greater than or equal to start_day")
     night_start, night_end = opal.night_hours(params)
     cdr = data.cdr
     events = opal.night_events(cdr, start_day, end_day, night_start, night_end)

@@ -64,6 +64,7 @@ def ensure_dataset(
         meta = json.loads(meta_path.read_text())
         if meta.get("bytes") == path.stat().st_size:
             say(f"dataset {label}: cached {path.name} ({meta['rows']:,} rows)")
+            _ensure_domains(path, days)
             return _dataset(label, rows, path, meta, cached=True)
     say(f"dataset {label}: generating {subscribers:,} subscribers x {days} days (seed {seed}) ...")
     t0 = time.perf_counter()
@@ -79,6 +80,15 @@ def ensure_dataset(
     say(f"dataset {label}: {meta['rows']:,} rows in {time.perf_counter() - t0:.1f}s, "
         f"{meta['bytes'] / 1e6:.0f} MB Parquet")
     return _dataset(label, rows, path, meta, cached=False)
+
+
+def _ensure_domains(path: Path, days: int) -> None:
+    """A dataset cached before synth wrote public domains gets its sidecar now."""
+    from opal.data.world import public_domains, write_domains
+    from opal.release.domains import sidecar_for
+
+    if not sidecar_for(path).exists():
+        write_domains(sidecar_for(path), public_domains(days=days))
 
 
 def _dataset(label: str, rows: int, path: Path, meta: dict[str, Any], *, cached: bool) -> BenchDataset:

@@ -55,6 +55,7 @@ def bench_gate(*, rows: int, units: int, groups: int, reps: int) -> dict[str, An
     import duckdb
 
     from opal.release import release
+    from opal.release.domains import GroupDomain
     from opal.release.policy import PrivacySpec, ReleasePolicy
 
     t0 = time.perf_counter()
@@ -63,11 +64,16 @@ def bench_gate(*, rows: int, units: int, groups: int, reps: int) -> dict[str, An
     con = duckdb.connect()
     con.register("contributions", frame)
     sql = "SELECT cell, count(DISTINCT msisdn) AS units FROM contributions GROUP BY cell"
-    spec = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=30)
+    domains = {"cell": tuple(range(groups))}
+    spec = PrivacySpec(
+        unit="msisdn", aggregation="count", max_groups_per_unit=30,
+        groups={"cell": GroupDomain(values=domains["cell"])},
+    )
     policy = ReleasePolicy()
     timings = _interleaved(
         {
-            "gate": lambda: release(frame, privacy=spec, policy=policy, epsilon=1.0, known_units=known),
+            "gate": lambda: release(frame, privacy=spec, domains=domains, policy=policy, epsilon=1.0,
+                                    known_units=known),
             "duckdb": lambda: con.execute(sql).fetchnumpy(),
         },
         reps,

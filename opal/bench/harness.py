@@ -118,12 +118,15 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
     """(a), (b), the gate and (e) for one algorithm, alternating within each
     repetition. A contender that fails (a sandbox limit, say) is recorded in
     ``errors`` and left out of the later repetitions; the others go on."""
-    import pyarrow.parquet as pq
 
+    from opal.devloop import dataset_domains
     from opal.release import release
+    from opal.release.domains import resolve
     from opal.release.policy import ReleasePolicy
+    from opal.sandbox.pseudonyms import RunPseudonyms, for_run
 
     policy = ReleasePolicy()
+    domains = resolve(algorithm.bundle.manifest.privacy.groups, dataset_domains(path))
     row: dict[str, Any] = {"name": algorithm.name, "params": algorithm.params}
     errors: dict[str, str] = {}
     samples: dict[str, list[float]] = {"a": [], "a2": [], "b": [], "units": [], "gate": [], "e": []}
@@ -144,24 +147,25 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
                 errors["a2"] = _error(exc)["error"]
         if "b" not in errors:
             try:
+                # As a worker runs it: on per-run pseudonyms of the unit column.
+                spec = for_run(table="cdr", column="msisdn")
                 t = time.perf_counter()
                 sandboxed = runtime.run(source=algorithm.bundle.source,
-                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params)
+                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params,
+                                        pseudonyms=spec)
                 samples["b"].append(time.perf_counter() - t)
                 row["sandbox_rows"] = len(sandboxed)
             except Exception as exc:  # noqa: BLE001  # e.g. a sandbox limit at 100 M rows
                 errors["b"] = _error(exc)["error"]
             else:
                 try:
-                    # What the worker does for the unit check (opal.worker.pipeline._known_units).
+                    # What the worker does for the unit check (opal.sandbox.pseudonyms.run_pseudonymised).
                     t = time.perf_counter()
-                    getter = getattr(runtime, "units", None)
-                    units = getter("msisdn") if callable(getter) else (
-                        pq.read_table(path, columns=["msisdn"]).column(0).to_pandas())
+                    units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
                     samples["units"].append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=policy,
-                                       epsilon=1.0, known_units=units)
+                    released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, domains=domains,
+                                       policy=policy, epsilon=1.0, known_units=units)
                     samples["gate"].append(time.perf_counter() - t)
                     row["cells_released"] = released.cells_released
                     row["cells_suppressed"] = released.cells_suppressed
@@ -307,9 +311,12 @@ FIXED_COST_BUDGET = 0.050
 def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Algorithm],
                 clock: Stopwatch) -> dict[str, Any]:
     """Latency and throughput of many small runs, and what OPAL adds to each."""
+    from opal.devloop import dataset_domains
     from opal.release import release
+    from opal.release.domains import resolve
     from opal.release.policy import ReleasePolicy
     from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import RunPseudonyms, for_run
 
     ds = ensure_dataset(config.data_dir, config.small_rows, seed=config.seed, days=config.days, say=clock.say)
     algorithm = next(a for a in algorithms if a.name == "population_density")
@@ -317,22 +324,24 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
     result: dict[str, Any] = {"dataset_rows": ds.rows, "algorithm": algorithm.name, "params": algorithm.params,
                               "runs": n}
     frame, _, _ = load_frame(ds.path)
-    units = frame["msisdn"]
     direct, _ = measure(partial(algorithm.direct, frame), reps=n, warmup=1)
+    spec = for_run(table="cdr", column="msisdn")
+    domains = resolve(algorithm.bundle.manifest.privacy.groups, dataset_domains(ds.path))
     with Runtime(tables={"cdr": ds.path}) as runtime:
         sandbox, sandboxed = measure(
             partial(runtime.run, source=algorithm.bundle.source, entrypoint=algorithm.bundle.manifest.entrypoint,
-                    params=algorithm.params),
+                    params=algorithm.params, pseudonyms=spec),
             reps=n, warmup=1)
         # the per-run fixed cost: fork, namespaces, empty root, rlimits, seccomp, compile, one tiny result
         fixed, _ = measure(partial(runtime.run, source=_TRIVIAL, entrypoint="contributions", params={}),
                            reps=max(n, 20), warmup=2)
         result["layers"] = sorted(name for name, on in runtime.layers().items() if on)
+        units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
     result["fixed_cost"] = fixed.to_dict()
     clock.say(f"small runs: per-run fixed cost on a warm runtime {_fmt(result['fixed_cost'])} "
               f"(layers: {', '.join(result['layers'])})")
-    gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, policy=ReleasePolicy(),
-                              epsilon=1.0, known_units=units), reps=n)
+    gate, _ = measure(partial(release, sandboxed, privacy=algorithm.bundle.manifest.privacy, domains=domains,
+                              policy=ReleasePolicy(), epsilon=1.0, known_units=units), reps=n)
     result["direct"] = direct.to_dict()
     result["sandbox"] = sandbox.to_dict()
     result["gate"] = gate.to_dict()
@@ -441,6 +450,17 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 reps=2 if config.quick else 3))
             if "gate" in results["gate"]:
                 clock.say(f"gate {_fmt(results['gate']['gate'])}, duckdb {_fmt(results['gate']['duckdb'])}")
+
+        if config.wants("utility"):
+            from opal.bench.utility import bench_utility
+
+            clock.say("utility: population_density, 2 000 subscribers x 7 days, ε = 1 ...")
+            results["utility"] = _attempt(clock, "utility", lambda: bench_utility(runs=10 if config.quick else 30))
+            if "released_share_min" in results["utility"]:
+                u = results["utility"]
+                clock.say(f"utility: {u['released_share_mean']:.0%} of cells released "
+                          f"(min {u['released_share_min']:.0%}), 95 % intervals hold the truth "
+                          f"{u['interval_coverage']:.1%} of the time")
 
         if config.wants("ledger"):
             results["ledger"] = _ledger(config, work, clock)

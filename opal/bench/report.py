@@ -290,12 +290,32 @@ def _gate(results: dict[str, Any]) -> list[str]:
     out += [
         (f"{g['rows']:,} contribution rows, {g['units']:,} units, {g['groups']:,} groups "
         f"(table from `{g['table_source']}`). The gate: unit check against the known units, bounding to "
-        f"{g['max_groups_per_unit']} groups per unit, distinct-unit counts, OpenDP noise, suppression. "
+        f"{g['max_groups_per_unit']} groups per unit, distinct-unit counts over the public domain of "
+        f"{g['groups']:,} cells, OpenDP noise on every cell, suppression of small noisy counts. "
         "DuckDB: `SELECT cell, count(DISTINCT msisdn) FROM contributions GROUP BY cell` over the same "
         "in-memory table. Run alternately."),
         "",
         _table(["gate (release, count)", "DuckDB count(DISTINCT)", "gate / DuckDB"],
                [[_span(g["gate"]), _span(g["duckdb"]), _x(_ratio(g["gate"], g["duckdb"]))]], "rrr"),
+        "",
+    ]
+    return out
+
+
+def _utility(results: dict[str, Any]) -> list[str]:
+    u = results.get("utility")
+    if not u:
+        return []
+    out = ["## Utility on small data (public domains)", ""]
+    if "error" in u:
+        return out + [f"Failed: {u['error']}", ""]
+    out += [
+        (f"`population_density` on {u['subscribers']:,} subscribers x {u['days']} days at ε = {u['epsilon']:g}, "
+         f"{u['runs']} runs through the sandbox and the gate: {u['cells']} region x day cells (smallest true "
+         f"count {u['min_true_count']}). Released: {u['released_share_mean']:.1%} of cells on average, "
+         f"{u['released_share_min']:.1%} in the worst run. The stated {u['stated_confidence']:.0%} intervals "
+         f"held the true count {u['interval_coverage']:.1%} of the time (median width "
+         f"{u['interval_width_median']:.0f} subscribers)."),
         "",
     ]
     return out
@@ -391,7 +411,7 @@ def _why(results: dict[str, Any]) -> list[str]:
             continue
         lo, hi = min(ratios), max(ratios)
         parts = sorted([(sandbox, "the sandbox (b − a: process isolation, restricted execution, Arrow IPC copy)"),
-                        (gate, "the release gate (unit-column read, bounding, noise, suppression)"),
+                        (gate, "the release gate (run's unit count, domain check, bounding, noise, suppression)"),
                         (pipeline, "the pipeline (d − c: queue, trust checks, budget, ledger, result backend)")],
                        reverse=True)
         shares = "; ".join(f"{100 * v / extra:.0f} % {name}" for v, name in parts)
@@ -482,7 +502,7 @@ def render(results: dict[str, Any], *, previous: Path | None = None) -> str:
     """The whole report; the hand-written block comes from ``previous`` when it has one."""
     lines = (
         _header(results) + _datasets(results) + _algorithms(results) + _memory(results) + _gate(results)
-        + _ledger(results) + _small(results) + _why(results)
+        + _utility(results) + _ledger(results) + _small(results) + _why(results)
         + ["### Why (hand-written)", "", HAND_BEGIN, _hand_written(previous).rstrip("\n"), HAND_END, ""]
         + _sql(results)
     )

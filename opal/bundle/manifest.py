@@ -64,7 +64,10 @@ class Manifest:
         if not _IDENT.match(data["entrypoint"]) or data["entrypoint"].startswith("_"):
             raise BadInputError(f"{where}: entrypoint {data['entrypoint']!r} must be a public function name")
         if not isinstance(data.get("privacy"), dict):
-            raise BadInputError(f"{where}: a [privacy] table is required (unit, aggregation, max_groups_per_unit)")
+            raise BadInputError(
+                f"{where}: a [privacy] table is required (unit, aggregation, max_groups_per_unit) "
+                "with [privacy.groups]"
+            )
         parameters = data.get("parameters", {"type": "object", "additionalProperties": False})
         if not isinstance(parameters, dict):
             raise BadInputError(f"{where}: [parameters] must be a JSON Schema table")

@@ -22,6 +22,11 @@ max_groups_per_unit = 1            # each unit counts in at most this many cells
 # value_bounds = [0, 3600]         # required for sum/mean: values are clamped to this range
 # value_column = "value"           # column holding each unit's value for sum/mean
 
+[privacy.groups]                   # every group column and its PUBLIC domain: the released table
+region = "dataset"                 # has one row per label, whatever the data. "dataset": the
+                                   # dataset's registered domain; or {{ range = [lo, hi] }},
+                                   # {{ values = [...] }}, {{ dataset = "other_column" }}
+
 [parameters]                       # JSON Schema for run parameters (checked before every run)
 type = "object"
 additionalProperties = false
@@ -62,7 +67,8 @@ Describe the statistic, its unit of analysis and its groups.
 
 ## What a reviewer should check
 - The returned table has exactly one row per (unit, group) and no columns derived from other units.
-- Group columns hold public categories (regions, days), never per-subscriber values.
+- Group columns hold public categories (regions, days) declared in [privacy.groups];
+  labels outside those domains are dropped by the platform.
 '''
 
 

@@ -25,11 +25,12 @@ def render_release(result: dict[str, Any], *, title: str = "released", max_rows:
     mech = result.get("mechanism") or {}
     spent = "0 (served from the cache)" if cached_from else result.get("epsilon", "?")
     line = f"cells released: {result.get('cells_released', len(rows))}; ε spent {spent}"
-    if mech.get("threshold") is not None:
-        line += f"; cells below the release threshold ({mech['threshold']} noisy units) are suppressed"
-    if "cells_suppressed" in result:  # the operator's full record
-        line += f"; cells suppressed: {result['cells_suppressed']}"
+    if "cells_suppressed" in result:
+        line += f"; suppressed: {result['cells_suppressed']}"
+    if mech.get("min_units_per_cell") is not None:
+        line += f" (noisy unit count below {mech['min_units_per_cell']})"
     console.print(line)
+    console.print("each value: noise_scale and 95 % interval ci_low..ci_high; suppressed cells have no value")
     if cached_from:
         console.print(f"served from the cache of run {cached_from} (no new noise, no budget spent)")
 

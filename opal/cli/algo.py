@@ -52,29 +52,36 @@ def check(folder: Path, as_json: bool) -> None:
 
 @algo.command("test")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--dataset", "dataset", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dataset", "dataset", required=True, type=click.Path(path_type=Path))
 @click.option("--params", default=None, help="Run parameters as JSON.")
 @click.option("--epsilon", type=float, default=None)
+@click.option("--domains", "domains", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Public group domains of the dataset (default: STEM.domains.toml next to it).")
+@click.option("--locality", is_flag=True, help="Also run the leave-one-out unit-locality probe.")
 @click.option("--json", "as_json", is_flag=True)
-def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None, as_json: bool) -> None:
+def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None, domains: Path | None,
+         locality: bool, as_json: bool) -> None:
     """Run an unsigned bundle through the real sandbox and release gate on a local file."""
     from opal.devloop import test_bundle
 
-    result = test_bundle(folder, dataset=dataset, params=parse_params(params), epsilon=epsilon)
+    parsed = parse_params(params)
+    result = test_bundle(folder, dataset=dataset, params=parsed, epsilon=epsilon, domains=domains)
+    if locality:
+        from opal.trust.locality import probe_folder
+
+        result["locality"] = probe_folder(folder, dataset=dataset, params=parsed).to_dict()
     if as_json:
         emit_json(result)
-    else:
-        render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)")
-        # local data the caller already holds: every cell decision may be shown
-        console.print("per-cell decisions:")
-        reasons: dict[str, int] = {}
-        for d in result.get("decisions", []):
-            if d.get("released"):
-                console.print(f"  released    {json.dumps(d.get('group'))}")
-            else:
-                reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
-        for reason, n in sorted(reasons.items()):
-            console.print(f"  suppressed  {n} cell(s): {reason}")
+        return
+    render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)")
+    # local data the caller already holds: what the gate dropped may be shown
+    diagnostics = result.get("diagnostics") or {}
+    if diagnostics.get("contributions_refused"):
+        console.print(f"contributions refused: {diagnostics['contributions_refused']}")
+    for reason, n in sorted((diagnostics.get("rows_dropped") or {}).items()):
+        console.print(f"dropped {n:,} contribution row(s): {reason}")
+    if "locality" in result:
+        console.print(f"locality probe: {result['locality']['summary']}")
 
 
 @algo.command("submit")
@@ -119,16 +126,27 @@ def list_(app: App, as_json: bool) -> None:
 
 @algo.command("review")
 @click.argument("ref")
+@click.option("--params", default=None,
+              help="Parameters for the locality probe (default: from the schema's defaults).")
+@click.option("--no-locality", is_flag=True, help="Skip the leave-one-out unit-locality probe.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def review(app: App, ref: str, as_json: bool) -> None:
-    """Show what a reviewer signs: manifest, parameters, privacy, source and the diff
-    against the previous approved version."""
+def review(app: App, ref: str, params: str | None, no_locality: bool, as_json: bool) -> None:
+    """Show what a reviewer signs: manifest, parameters, privacy, source, the diff
+    against the previous approved version, and the unit-locality probe on
+    synthetic data (removing one subscriber must change no other's rows)."""
     from opal.runs.request import resolve_bundle
     from opal.trust.review import review_view
 
     digest, _, _ = resolve_bundle(app.node, ref)
     view = review_view(app.node, digest)
+    if not no_locality:
+        from opal.trust.locality import probe_synthetic
+
+        bundle = app.node.registry.load(digest)
+        view["locality"] = probe_synthetic(
+            bundle, params=parse_params(params) if params is not None else None
+        ).to_dict()
     if as_json:
         emit_json(view)
         return
@@ -161,6 +179,9 @@ def review(app: App, ref: str, as_json: bool) -> None:
         console.print(
             f"  {a['verdict']:8} {a['reviewer']}  {a['time']}  expires {a['expires']}  ({mark}) {a['comment']}"
         )
+    if "locality" in view:
+        style = "green" if view["locality"]["local"] else "red"
+        console.print(f"[{style}]{view['locality']['summary']}[/]")
 
 
 def _verdict(app: App, ref: str, key: str | None, verdict: str, expires: str | None, comment: str) -> None:

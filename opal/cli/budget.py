@@ -18,17 +18,19 @@ def budget() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def show(app: App, dataset: str | None, as_json: bool) -> None:
-    """Spent, reserved and left ε, and who spent it."""
+    """Spent, reserved and left ε, who spent it, and which datasets share it (the
+    budget belongs to the data: the same content under two names has one budget)."""
     from opal.release.budget import show as states
 
     items = states(app.node, dataset)
     if as_json:
         emit_json([s.to_dict() for s in items])
         return
-    table = Table("dataset", "total ε", "spent", "reserved", "left", "spent by")
+    table = Table("dataset", "total ε", "spent", "reserved", "left", "spent by", "shared with (same data)")
     for s in items:
         by = ", ".join(f"{x['requester']} {x['epsilon']:g} ({x['runs']} run(s))" for x in s.spenders)
-        table.add_row(s.dataset, f"{s.total:g}", f"{s.spent:g}", f"{s.reserved:g}", f"{s.left:g}", by)
+        table.add_row(s.dataset, f"{s.total:g}", f"{s.spent:g}", f"{s.reserved:g}", f"{s.left:g}", by,
+                      ", ".join(s.shared_with))
     console.print(table)
 
 

@@ -52,6 +52,7 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
         "days": summary.days, "seed": summary.seed, "regions": summary.regions, "cells": summary.cells,
         "bytes": summary.bytes,
         "ground_truth": str(summary.ground_truth_path) if summary.ground_truth_path else None,
+        "domains": str(summary.domains_path) if summary.domains_path else None,
     }
     if as_json:
         emit_json(doc)
@@ -60,6 +61,7 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
                       f"{summary.days} days in {summary.regions} regions to {summary.path}")
         if summary.ground_truth_path:
             console.print(f"shock ground truth: {summary.ground_truth_path}")
+        console.print(f"public group domains: {summary.domains_path}")
 
 
 @dataset.command("register")
@@ -68,28 +70,39 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
 @click.option("--schema", default="cdr", show_default=True)
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Release policy TOML (default: the built-in one, see governance/release_policy.toml).")
+@click.option("--domains", "domains_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Public group domains (TOML: COLUMN = [labels] or { range = [lo, hi] }); "
+                   "default: STEM.domains.toml next to the file, if present.")
 @click.option("--key", default=None, help="Operator key that records the registration.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def register(
-    app: App, name: str, source: str, schema: str, policy_file: Path | None, key: str | None, as_json: bool
+    app: App, name: str, source: str, schema: str, policy_file: Path | None, domains_file: Path | None,
+    key: str | None, as_json: bool,
 ) -> None:
     """Register a Parquet/CSV file or a PostgreSQL table under NAME, with its release policy and budget.
 
     A table is copied to a Parquet snapshot under OPAL_HOME (the sandbox reads
-    the snapshot); its content fingerprint is the dataset version."""
+    the snapshot); its content fingerprint is the dataset version. Content
+    registered already under another name shares that dataset's budget."""
     from opal.data import catalog
     from opal.release.policy import ReleasePolicy
 
     policy = ReleasePolicy.load(policy_file) if policy_file else None
     signer = app.node.keyring.signer_for(key, "operator")
     target: Path | str = source if catalog.is_table_url(source) else Path(source)
-    ds = catalog.register(app.node, name, target, schema=schema, policy=policy, signer=signer)
+    ds = catalog.register(app.node, name, target, schema=schema, policy=policy, domains=domains_file,
+                          signer=signer)
+    from opal.release.budget import show as budget_of
+
+    state = budget_of(app.node, name)[0]
     if as_json:
-        emit_json(ds.to_dict())
+        emit_json(dict(ds.to_dict(), budget=state.to_dict()))
     else:
+        shared = f" (shared with {', '.join(state.shared_with)}: same content)" if state.shared_with else ""
         console.print(f"registered dataset [bold]{name}[/]: {ds.rows:,} rows, schema {schema}, "
-                      f"version {ds.version[:12]}, budget ε={ds.policy.total_epsilon:g}")
+                      f"version {ds.version[:12]}, budget ε={state.total:g}{shared}, "
+                      f"domains: {', '.join(ds.domains) or 'none'}")
 
 
 @dataset.command("list")

@@ -165,10 +165,12 @@ def verify(file: str, log_keys: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def decisions(app: App, run_id: str, as_json: bool) -> None:
-    """Operator view: every cell decision of a release, suppressed cells by reason.
+    """Operator view of a release: the run's true outcome (did the algorithm
+    raise, hit a limit, return a malformed table?) and what the gate dropped.
 
-    The count of suppressed cells is not released to analysts (it reveals the
-    exact number of groups); it stays on the operator's node.
+    These are exact facts about the data, so they never reach the requester,
+    who gets an ordinary noisy release either way; the ledger holds their
+    digest (operator_outcome_digest, decisions_digest).
     """
     from opal.runs.records import run_decisions
 
@@ -176,15 +178,20 @@ def decisions(app: App, run_id: str, as_json: bool) -> None:
     if as_json:
         emit_json({k: v for k, v in full.items() if k != "table"})
         return
-    reasons: dict[str, int] = {}
-    for d in full.get("decisions", []):
-        if not d.get("released"):
-            reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
+    outcome = full.get("run_outcome") or {"outcome": "ok"}
     console.print(f"run {run_id}: {full.get('cells_released')} cell(s) released, "
-                  f"{full.get('cells_suppressed')} suppressed (operator view; decisions digest "
+                  f"{full.get('cells_suppressed')} suppressed (decisions digest "
                   f"{str(full.get('decisions_digest'))[:16]}… is in the ledger)")
-    for reason, n in sorted(reasons.items()):
-        console.print(f"  {n:>6} suppressed: {reason}")
+    line = f"  algorithm outcome: {outcome.get('outcome')}"
+    if outcome.get("error_type"):
+        line += f" ({outcome['error_type']}"
+        line += f", exit {outcome['exit_code']})" if outcome.get("exit_code") is not None else ")"
+    console.print(line)
+    if outcome.get("message"):
+        console.print(f"  {outcome['message']}")
+    diagnostics = full.get("diagnostics") or {}
+    for reason, n in sorted((diagnostics.get("rows_dropped") or {}).items()):
+        console.print(f"  {n:>6} contribution row(s) dropped: {reason}")
 
 
 @runs.command("cancel")

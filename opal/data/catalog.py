@@ -9,6 +9,12 @@ change of the data is a new version: workers reload it and identical-run
 caching never serves a release computed on other data.
 
 Columns must match the declared schema, or registration is refused.
+
+Each dataset declares the public domains of its group columns (``--domains
+FILE``, by default the ``STEM.domains.toml`` sidecar next to a file): the
+labels a release over it may carry (``opal.release.domains``). Its privacy
+budget belongs to its content (``opal.release.budget``): registering the same
+content under another name shares one budget.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import hashlib
 import json
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from opal.canonical import canonical_json, sha256_hex
 from opal.db import Database, ensure_tables
 from opal.errors import BadInputError
+from opal.release import budget
+from opal.release.domains import Label, domains_from_dict, domains_to_dict, load_domains, sidecar_for
 from opal.release.policy import ReleasePolicy
 from opal.trust.keys import utcnow
 
@@ -104,6 +113,7 @@ class Dataset:
     policy: ReleasePolicy
     registered: str
     source: str | None = None      # the PostgreSQL table (password removed) a snapshot was taken of
+    domains: dict[str, tuple[Label, ...]] = field(default_factory=dict)  # public group domains
 
     @property
     def version(self) -> str:
@@ -123,6 +133,7 @@ class Dataset:
             "policy": self.policy.to_dict(),
             "registered": self.registered,
             "source": self.source or str(self.path),
+            "domains": domains_to_dict(self.domains),
         }
 
 
@@ -197,17 +208,23 @@ def register(
     *,
     schema: str = "cdr",
     policy: ReleasePolicy | None = None,
+    domains: dict[str, tuple[Label, ...]] | Path | None = None,
     signer: Signer,
 ) -> Dataset:
     """Register the file or PostgreSQL table ``path`` as dataset ``name``.
 
+    ``domains`` are the public group domains (a mapping, or a domain file);
+    by default the sidecar ``STEM.domains.toml`` next to a file, if present.
+    A source whose content is registered already shares that dataset's budget.
+
     Raises:
         BadInputError: bad name or schema, unreadable source, columns that do
-            not match the schema, or a name registered already.
+            not match the schema, a bad domain file, or a name registered already.
     """
     _check_name_and_schema(name, schema)
     if node.db.one("SELECT 1 FROM datasets WHERE name = ?", (name,)) is not None:
         raise BadInputError(f"dataset {name!r} is registered already; see opal dataset show {name}")
+    declared = _domains_for(path, domains)
     file, rows, version, source = _load(node, name, path, schema)
     policy = policy or default_policy()
     ds = Dataset(
@@ -219,6 +236,7 @@ def register(
         policy=policy,
         registered=utcnow(),
         source=source,
+        domains=declared,
     )
     _ensure_sources(node)
     with node.db.transaction() as tx:
@@ -231,13 +249,22 @@ def register(
         )
         if source is not None:
             tx.execute("INSERT OR REPLACE INTO dataset_sources(name, source) VALUES (?,?)", (name, source))
+        domains_doc = domains_to_dict(declared)
         tx.execute(
-            "INSERT INTO budget(dataset, total, spent, reserved) VALUES (?,?,0,0)",
-            (name, policy.total_epsilon),
+            "INSERT OR REPLACE INTO dataset_domains(name, domains) VALUES (?,?)", (name, json.dumps(domains_doc))
         )
-        body: dict[str, Any] = {"dataset": name, "schema": schema, "rows": rows, "version": ds.fingerprint}
+        shares = budget.open_pool(tx, dataset=name, fingerprint=ds.fingerprint, total_epsilon=policy.total_epsilon)
+        body: dict[str, Any] = {
+            "dataset": name,
+            "schema": schema,
+            "rows": rows,
+            "version": ds.fingerprint,
+            "domains_digest": sha256_hex(canonical_json(domains_doc)),
+        }
         if source is not None:
             body["source"] = source
+        if shares is not None:
+            body["budget_shared_with"] = shares
         node.ledger.append_in(tx, type="dataset_registered", body=body, signer=signer, subject=name)
         node.ledger.append_in(
             tx,
@@ -279,11 +306,27 @@ def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
 
 
 _SOURCES_TABLE = "CREATE TABLE IF NOT EXISTS dataset_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)"
+_DOMAINS_TABLE = "CREATE TABLE IF NOT EXISTS dataset_domains (name TEXT PRIMARY KEY, domains TEXT NOT NULL)"
 _sources_ready: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def _ensure_sources(node: Node) -> None:
-    ensure_tables(node.db, (_SOURCES_TABLE,), _sources_ready)
+    ensure_tables(node.db, (_SOURCES_TABLE, _DOMAINS_TABLE), _sources_ready)
+
+
+def _domains_for(
+    source: Path | str, domains: dict[str, tuple[Label, ...]] | Path | None
+) -> dict[str, tuple[Label, ...]]:
+    """The declared domains: given, read from a file, or the source's sidecar."""
+    if isinstance(domains, Path):
+        return load_domains(domains)
+    if domains is not None:
+        return dict(domains)
+    if not is_table_url(source):
+        sidecar = sidecar_for(Path(source).expanduser().absolute())
+        if sidecar.is_file():
+            return load_domains(sidecar)
+    return {}
 
 
 # -- PostgreSQL tables ---------------------------------------------------------
@@ -392,10 +435,14 @@ def _from_row(row: Any) -> Dataset:
         policy=ReleasePolicy.from_dict(json.loads(row["policy"])),
         registered=row["registered"],
         source=row["source"],
+        domains=domains_from_dict(json.loads(row["domains"] or "{}"), where=f"dataset {row['name']}"),
     )
 
 
-_SELECT = "SELECT d.*, s.source AS source FROM datasets d LEFT JOIN dataset_sources s ON s.name = d.name"
+_SELECT = (
+    "SELECT d.*, s.source AS source, m.domains AS domains FROM datasets d "
+    "LEFT JOIN dataset_sources s ON s.name = d.name LEFT JOIN dataset_domains m ON m.name = d.name"
+)
 
 
 def get(node: Node, name: str) -> Dataset:

@@ -26,8 +26,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from opal.data.world import NIGHT_END_HOUR, NIGHT_START_HOUR, REGIONS, World, build_world
+from opal.data.world import (
+    EVENTS,
+    NIGHT_END_HOUR,
+    NIGHT_START_HOUR,
+    REGIONS,
+    World,
+    build_world,
+    public_domains,
+    write_domains,
+)
 from opal.errors import BadInputError
+from opal.release.domains import sidecar_for
 
 __all__ = [
     "CDR_UNIT",
@@ -45,7 +55,6 @@ __all__ = [
 
 CDR_UNIT = "msisdn"
 CDR_COLUMNS = ("msisdn", "timestamp", "day", "cell_id", "region", "event", "duration_s")
-EVENTS = ("call", "sms", "data")
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)   # a Monday: day % 7 in (5, 6) is a weekend
 MAX_SUBSCRIBERS = 10_000_000
 MAX_DAYS = 366
@@ -111,6 +120,7 @@ class SynthSummary:
     cells: int
     bytes: int
     ground_truth_path: Path | None
+    domains_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +133,7 @@ class SynthSummary:
             "cells": self.cells,
             "bytes": self.bytes,
             "ground_truth_path": str(self.ground_truth_path) if self.ground_truth_path else None,
+            "domains_path": str(self.domains_path) if self.domains_path else None,
         }
 
 
@@ -226,6 +237,9 @@ def synthesize(
     else:
         # A truth file left from an earlier shocked run would describe other data.
         truth_file.unlink(missing_ok=True)
+    # The world's public reference tables, for `opal dataset register` and `opal algo test`.
+    domains_file = sidecar_for(out)
+    write_domains(domains_file, public_domains(days=days))
 
     return SynthSummary(
         path=out,
@@ -237,6 +251,7 @@ def synthesize(
         cells=int(World.cell_ids().shape[0]),
         bytes=out.stat().st_size,
         ground_truth_path=truth_file if truth is not None else None,
+        domains_path=domains_file,
     )
 
 

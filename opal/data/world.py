@@ -7,7 +7,9 @@ table and a cell-tower map); only the per-subscriber arrays are "private".
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +24,11 @@ __all__ = [
     "NIGHT_END_HOUR",
     "region_by_name",
     "cell_table",
+    "EVENTS",
     "World",
     "build_world",
+    "public_domains",
+    "write_domains",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -34,6 +39,7 @@ FloatArray = npt.NDArray[np.float64]
 NIGHT_START_HOUR = 20
 NIGHT_END_HOUR = 7
 
+EVENTS = ("call", "sms", "data")
 _FIRST_CELL_ID = 10_001
 _CELLS_PER_UNIT_WEIGHT = 240     # a region with weight 0.1 has 24 cells
 _MIN_CELLS = 4
@@ -91,6 +97,33 @@ def region_by_name(name: str) -> Region:
     raise BadInputError(
         f"unknown region {name!r}; expected one of {', '.join(r.name for r in REGIONS)}"
     )
+
+
+def public_domains(*, days: int) -> dict[str, Any]:
+    """The public group domains of a synthetic dataset of ``days`` days, from
+    the world's reference tables: regions, cells, event types and days."""
+    first = _FIRST_CELL_ID
+    return {
+        "region": [r.name for r in REGIONS],
+        "day": {"range": [0, int(days) - 1]},
+        "event": list(EVENTS),
+        "cell_id": {"range": [first, first + int(_CELL_COUNT.sum()) - 1]},
+    }
+
+
+def write_domains(path: Path, domains: dict[str, Any]) -> None:
+    """Write ``domains`` as a TOML domain file (``opal dataset register --domains``).
+
+    JSON arrays of strings and integers are valid TOML arrays.
+    """
+    lines = ["# Public group domains of this dataset (opal dataset register --domains)."]
+    for column, spec in domains.items():
+        if isinstance(spec, dict):
+            lo, hi = spec["range"]
+            lines.append(f"{column} = {{ range = [{int(lo)}, {int(hi)}] }}")
+        else:
+            lines.append(f"{column} = {json.dumps(list(spec), ensure_ascii=False)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def cell_table() -> list[dict[str, Any]]:

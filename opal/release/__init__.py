@@ -1,5 +1,5 @@
-"""The release gate: per-unit contributions in, noise-protected and
-disclosure-checked cells out.
+"""The release gate: per-unit contributions in, one noisy row per cell of
+the public group domains out.
 
 ``release()`` is the one entry point the run pipeline calls; the rest is
 exposed so reviewers and tests can check each step on its own.
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opal.release.bounding import BoundedAggregate, Sensitivity, bounded_aggregate, sensitivity
-    from opal.release.dominance import dominance_failures
     from opal.release.gate import CellDecision, Release, release
     from opal.release.policy import PrivacySpec, ReleasePolicy
 
@@ -27,7 +26,6 @@ __all__ = [
     "ReleasePolicy",
     "Sensitivity",
     "bounded_aggregate",
-    "dominance_failures",
     "release",
     "sensitivity",
 ]
@@ -37,7 +35,6 @@ _HOME = {
     "Sensitivity": "bounding",
     "bounded_aggregate": "bounding",
     "sensitivity": "bounding",
-    "dominance_failures": "dominance",
     "CellDecision": "gate",
     "Release": "gate",
     "release": "gate",

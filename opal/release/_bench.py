@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from opal.release.bounding import bounded_aggregate
+from opal.release.domains import GroupDomain
 from opal.release.gate import release
 from opal.release.policy import PrivacySpec, ReleasePolicy
 
@@ -72,10 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     policy = ReleasePolicy()
     # 3 000 groups over 500 000 units: 20 rows a unit, so a bound of 30 keeps
     # every contribution (the common case); a bound of 5 makes the gate choose.
-    spec30 = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=30)
-    spec5 = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=5)
+    domains = {"cell": tuple(range(args.groups))}
+    cell = {"cell": GroupDomain(values=domains["cell"])}
+    spec30 = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=30, groups=cell)
+    spec5 = PrivacySpec(unit="msisdn", aggregation="count", max_groups_per_unit=5, groups=cell)
     spec_sum = PrivacySpec(
-        unit="msisdn", aggregation="sum", max_groups_per_unit=30, value_bounds=(0.0, 600.0)
+        unit="msisdn", aggregation="sum", max_groups_per_unit=30, value_bounds=(0.0, 600.0),
+        groups=cell,
     )
 
     duck = "duckdb count(distinct) group by"
@@ -83,16 +87,16 @@ def main(argv: list[str] | None = None) -> None:
         {
             duck: lambda: con.execute(sql).fetchnumpy(),
             "bounded_aggregate (count, m=30, pre-noise)": lambda: bounded_aggregate(
-                counts, spec30, known_units=known
+                counts, spec30, domains, known_units=known
             ),
             "release (count, m=30, known units)": lambda: release(
-                counts, privacy=spec30, policy=policy, epsilon=1.0, known_units=known
+                counts, privacy=spec30, domains=domains, policy=policy, epsilon=1.0, known_units=known
             ),
             "release (count, m=5, selection active)": lambda: release(
-                counts, privacy=spec5, policy=policy, epsilon=1.0, known_units=known
+                counts, privacy=spec5, domains=domains, policy=policy, epsilon=1.0, known_units=known
             ),
             "release (sum, m=30, laplace)": lambda: release(
-                df, privacy=spec_sum, policy=policy, epsilon=1.0, known_units=known
+                df, privacy=spec_sum, domains=domains, policy=policy, epsilon=1.0, known_units=known
             ),
         },
         args.repeat,

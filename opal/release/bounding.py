@@ -14,21 +14,33 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from opal.errors import ReleaseRefused
 from opal.release.contributions import (
-    cell_codes,
+    UnitSet,
     check_finite_values,
-    check_known_units,
     check_layout,
+    domain_codes,
     unit_keys,
+    unit_membership,
+    unknown_units_error,
 )
+from opal.release.domains import Label
 from opal.release.policy import PrivacySpec
 
-__all__ = ["BoundedAggregate", "Sensitivity", "bounded_aggregate", "os_rng", "sensitivity"]
+__all__ = [
+    "BoundedAggregate",
+    "Sensitivity",
+    "bounded_aggregate",
+    "empty_aggregate",
+    "os_rng",
+    "sensitivity",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,21 +110,19 @@ def sensitivity(privacy: PrivacySpec) -> Sensitivity:
 
 @dataclass(frozen=True, kw_only=True)
 class BoundedAggregate:
-    """The true, pre-noise aggregate of bounded contributions, one row per cell.
-
-    Only cells that keep at least one unit after bounding exist here: a cell
-    reached only by a contribution the bound dropped must not surface at all.
+    """The true, pre-noise aggregate of bounded contributions over every cell
+    of the public domain product (cell order of ``domain_keys``).
 
     Trusted-side only: these are exact values and must never leave the gate.
+    ``dropped`` counts the rows set aside before aggregation, by reason; it is
+    exact too, so it is the operator's only.
     """
 
-    keys: pd.DataFrame  # group columns, one row per cell (cell order)
     units: np.ndarray  # int64 distinct units per cell
     sums: np.ndarray | None  # float64 sum of clamped per-unit contributions
-    top: np.ndarray | None  # float64 (cells, n) largest |contribution|, descending
-    abs_totals: np.ndarray | None  # float64 sum of |contribution| per cell
     rows_in: int
     units_in: int
+    dropped: dict[str, int]
     units_verified: bool
 
     @property
@@ -128,41 +138,98 @@ def os_rng() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(32), "little")))
 
 
+DROP_LABEL = "group label missing or outside the public domain"
+DROP_UNIT_MISSING = "privacy unit missing"
+DROP_UNIT_UNKNOWN = "privacy unit not one of this run's pseudonyms"
+DROP_VALUE = "value not finite"
+DROP_MALFORMED = "contributions table malformed"
+
+
+def empty_aggregate(
+    privacy: PrivacySpec, cells: int, *, rows_in: int = 0, dropped: dict[str, int] | None = None
+) -> BoundedAggregate:
+    """The aggregate of no contributions: what a run whose algorithm produced
+    nothing usable releases (with noise, like any other)."""
+    return BoundedAggregate(
+        units=np.zeros(cells, dtype=np.int64),
+        sums=None if privacy.aggregation == "count" else np.zeros(cells, dtype=np.float64),
+        rows_in=rows_in,
+        units_in=0,
+        dropped=dict(dropped or {}),
+        units_verified=True,
+    )
+
+
 def bounded_aggregate(
     contributions: pd.DataFrame,
     privacy: PrivacySpec,
+    domains: Mapping[str, tuple[Label, ...]],
     *,
-    known_units: object | None = None,
-    top_n: int = 2,
+    known_units: UnitSet | None = None,
+    strict: bool = False,
     rng: np.random.Generator | None = None,
 ) -> BoundedAggregate:
-    """Check, bound and aggregate contributions (no noise).
+    """Check, bound and aggregate contributions over the domain product (no noise).
 
-    1. check the layout against ``privacy`` (unit, groups, value);
-    2. refuse missing or unknown units, missing groups, non-finite values;
-    3. collapse duplicate (unit, group) rows: a unit counts once per cell, and
+    1. check the layout against ``privacy`` (unit, declared groups, value);
+    2. drop rows whose labels are missing or outside the public domains, whose
+       unit is missing or not one of ``known_units``, or whose value is not
+       finite (``strict``: refuse those instead, except labels);
+    3. collapse duplicate (unit, cell) rows: a unit counts once per cell, and
        its values there are added (each row clamped, then the total clamped);
     4. keep at most ``max_groups_per_unit`` cells per unit, chosen uniformly
        at random (``rng``, OS-seeded by default);
-    5. per cell: distinct units, sum of contributions, and the ``top_n``
-       largest contribution magnitudes (for the dominance rules).
+    5. per cell of the domain: distinct units and sum of contributions.
 
-    Raises ``ReleaseRefused`` (via ``check_layout`` and friends).
+    Raises ``ReleaseRefused`` for a malformed table (always) and, with
+    ``strict``, for a row that breaks a rule other than the domain.
     """
     layout = check_layout(contributions, privacy)
     frame = contributions
-    cells = cell_codes(frame, layout.groups)
-    width = cells.size
-    units = unit_keys(frame[layout.unit], max_span=(2**62) // width)
+    rows_in = len(frame)
+    dropped: dict[str, int] = {}
+    cells = domain_codes(frame, layout.groups, domains)
+    width = max(1, int(np.prod([len(domains[g]) for g in layout.groups], dtype=np.int64)))
+    keep = cells >= 0
+    _note(dropped, DROP_LABEL, int((~keep).sum()))
+
+    unit_col = frame[layout.unit]
+    missing = unit_col.isna().to_numpy()
+    if missing.any():
+        if strict:
+            raise ReleaseRefused(
+                f"privacy-unit column {layout.unit!r} holds missing values; "
+                "every contribution needs a unit"
+            )
+        _note(dropped, DROP_UNIT_MISSING, int((missing & keep).sum()))
+        keep &= ~missing
 
     values: np.ndarray | None = None
     if layout.value is not None:
         values = frame[layout.value].to_numpy(dtype=np.float64, na_value=np.nan)
-        check_finite_values(values, layout.value)
+        finite = np.isfinite(values)
+        if not finite.all():
+            if strict:
+                check_finite_values(values, layout.value)
+            _note(dropped, DROP_VALUE, int((~finite & keep).sum()))
+            keep &= finite
+
+    if not keep.all():
+        unit_col = unit_col[keep]
+        cells = cells[keep]
+        if values is not None:
+            values = values[keep]
+    try:
+        units = unit_keys(unit_col, max_span=(2**62) // width)
+    except ReleaseRefused:
+        if strict:
+            raise
+        _note(dropped, DROP_MALFORMED, len(unit_col))
+        return empty_aggregate(privacy, width, rows_in=rows_in, dropped=dropped)
 
     # Distinct (unit, cell) pairs by sorting one int64 key: sorting beats
     # hashing ten million distinct pairs, and leaves each unit's pairs adjacent.
-    key = units.keys * width + cells.codes
+    key = units.keys * width + cells
     pair_sum: np.ndarray | None = None
     if values is None:
         key.sort()
@@ -182,42 +249,43 @@ def bounded_aggregate(
     pair_unit = pairs // width
     pair_cell = pairs - pair_unit * width
     unit_first = _run_starts(pair_unit)
-    if known_units is not None:
-        check_known_units(units.values_of(pair_unit[unit_first]), known_units, layout.unit)
+    if known_units is not None and len(pair_unit):
+        known = unit_membership(units.values_of(pair_unit[unit_first]), known_units)
+        if not known.all():
+            if strict:
+                raise unknown_units_error(layout.unit)
+            known_pair = known[np.cumsum(unit_first) - 1]
+            _note(dropped, DROP_UNIT_UNKNOWN, int((~known_pair).sum()))
+            pair_unit, pair_cell = pair_unit[known_pair], pair_cell[known_pair]
+            if pair_sum is not None:
+                pair_sum = pair_sum[known_pair]
+            unit_first = _run_starts(pair_unit)
     dense_unit = np.cumsum(unit_first) - 1
     n_units = int(dense_unit[-1]) + 1 if len(dense_unit) else 0
 
-    keep = _select_per_unit(dense_unit, n_units, privacy.max_groups_per_unit, rng)
-    if keep is not None:
-        pair_cell = pair_cell[keep]
+    selected = _select_per_unit(dense_unit, n_units, privacy.max_groups_per_unit, rng)
+    if selected is not None:
+        pair_cell = pair_cell[selected]
         if pair_sum is not None:
-            pair_sum = pair_sum[keep]
+            pair_sum = pair_sum[selected]
 
-    # Compact to the cells that still hold a unit.
-    units_full = np.bincount(pair_cell, minlength=width)
-    live = np.flatnonzero(units_full)
-    remap = np.full(width, -1, dtype=np.int64)
-    remap[live] = np.arange(len(live), dtype=np.int64)
-    cell = remap[pair_cell]
-    per_cell = units_full[live].astype(np.int64)
-
-    sums = top = abs_totals = None
+    per_cell = np.bincount(pair_cell, minlength=width).astype(np.int64)
+    sums = None
     if pair_sum is not None:
-        sums = np.bincount(cell, weights=pair_sum, minlength=len(live)).astype(np.float64)
-        mags = np.abs(pair_sum)
-        abs_totals = np.bincount(cell, weights=mags, minlength=len(live)).astype(np.float64)
-        top = _top_per_cell(cell, mags, len(live), max(top_n, 2))
-
+        sums = np.bincount(pair_cell, weights=pair_sum, minlength=width).astype(np.float64)
     return BoundedAggregate(
-        keys=cells.keys_of(frame, live),
         units=per_cell,
         sums=sums,
-        top=top,
-        abs_totals=abs_totals,
-        rows_in=len(frame),
+        rows_in=rows_in,
         units_in=n_units,
+        dropped=dropped,
         units_verified=known_units is not None,
     )
+
+
+def _note(dropped: dict[str, int], reason: str, n: int) -> None:
+    if n:
+        dropped[reason] = dropped.get(reason, 0) + n
 
 
 def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
@@ -264,26 +332,3 @@ def _select_per_unit(
     keep = np.ones(len(pair_unit), dtype=bool)
     keep[idx[order[rank >= m]]] = False
     return keep
-
-
-def _top_per_cell(cell: np.ndarray, mags: np.ndarray, n_cells: int, n: int) -> np.ndarray:
-    """(cells, n) array of each cell's ``n`` largest magnitudes, zero-padded.
-
-    ``n`` rounds of per-cell max, each removing one occurrence of the max.
-    """
-    top = np.zeros((n_cells, n), dtype=np.float64)
-    if len(cell) == 0:
-        return top
-    left = mags.astype(np.float64, copy=True)
-    positions = np.arange(len(cell), dtype=np.int64)
-    for r in range(n):
-        best = np.full(n_cells, -np.inf)
-        np.maximum.at(best, cell, left)
-        top[:, r] = np.where(np.isfinite(best), best, 0.0)
-        if r == n - 1:
-            break
-        hit = np.flatnonzero(left == best[cell])
-        first = np.full(n_cells, len(cell), dtype=np.int64)
-        np.minimum.at(first, cell[hit], positions[hit])
-        left[first[first < len(cell)]] = -np.inf
-    return top

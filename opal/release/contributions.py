@@ -2,31 +2,39 @@
 
 An algorithm returns ``[unit, group columns…, (value)]``. Before anything is
 aggregated the gate checks that table against the bundle's ``[privacy]``
-declaration and refuses it (``ReleaseRefused``) when it breaks a rule. Every
-message names the column and the rule, never a value from the data.
+declaration. A table that breaks the layout is refused (``ReleaseRefused``);
+the worker then releases over no contributions. Every message names declared
+columns and the rule, never a value or a column name chosen by the algorithm
+(a column can be named after private rows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from opal.errors import ReleaseRefused
+from opal.release.domains import Label
 from opal.release.policy import PrivacySpec
 
 __all__ = [
-    "CellCodes",
+    "KnownUnits",
     "Layout",
     "UnitKeys",
-    "cell_codes",
+    "UnitSet",
     "check_finite_values",
-    "check_known_units",
     "check_layout",
     "declared_columns",
+    "domain_codes",
+    "domain_keys",
     "output_column",
     "unit_keys",
+    "unit_membership",
+    "unknown_units_error",
 ]
 
 
@@ -69,57 +77,36 @@ def check_layout(contributions: object, privacy: PrivacySpec) -> Layout:
         raise ReleaseRefused(
             "contributions column names must be strings; rename the columns in the algorithm"
         )
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated:
+    if len(set(columns)) != len(columns):
         raise ReleaseRefused(
-            f"contributions have duplicate column name(s) {', '.join(map(repr, duplicated))}; "
-            "give every column a distinct name"
+            "contributions have duplicate column names; give every column a distinct name"
         )
     if privacy.unit not in columns:
         raise ReleaseRefused(
             f"contributions have no privacy-unit column {privacy.unit!r} (declared as "
-            "[privacy] unit); return it with the dataset's own unit ids"
+            "[privacy] unit); return the unit column the algorithm was given"
         )
     value: str | None = None
-    if privacy.aggregation == "count":
-        if privacy.value_column in columns and (
-            privacy.groups is None or privacy.value_column not in privacy.groups
-        ):
-            raise ReleaseRefused(
-                f"contributions have a value column {privacy.value_column!r}, but aggregation "
-                '\'count\' takes no value; drop it, or declare aggregation = "sum" or "mean"'
-            )
-    else:
+    if privacy.aggregation != "count":
         value = privacy.value_column
         if value not in columns:
             raise ReleaseRefused(
                 f"contributions have no value column {value!r}, required for aggregation "
                 f"{privacy.aggregation!r}; return it, or set [privacy] value_column"
             )
-    others = [c for c in columns if c != privacy.unit and c != value]
-    if privacy.groups is not None:
-        unknown = [c for c in others if c not in privacy.groups]
-        if unknown:
-            raise ReleaseRefused(
-                f"contributions have undeclared column(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {privacy.unit!r}, "
-                + ", ".join(repr(g) for g in privacy.groups)
-                + (f", {value!r}" if value else "")
-                + "; drop them or declare them in [privacy] groups"
-            )
-        missing = [g for g in privacy.groups if g not in columns]
-        if missing:
-            raise ReleaseRefused(
-                f"contributions lack declared group column(s) {', '.join(map(repr, missing))}; "
-                "return them or fix [privacy] groups"
-            )
-        groups = tuple(privacy.groups)
-    else:
-        groups = tuple(others)
-    out = output_column(privacy)
-    if out in groups:
+    allowed = [privacy.unit, *privacy.groups, *([value] if value else [])]
+    undeclared = [c for c in columns if c not in allowed]
+    if undeclared:
         raise ReleaseRefused(
-            f"group column {out!r} clashes with the released column {out!r}; rename it"
+            f"contributions have {len(undeclared)} undeclared column(s); allowed: "
+            + ", ".join(repr(c) for c in allowed)
+            + "; drop the others or declare them in [privacy.groups]"
+        )
+    missing = [g for g in privacy.groups if g not in columns]
+    if missing:
+        raise ReleaseRefused(
+            f"contributions lack declared group column(s) {', '.join(map(repr, missing))}; "
+            "return them or fix [privacy.groups]"
         )
     if value is not None:
         dtype = contributions[value].dtype
@@ -128,7 +115,7 @@ def check_layout(contributions: object, privacy: PrivacySpec) -> Layout:
                 f"value column {value!r} must be numeric, found dtype {dtype}; "
                 "convert it in the algorithm"
             )
-    return Layout(unit=privacy.unit, groups=groups, value=value)
+    return Layout(unit=privacy.unit, groups=tuple(privacy.groups), value=value)
 
 
 def check_finite_values(values: np.ndarray, column: str) -> None:
@@ -186,101 +173,85 @@ def unit_keys(series: pd.Series, *, max_span: int) -> UnitKeys:
     )
 
 
-def check_known_units(units: pd.Index, known_units: object, column: str) -> None:
-    """Refuse unit ids the dataset does not have.
+class UnitSet(Protocol):
+    """The privacy units a run may name: which of ``values`` belong."""
 
+    def contains(self, values: pd.Index) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class KnownUnits:
+    """A ``UnitSet`` over explicit ids (library use and tests; a worker run
+    checks the run's pseudonyms, ``opal.sandbox.pseudonyms``)."""
+
+    ids: object
+
+    def contains(self, values: pd.Index) -> np.ndarray:
+        ids = self.ids
+        known = ids if isinstance(ids, (pd.Series, pd.Index)) else pd.Index(np.asarray(ids))
+        try:
+            return np.asarray(values.isin(known), dtype=bool)
+        except TypeError:
+            return np.zeros(len(values), dtype=bool)
+
+
+def unit_membership(values: pd.Index, known: UnitSet | object) -> np.ndarray:
+    """Boolean mask: which of ``values`` are units of ``known``."""
+    contains = getattr(known, "contains", None)
+    if not callable(contains):
+        contains = KnownUnits(known).contains
+    return np.asarray(contains(values), dtype=bool)
+
+
+def unknown_units_error(column: str) -> ReleaseRefused:
     # invented units: an algorithm that makes up unit ids could split one
     # person's rows over many ids and slip past the contribution bound.
-    """
-    known = (
-        known_units
-        if isinstance(known_units, (pd.Series, pd.Index))
-        else pd.Index(np.asarray(known_units))
-    )
-    try:
-        ok = units.isin(known)
-    except TypeError:
-        ok = np.zeros(len(units), dtype=bool)
-    if not bool(np.all(ok)):
-        raise ReleaseRefused(
-            f"privacy-unit column {column!r} holds values that are not units of the "
-            f"dataset; return the dataset's own {column!r} values, unchanged"
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class CellCodes:
-    """One integer code per row over all group columns, and the way back to keys."""
-
-    codes: np.ndarray
-    size: int  # codes lie in [0, size)
-    columns: tuple[str, ...]
-    uniques: pd.Index | None  # single group column: code -> value
-
-    def keys_of(self, frame: pd.DataFrame, cells: np.ndarray) -> pd.DataFrame:
-        """The group-column values of the given cell codes."""
-        if not self.columns:
-            return pd.DataFrame(index=pd.RangeIndex(len(cells)))
-        if self.uniques is not None:
-            return pd.DataFrame({self.columns[0]: self.uniques[cells]})
-        # Any row of a cell carries its key; which one a duplicate index keeps
-        # does not matter.
-        first = np.full(self.size, -1, dtype=np.int64)
-        first[self.codes] = np.arange(len(self.codes), dtype=np.int64)
-        return frame[list(self.columns)].iloc[first[cells]].reset_index(drop=True)
-
-
-def cell_codes(frame: pd.DataFrame, groups: tuple[str, ...]) -> CellCodes:
-    """Codes over the group columns (no group columns: one cell, code 0).
-
-    Refuses missing, infinite or ungroupable (list, dict…) group values.
-    """
-    n = len(frame)
-    if not groups:
-        return CellCodes(codes=np.zeros(n, dtype=np.int64), size=1, columns=(), uniques=None)
-    combined: np.ndarray | None = None
-    size = 1
-    uniques: pd.Index | None = None
-    for col in groups:
-        series = frame[col]
-        if series.hasnans:
-            raise _missing_group(col)
-        if (
-            pd.api.types.is_float_dtype(series.dtype)
-            and not np.isfinite(series.to_numpy(dtype=np.float64)).all()
-        ):
-            raise ReleaseRefused(
-                f"group column {col!r} holds infinite values; fix them in the algorithm"
-            )
-        try:
-            codes, uniq = pd.factorize(series, sort=False, use_na_sentinel=True)
-        except TypeError:
-            raise ReleaseRefused(
-                f"group column {col!r} holds values that cannot be grouped (lists, dicts…); "
-                "return scalars"
-            ) from None
-        if len(codes) and codes.min() < 0:
-            raise _missing_group(col)
-        codes = codes.astype(np.int64, copy=False)
-        k = max(len(uniq), 1)
-        if combined is None:
-            combined, size, uniques = codes, k, pd.Index(uniq)
-        else:
-            uniques = None
-            if size * k >= 2**62:
-                combined, firsts = pd.factorize(combined, sort=False)
-                combined, size = combined.astype(np.int64), len(firsts)
-            combined, size = combined * k + codes, size * k
-    assert combined is not None
-    if size > max(n, 1):
-        # Compact sparse mixed-radix codes so per-cell arrays stay small.
-        combined, firsts = pd.factorize(combined, sort=False)
-        combined, size = combined.astype(np.int64, copy=False), len(firsts)
-    return CellCodes(codes=combined, size=size, columns=tuple(groups), uniques=uniques)
-
-
-def _missing_group(col: str) -> ReleaseRefused:
     return ReleaseRefused(
-        f'group column {col!r} holds missing values; fill them (e.g. with "unknown") '
-        "in the algorithm"
+        f"privacy-unit column {column!r} holds values that are not units of this run; "
+        f"return the {column!r} values the algorithm was given, unchanged"
     )
+
+
+def domain_codes(
+    frame: pd.DataFrame, groups: tuple[str, ...], domains: Mapping[str, tuple[Label, ...]]
+) -> np.ndarray:
+    """Per row, the cell of the domain product its labels name (mixed radix over
+    the group columns in order), or -1 when a label is missing or outside its
+    column's public domain. No group columns: every row is cell 0."""
+    n = len(frame)
+    combined = np.zeros(n, dtype=np.int64)
+    bad = np.zeros(n, dtype=bool)
+    for col in groups:
+        labels = domains[col]
+        try:
+            codes, uniques = pd.factorize(frame[col], sort=False, use_na_sentinel=True)
+        except TypeError:  # unhashable labels (lists, dicts…) are in no domain
+            bad[:] = True
+            continue
+        where = pd.Index(list(labels), dtype=object).get_indexer(pd.Index(uniques, dtype=object))
+        where = np.append(where, -1).astype(np.int64)  # code -1 (missing) → -1
+        mapped = where[codes]
+        bad |= mapped < 0
+        combined = combined * len(labels) + np.maximum(mapped, 0)
+    combined[bad] = -1
+    return combined
+
+
+def domain_keys(groups: tuple[str, ...], domains: Mapping[str, tuple[Label, ...]]) -> pd.DataFrame:
+    """Every cell of the domain product, one row each, in ``domain_codes`` order."""
+    sizes = [len(domains[g]) for g in groups]
+    total = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
+    codes = np.arange(total, dtype=np.int64)
+    columns: dict[str, object] = {}
+    stride = total
+    for g, k in zip(groups, sizes, strict=True):
+        stride //= k
+        idx = (codes // stride) % k
+        labels = domains[g]
+        if all(isinstance(v, int) for v in labels):
+            columns[g] = np.asarray(labels, dtype=np.int64)[idx]
+        elif all(isinstance(v, str) for v in labels):
+            columns[g] = pd.Series(np.asarray(labels, dtype=object)[idx], dtype="str")
+        else:
+            columns[g] = pd.Series(np.asarray(labels, dtype=object)[idx], dtype=object)
+    return pd.DataFrame(columns, index=pd.RangeIndex(total))

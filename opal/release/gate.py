@@ -1,57 +1,80 @@
 """The release gate: the only way data leaves a run.
 
 ``release()`` takes the per-unit contributions an algorithm returned and
-produces the table that may leave, following the issue #5 recipe:
+produces the table that may leave:
 
-1. refuse an epsilon that is not positive or is over the per-run cap;
-2. check and bound the contributions (``bounding.bounded_aggregate``);
-3. noise every cell's distinct-unit count (discrete Laplace, OpenDP) and keep
-   a cell only if the noisy count reaches the threshold
-   (``max(min_units_per_cell, threshold the policy delta needs)``);
-4. for sum/mean, drop cells failing the ACRO dominance rules, then noise the
-   sums of the kept cells (Laplace or Gaussian, OpenDP);
-5. refuse an output over ``max_cells``;
-6. post-process (non-negative integer counts, rounded sums/means clamped to
-   what the bounds allow), which cannot weaken the guarantee.
+1. refuse an epsilon that is not positive or is outside the policy's per-run
+   range, and a domain product over ``max_cells`` (both decided without data);
+2. check and bound the contributions (``bounding.bounded_aggregate``): rows
+   whose labels fall outside the public domains are dropped, each unit keeps
+   at most ``max_groups_per_unit`` cells, values are clamped;
+3. noise the distinct-unit count of *every* cell of the domain product
+   (discrete Laplace, OpenDP); for sum/mean, noise every cell's sum too;
+4. mark a cell suppressed when its noisy count is below
+   ``min_units_per_cell`` (a rule on a noisy quantity: post-processing);
+5. post-process (non-negative integer counts, rounded sums/means clamped to
+   what the bounds allow) and attach each released value's noise scale and
+   95 % interval.
 
-Every cell gets a ``CellDecision``. A suppressed cell's group key is never
-recorded (the key itself can be private, e.g. a per-subscriber column), and
-suppressed decisions are listed after the released ones, by reason, so their
-position says nothing about their key.
+The released table has one row per cell of the domain, whatever the data:
+its rows and labels are public, its values are noisy. What the gate dropped
+(and why) is exact, so it stays in ``diagnostics``, the operator's only.
+
+Outside ``strict`` mode the gate is total: a malformed contributions table
+becomes no contributions, and the release is made over the domain anyway
+(DESIGN "Total runs"). ``strict`` (``opal algo test``, on the caller's own
+data) refuses instead, with the reason.
+
+No rule here decides on exact values: the ACRO n-k / p% dominance rules are
+not differentially private (whether a cell is released would tell whether
+one unit is in the data) and are kept in ``dominance.py`` for a future
+non-DP output lane only (docs/release.md).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from opal.errors import LimitExceeded, ReleaseRefused
-from opal.release.bounding import BoundedAggregate, bounded_aggregate, sensitivity
-from opal.release.contributions import output_column
-from opal.release.dominance import nk_fails, p_percent_fails
+from opal.errors import ReleaseRefused
+from opal.release.bounding import (
+    DROP_MALFORMED,
+    BoundedAggregate,
+    bounded_aggregate,
+    empty_aggregate,
+    sensitivity,
+)
+from opal.release.contributions import UnitSet, domain_keys, output_column
+from opal.release.domains import Label, cell_count, check_cells
 from opal.release.noise import (
     CountPlan,
     SumPlan,
-    noisy_threshold_counts,
+    noisy_counts,
     noisy_values,
     plan_count,
     plan_sum,
 )
 from opal.release.policy import PrivacySpec, ReleasePolicy
 
-__all__ = ["CellDecision", "Release", "release"]
+__all__ = ["CONFIDENCE", "CellDecision", "Release", "release"]
 
 REASON_RELEASED = "released"
+CONFIDENCE = 0.95
+SUPPRESSED = "suppressed"
+NOISE_SCALE = "noise_scale"
+CI_LOW = "ci_low"
+CI_HIGH = "ci_high"
 
 
 @dataclass(frozen=True, kw_only=True)
 class CellDecision:
-    """What happened to one cell. ``group`` is set for released cells only."""
+    """What happened to one cell of the domain (its labels are public)."""
 
     released: bool
     reason: str
@@ -73,14 +96,15 @@ class CellDecision:
 class Release:
     """A released table and the record of how it was made.
 
-    ``table`` holds the group columns and one of ``count`` / ``sum`` / ``mean``,
-    released cells only, sorted by the group columns. ``mechanism`` states the
-    guarantee (mechanisms, scales, sensitivities, epsilon split, threshold)
-    and holds no data.
+    ``table`` holds one row per cell of the domain product, sorted by the
+    group columns: the labels, the released value (``count`` / ``sum`` /
+    ``mean`` and ``total``; empty where suppressed), ``suppressed``, and the
+    value's ``noise_scale`` and 95 % interval ``ci_low``..``ci_high``.
+    ``mechanism`` states the guarantee and holds no data.
 
-    ``cells_suppressed`` and the suppressed decisions are exact, un-noised
-    facts about the contributions (how many distinct groups they had): keep
-    them on the operator's side. ``analyst_view()`` is what may leave.
+    ``diagnostics`` (rows dropped and why, units seen, a refused layout) are
+    exact facts about the contributions: the operator's only.
+    ``analyst_view()`` is what may leave.
     """
 
     table: pd.DataFrame
@@ -90,9 +114,14 @@ class Release:
     cells_released: int
     cells_suppressed: int
     delta: float = 0.0
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe record of the whole release (trusted side)."""
+        return dict(self.analyst_view(), diagnostics=self.diagnostics)
+
+    def analyst_view(self) -> dict[str, Any]:
+        """What may leave to the analyst: everything but ``diagnostics``."""
         return {
             "table": table_to_dict(self.table),
             "decisions": [d.to_dict() for d in self.decisions],
@@ -102,15 +131,6 @@ class Release:
             "cells_released": self.cells_released,
             "cells_suppressed": self.cells_suppressed,
         }
-
-    def analyst_view(self) -> dict[str, Any]:
-        """What may leave to the analyst: ``to_dict()`` without the suppressed
-        count and the suppressed decisions, which give the exact (un-noised)
-        number of distinct groups in the contributions."""
-        view = self.to_dict()
-        del view["cells_suppressed"]
-        view["decisions"] = [d for d in view["decisions"] if d["released"]]
-        return view
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Release:
@@ -123,6 +143,7 @@ class Release:
             mechanism=dict(data["mechanism"]),
             cells_released=int(data["cells_released"]),
             cells_suppressed=int(data.get("cells_suppressed", 0)),
+            diagnostics=dict(data.get("diagnostics") or {}),
         )
 
 
@@ -137,42 +158,48 @@ def table_from_dict(data: dict[str, Any]) -> pd.DataFrame:
 
 
 def release(
-    contributions: pd.DataFrame,
+    contributions: pd.DataFrame | None,
     *,
     privacy: PrivacySpec,
+    domains: Mapping[str, tuple[Label, ...]],
     policy: ReleasePolicy,
     epsilon: float,
-    known_units: pd.Series | np.ndarray | None = None,
+    known_units: UnitSet | object | None = None,
+    strict: bool = False,
 ) -> Release:
-    """Bound, aggregate, noise and check ``contributions``; return what may leave.
+    """Bound, aggregate and noise ``contributions`` over the domain product.
 
-    ``known_units`` is the dataset's own privacy-unit column: every unit in the
-    contributions must be one of them. ``None`` skips that check (the
-    ``mechanism`` then says ``units_verified: false``).
+    ``domains`` gives each group column of ``privacy`` its public labels
+    (``opal.release.domains.resolve``). ``known_units`` is the set of units the
+    run may name (the run's pseudonyms, or explicit ids); ``None`` skips that
+    check (the ``mechanism`` then says ``units_verified: false``).
+    ``contributions=None`` releases over no contributions.
 
     Raises:
-        ReleaseRefused: epsilon not positive or over the per-run cap; the
-            contributions break the declared schema.
-        LimitExceeded: more released cells than ``policy.max_cells``.
+        ReleaseRefused: epsilon outside the policy's range; the domain product
+            over ``max_cells``; a group column without a domain; and, with
+            ``strict`` only, contributions that break the declared layout.
     """
-    eps = _check_epsilon(epsilon, policy)
+    eps = policy.check_epsilon(epsilon)
+    missing = [g for g in privacy.groups if g not in domains]
+    if missing:
+        raise ReleaseRefused(
+            f"group column(s) {', '.join(map(repr, missing))} have no public domain; "
+            "declare them in [privacy.groups]"
+        )
+    groups = tuple(privacy.groups)
+    cells = cell_count({g: domains[g] for g in groups})
+    check_cells(cells, policy.max_cells)
     kind = privacy.aggregation
     sens = sensitivity(privacy)
 
     # Epsilon split: counts alone take all of it; sum/mean give half to the
-    # noisy distinct-unit counts (threshold, and the mean's denominator) and
-    # half to the noisy sums. Delta pays for key selection, and with gaussian
-    # half of it goes to the Gaussian mechanism.
+    # noisy distinct-unit counts (suppression, and the mean's denominator)
+    # and half to the noisy sums. Only the Gaussian mechanism needs a delta.
     gaussian = kind != "count" and policy.sum_mechanism == "gaussian"
     eps_count = eps if kind == "count" else eps / 2.0
     eps_value = 0.0 if kind == "count" else eps / 2.0
-    delta_select = policy.delta / 2.0 if gaussian else policy.delta
-    count_plan = plan_count(
-        epsilon=eps_count,
-        cells=sens.cells,
-        min_units=policy.min_units_per_cell,
-        delta=delta_select,
-    )
+    count_plan = plan_count(epsilon=eps_count, cells=sens.cells)
     value_plan = None
     if kind != "count":
         centered = kind == "mean"
@@ -182,59 +209,43 @@ def release(
         value_plan = plan_sum(
             mechanism=policy.sum_mechanism,
             epsilon=eps_value,
-            delta=policy.delta / 2.0 if gaussian else 0.0,
+            delta=policy.delta if gaussian else 0.0,
             l1=l1,
             l2=l2,
         )
 
-    agg = bounded_aggregate(
-        contributions, privacy, known_units=known_units, top_n=policy.dominance_n
+    agg, layout_error = _aggregate(
+        contributions, privacy, domains, cells, known_units=known_units, strict=strict
     )
-    kept, noisy_units = noisy_threshold_counts(agg.units, count_plan)
-    below = agg.cells - len(kept)
-
-    suppressed: dict[str, int] = {}
-    if below:
-        suppressed[f"noisy unit count below the release threshold of {count_plan.threshold}"] = (
-            below
-        )
-
-    if kind != "count":
-        kept, noisy_units = _apply_dominance(agg, kept, noisy_units, policy, suppressed)
-
+    noisy_units = noisy_counts(agg.units, count_plan)
+    suppressed = noisy_units < policy.min_units_per_cell
     if not policy.release_zero_cells:
-        # The threshold is >= 1, so no zero cell reaches here; kept as the rule.
-        zero = noisy_units <= 0
-        if zero.any():
-            suppressed["zero cell (release_zero_cells = false)"] = int(zero.sum())
-            kept, noisy_units = kept[~zero], noisy_units[~zero]
+        suppressed |= noisy_units <= 0
+    reason = (
+        f"noisy unit count below min_units_per_cell = {policy.min_units_per_cell}"
+        if policy.min_units_per_cell > 0
+        else "noisy unit count not positive (release_zero_cells = false)"
+    )
 
-    if len(kept) > policy.max_cells:
-        raise LimitExceeded(
-            f"release has {len(kept)} cells, more than the policy limit max_cells = "
-            f"{policy.max_cells}; group by fewer or coarser columns, or ask the operator "
-            "to raise max_cells"
-        )
-
-    values = _released_values(agg, kept, noisy_units, privacy, policy, value_plan)
-    table = agg.keys.iloc[kept].reset_index(drop=True)
-    group_cols = list(table.columns)
-    for name, column in values.items():
+    table = domain_keys(groups, domains)
+    for name, column in _released_values(
+        agg, noisy_units, suppressed, privacy, policy, count_plan, value_plan
+    ).items():
         table[name] = column
-    table = _sorted(table, group_cols)
+    table = _sorted(table, list(groups))
 
-    decisions = [
+    released_mask = ~table[SUPPRESSED].to_numpy(dtype=bool)
+    decisions = tuple(
         CellDecision(
-            released=True,
-            reason=REASON_RELEASED,
-            group={c: _jsonable(v) for c, v in zip(group_cols, row, strict=True)},
+            released=bool(ok),
+            reason=REASON_RELEASED if ok else reason,
+            group={c: _jsonable(v) for c, v in zip(groups, row, strict=True)},
         )
-        for row in table[group_cols].itertuples(index=False, name=None)
-    ]
-    for reason, n in suppressed.items():
-        decisions.extend([CellDecision(released=False, reason=reason)] * n)
-
-    delta_total = count_plan.delta + (value_plan.delta if value_plan is not None else 0.0)
+        for ok, row in zip(
+            released_mask, table[list(groups)].itertuples(index=False, name=None), strict=True
+        )
+    )
+    delta_total = value_plan.delta if value_plan is not None else 0.0
     mechanism = _describe(
         privacy=privacy,
         policy=policy,
@@ -245,104 +256,133 @@ def release(
         value_plan=value_plan,
         sens=sens.to_dict(),
         delta_total=delta_total,
-        units_verified=agg.units_verified,
+        cells=cells,
+        units_verified=known_units is not None,
     )
+    diagnostics: dict[str, Any] = {
+        "rows_in": agg.rows_in,
+        "rows_dropped": dict(agg.dropped),
+        "units_in": agg.units_in,
+    }
+    if layout_error is not None:
+        diagnostics["contributions_refused"] = layout_error
+    n_released = int(released_mask.sum())
     return Release(
         table=table,
-        decisions=tuple(decisions),
+        decisions=decisions,
         epsilon=eps,
         delta=delta_total,
         mechanism=mechanism,
-        cells_released=len(table),
-        cells_suppressed=agg.cells - len(table),
+        cells_released=n_released,
+        cells_suppressed=cells - n_released,
+        diagnostics=diagnostics,
     )
 
 
-def _check_epsilon(epsilon: object, policy: ReleasePolicy) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
-        raise ReleaseRefused(
-            f"epsilon must be a positive number, found {type(epsilon).__name__}; "
-            "pass e.g. --epsilon 0.5"
+def _aggregate(
+    contributions: pd.DataFrame | None,
+    privacy: PrivacySpec,
+    domains: Mapping[str, tuple[Label, ...]],
+    cells: int,
+    *,
+    known_units: UnitSet | object | None,
+    strict: bool,
+) -> tuple[BoundedAggregate, str | None]:
+    if contributions is None:
+        return empty_aggregate(privacy, cells), None
+    try:
+        agg = bounded_aggregate(
+            contributions, privacy, domains, known_units=known_units, strict=strict  # type: ignore[arg-type]
         )
-    eps = float(epsilon)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ReleaseRefused(
-            f"epsilon must be a positive finite number, found {eps!r}; pass e.g. --epsilon 0.5"
-        )
-    if eps > policy.max_epsilon_per_run:
-        raise ReleaseRefused(
-            f"epsilon {eps:g} is over the per-run cap max_epsilon_per_run = "
-            f"{policy.max_epsilon_per_run:g}; ask for at most {policy.max_epsilon_per_run:g}"
-        )
-    return eps
-
-
-def _apply_dominance(
-    agg: BoundedAggregate,
-    kept: np.ndarray,
-    noisy_units: np.ndarray,
-    policy: ReleasePolicy,
-    suppressed: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    assert agg.top is not None and agg.abs_totals is not None
-    top, totals = agg.top[kept], agg.abs_totals[kept]
-    nk = nk_fails(top, totals, n=policy.dominance_n, k=policy.dominance_k)
-    pp = p_percent_fails(top, totals, agg.units[kept], p=policy.dominance_p)
-    nk_reason = (
-        f"dominance: n-k rule (top {policy.dominance_n} contributors hold more than "
-        f"{policy.dominance_k:g} of the cell total)"
-    )
-    p_reason = (
-        f"dominance: p% rule (the rest of the cell is less than {policy.dominance_p:g} "
-        "of its largest contributor)"
-    )
-    for mask, reason in (
-        (nk & ~pp, nk_reason),
-        (pp & ~nk, p_reason),
-        (nk & pp, f"{nk_reason}; {p_reason}"),
-    ):
-        if mask.any():
-            suppressed[reason] = int(mask.sum())
-    ok = ~(nk | pp)
-    return kept[ok], noisy_units[ok]
+    except ReleaseRefused as exc:
+        if strict:
+            raise
+        rows = len(contributions) if isinstance(contributions, pd.DataFrame) else 0
+        dropped = {DROP_MALFORMED: rows} if rows else {}
+        return empty_aggregate(privacy, cells, rows_in=rows, dropped=dropped), exc.message
+    return agg, None
 
 
 def _released_values(
     agg: BoundedAggregate,
-    kept: np.ndarray,
     noisy_units: np.ndarray,
+    suppressed: np.ndarray,
     privacy: PrivacySpec,
     policy: ReleasePolicy,
+    count_plan: CountPlan,
     value_plan: SumPlan | None,
-) -> dict[str, np.ndarray]:
-    """The released value columns. ``count`` → count; ``sum`` → sum; ``mean`` →
-    mean and total, the total being post-processing of the same two noisy
-    measurements (noisy centered sum + mid × noisy unit count): no extra ε."""
+) -> dict[str, Any]:
+    """The released columns, every one post-processing of the noisy
+    measurements. ``count`` → count; ``sum`` → sum; ``mean`` → mean and total
+    (noisy centered sum + mid × noisy unit count: no extra ε). Each value
+    comes with its noise scale and a 95 % interval:
+
+    * count: ± the discrete Laplace half-width (P(|noise| > k) <= 5 %);
+    * sum: ± the Laplace / Gaussian half-width;
+    * mean: the range of mid + S/N over the 97.5 % intervals of the noisy
+      centered sum S and the noisy count N (union bound: >= 95 %), the whole
+      value range when N's interval reaches 0. Its ``noise_scale`` is the
+      sum's scale over the noisy count (approximate).
+    """
     out = output_column(privacy)
+    n = len(noisy_units)
+    cols: dict[str, Any] = {}
     if privacy.aggregation == "count":
-        counts: np.ndarray = np.maximum(noisy_units, 0).astype(np.int64)
-        return {out: counts}
-    assert agg.sums is not None and privacy.value_bounds is not None and value_plan is not None
-    lo, hi = float(privacy.value_bounds[0]), float(privacy.value_bounds[1])
-    sums = agg.sums[kept]
-    if privacy.aggregation == "sum":
-        noisy = noisy_values(sums, value_plan)
-        # Post-processing: a sum of values in [lo, hi] has the sign they force.
-        if lo >= 0:
-            noisy = np.maximum(noisy, 0.0)
-        if hi <= 0:
-            noisy = np.minimum(noisy, 0.0)
-        rounded: np.ndarray = np.round(noisy, policy.value_decimals)
-        return {out: rounded}
-    mid = (lo + hi) / 2.0
-    centered = sums - mid * agg.units[kept]
-    noisy_centered = noisy_values(centered, value_plan)
-    units = np.maximum(noisy_units, 1)
-    mean = mid + noisy_centered / units
-    clamped: np.ndarray = np.round(np.clip(mean, lo, hi), policy.value_decimals)
-    # the total lies in [lo, hi] × units; clipping to that is post-processing too
-    total = np.clip(noisy_centered + mid * units, lo * units, hi * units)
-    return {out: clamped, "total": np.round(total, policy.value_decimals)}
+        k = count_plan.half_width(CONFIDENCE)
+        value = np.maximum(noisy_units, 0)
+        low = np.maximum(noisy_units - k, 0)
+        high = np.maximum(noisy_units + k, 0)
+        scale = np.full(n, count_plan.scale)
+        cols[out] = _masked(value, suppressed, integer=True)
+        cols[SUPPRESSED] = suppressed.astype(bool)
+        cols[NOISE_SCALE] = np.round(scale, 6)
+        cols[CI_LOW] = _masked(low, suppressed, integer=True)
+        cols[CI_HIGH] = _masked(high, suppressed, integer=True)
+        return cols
+    else:
+        assert agg.sums is not None and privacy.value_bounds is not None and value_plan is not None
+        lo, hi = float(privacy.value_bounds[0]), float(privacy.value_bounds[1])
+        if privacy.aggregation == "sum":
+            noisy = noisy_values(agg.sums, value_plan)
+            t = value_plan.half_width(CONFIDENCE)
+            floor = 0.0 if lo >= 0 else -math.inf  # a sum of values in [lo, hi] has their sign
+            ceil = 0.0 if hi <= 0 else math.inf
+            value = np.clip(noisy, floor, ceil)
+            low, high = np.clip(noisy - t, floor, ceil), np.clip(noisy + t, floor, ceil)
+            scale = np.full(n, value_plan.scale)
+            cols[out] = _masked(np.round(value, policy.value_decimals), suppressed)
+        else:
+            mid = (lo + hi) / 2.0
+            noisy_centered = noisy_values(agg.sums - mid * agg.units, value_plan)
+            units = np.maximum(noisy_units, 1)
+            mean = np.clip(mid + noisy_centered / units, lo, hi)
+            total = np.clip(noisy_centered + mid * units, lo * units, hi * units)
+            t = value_plan.half_width(1.0 - (1.0 - CONFIDENCE) / 2.0)
+            k = count_plan.half_width(1.0 - (1.0 - CONFIDENCE) / 2.0)
+            n_lo = (noisy_units - k).astype(np.float64)
+            n_hi = (noisy_units + k).astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                corners = np.stack(
+                    [mid + s / d for s in (noisy_centered - t, noisy_centered + t) for d in (n_lo, n_hi)]
+                )
+            defined = n_lo >= 1
+            low = np.where(defined, np.clip(corners.min(axis=0), lo, hi), lo)
+            high = np.where(defined, np.clip(corners.max(axis=0), lo, hi), hi)
+            scale = value_plan.scale / units
+            cols[out] = _masked(np.round(mean, policy.value_decimals), suppressed)
+            cols["total"] = _masked(np.round(total, policy.value_decimals), suppressed)
+    cols[SUPPRESSED] = suppressed.astype(bool)
+    cols[NOISE_SCALE] = np.round(scale, 6)
+    cols[CI_LOW] = _masked(np.round(low, policy.value_decimals), suppressed)
+    cols[CI_HIGH] = _masked(np.round(high, policy.value_decimals), suppressed)
+    return cols
+
+
+def _masked(values: np.ndarray, suppressed: np.ndarray, *, integer: bool = False) -> Any:
+    """``values`` with suppressed cells empty (pandas nullable dtype)."""
+    series = pd.Series(values, dtype="Int64" if integer else "Float64")
+    series[suppressed] = pd.NA
+    return series
 
 
 def _sorted(table: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
@@ -356,6 +396,8 @@ def _sorted(table: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
 
 
 def _jsonable(v: Any) -> Any:
+    if v is pd.NA or v is None:
+        return None
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, (pd.Timestamp, _dt.datetime, _dt.date, _dt.time)):
@@ -364,7 +406,7 @@ def _jsonable(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    if v is None or isinstance(v, (bool, int, float, str)):
+    if isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
 
@@ -380,6 +422,7 @@ def _describe(
     value_plan: SumPlan | None,
     sens: dict[str, Any],
     delta_total: float,
+    cells: int,
     units_verified: bool,
 ) -> dict[str, Any]:
     split: dict[str, float] = {"count": eps_count}
@@ -392,6 +435,8 @@ def _describe(
         "neighbouring": "add or remove all rows of one privacy unit",
         "max_groups_per_unit": privacy.max_groups_per_unit,
         "value_bounds": list(privacy.value_bounds) if privacy.value_bounds else None,
+        "groups": "public domains: one row per cell of their product",
+        "cells": cells,
         "contribution_selection": "uniform random per unit, OS-seeded",
         "sensitivity": sens,
         "epsilon": eps,
@@ -399,9 +444,13 @@ def _describe(
         "epsilon_split": split,
         "composition": "basic (epsilons and deltas add)",
         "count": count_plan.describe(),
-        "threshold": count_plan.threshold,
+        "suppression": (
+            f"noisy unit count below min_units_per_cell = {policy.min_units_per_cell} "
+            "(post-processing of the noisy count)"
+        ),
         "min_units_per_cell": policy.min_units_per_cell,
         "release_zero_cells": policy.release_zero_cells,
+        "interval": f"{CONFIDENCE:.0%} interval of each released value (ci_low, ci_high)",
         "noise_source": "OpenDP (operating-system randomness)",
         "units_verified": units_verified,
     }
@@ -411,11 +460,9 @@ def _describe(
             desc["mean"]["estimator"] = (
                 "mid + noisy sum of (value - mid) / noisy unit count, clamped to value_bounds"
             )
-        desc["dominance"] = {
-            "n": policy.dominance_n,
-            "k": policy.dominance_k,
-            "p": policy.dominance_p,
-            "applies_to": "true per-unit contributions (ACRO rules, not differentially private)",
-        }
+            desc["mean"]["interval"] = (
+                "range of the estimator over the 97.5 % intervals of both noisy terms "
+                "(>= 95 % by the union bound)"
+            )
         desc["value_decimals"] = policy.value_decimals
     return desc

@@ -2,18 +2,21 @@
 which samples from the operating system's randomness; numpy's and Python's
 generators are never used for noise.
 
-Counts go through OpenDP's ``make_laplace_threshold`` (discrete Laplace on
-integer counts, then keep a key only if its noisy count reaches the
-threshold). Its privacy map gives the (epsilon, delta) of releasing group keys
-that came from the data; the threshold is raised until that delta is within
-the policy's. Sums go through ``make_laplace`` (L1) or ``make_gaussian`` (L2,
-zCDP converted to approximate DP at a fixed delta).
+Group keys are public domains (``opal.release.domains``), so every cell of the
+domain is released with noise and no partition selection is needed: counts
+go through OpenDP's ``make_laplace`` on a vector of integer counts (discrete
+Laplace, L1 sensitivity ``max_groups_per_unit``), sums through
+``make_laplace`` (L1) or ``make_gaussian`` (L2, zCDP converted to
+approximate DP at a fixed delta). Each plan states its noise scale and the
+half-width of a two-sided interval that holds the noise with a chosen
+probability, which the gate turns into each cell's 95 % interval.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,37 +30,37 @@ dp.enable_features("contrib")
 __all__ = [
     "CountPlan",
     "SumPlan",
+    "discrete_laplace_half_width",
     "discrete_laplace_mean_abs",
     "discrete_laplace_tail",
-    "noisy_threshold_counts",
+    "noisy_counts",
     "noisy_values",
     "plan_count",
     "plan_sum",
 ]
 
-_MAX_THRESHOLD = 2**31 - 1
-
 
 @dataclass(frozen=True, kw_only=True)
 class CountPlan:
-    """Discrete Laplace on distinct-unit counts with a release threshold."""
+    """Discrete Laplace on the distinct-unit count of every cell of the domain."""
 
     scale: float
-    threshold: int
     epsilon: float  # from OpenDP's privacy map
-    delta: float  # from OpenDP's privacy map: a new key slipping through
-    cells: int  # l0: cells one unit can touch
-    linf: int = 1  # most one unit moves one cell's count
+    cells: int  # l0: cells one unit can touch (= the L1 sensitivity, linf 1)
+
+    def half_width(self, confidence: float = 0.95) -> int:
+        """Smallest k with P(|noise| > k) <= 1 - confidence."""
+        return discrete_laplace_half_width(self.scale, 1.0 - confidence)
 
     def describe(self) -> dict[str, Any]:
         return {
             "mechanism": "discrete_laplace",
-            "implementation": "opendp.measurements.make_laplace_threshold",
+            "implementation": "opendp.measurements.make_laplace (integer vector, L1)",
             "scale": self.scale,
-            "threshold": self.threshold,
-            "sensitivity": {"l0": self.cells, "l1": self.cells * self.linf, "linf": self.linf},
+            "sensitivity": {"l0": self.cells, "l1": self.cells, "linf": 1},
             "epsilon": self.epsilon,
-            "delta": self.delta,
+            "delta": 0.0,
+            "interval_95_half_width": self.half_width(),
         }
 
 
@@ -70,6 +73,13 @@ class SumPlan:
     epsilon: float
     delta: float
     sensitivity: float  # l1 for laplace, l2 for gaussian
+
+    def half_width(self, confidence: float = 0.95) -> float:
+        """Half-width t with P(|noise| > t) = 1 - confidence."""
+        alpha = 1.0 - confidence
+        if self.mechanism == "laplace":
+            return self.scale * math.log(1.0 / alpha)
+        return self.scale * statistics.NormalDist().inv_cdf(1.0 - alpha / 2.0)
 
     def describe(self) -> dict[str, Any]:
         impl = {
@@ -84,82 +94,39 @@ class SumPlan:
             "sensitivity": {norm: self.sensitivity},
             "epsilon": self.epsilon,
             "delta": self.delta,
+            "interval_95_half_width": self.half_width(),
         }
 
 
 # --- counts -----------------------------------------------------------------
 
 
-def _threshold_space() -> tuple[Any, Any]:
-    return (
-        dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64)),
-        dp.l01inf_distance(dp.absolute_distance(T=dp.i64)),
+def _int_vector_laplace(scale: float) -> Any:
+    return dp.m.make_laplace(
+        dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.l1_distance(T=dp.i64), scale=scale
     )
 
 
-def _threshold_measurement(scale: float, threshold: int) -> Any:
-    return dp.m.make_laplace_threshold(*_threshold_space(), scale=scale, threshold=threshold)
-
-
-def plan_count(*, epsilon: float, cells: int, min_units: int, delta: float) -> CountPlan:
-    """Scale for ``epsilon`` and the smallest threshold >= ``min_units`` (and >= 1)
-    whose key-selection delta is <= ``delta``.
-
-    Raises ``ReleaseRefused`` if no threshold can reach ``delta``.
-    """
-    return _plan_count(float(epsilon), int(cells), int(min_units), float(delta))
+def plan_count(*, epsilon: float, cells: int) -> CountPlan:
+    """Discrete Laplace scale for counts over a public domain: one unit changes
+    at most ``cells`` counts by one each (L1 = ``cells``)."""
+    return _plan_count(float(epsilon), int(cells))
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_count(epsilon: float, cells: int, min_units: int, delta: float) -> CountPlan:
-    d_in = (cells, cells, 1)
-    scale = _calibrate(
-        lambda s: _threshold_measurement(s, _MAX_THRESHOLD).map(d_in)[0], cells / epsilon, epsilon
-    )
-
-    def delta_at(t: int) -> float:
-        return float(_threshold_measurement(scale, t).map(d_in)[1])
-
-    lo = max(int(min_units), 1)
-    if delta_at(lo) <= delta:
-        threshold = lo
-    else:
-        hi = lo
-        while delta_at(hi) > delta:
-            if hi >= _MAX_THRESHOLD:
-                raise ReleaseRefused(
-                    f"no release threshold keeps the key-selection delta under {delta}; "
-                    "raise epsilon or lower max_groups_per_unit"
-                )
-            lo, hi = hi, min(hi * 2, _MAX_THRESHOLD)
-        while hi - lo > 1:  # invariant: delta_at(lo) > delta >= delta_at(hi)
-            mid = (lo + hi) // 2
-            if delta_at(mid) <= delta:
-                hi = mid
-            else:
-                lo = mid
-        threshold = hi
-    eps_out, delta_out = _threshold_measurement(scale, threshold).map(d_in)
+def _plan_count(epsilon: float, cells: int) -> CountPlan:
+    scale = _calibrate(lambda s: _int_vector_laplace(s).map(cells), cells / epsilon, epsilon)
     return CountPlan(
-        scale=scale,
-        threshold=threshold,
-        epsilon=float(eps_out),
-        delta=float(delta_out),
-        cells=cells,
+        scale=scale, epsilon=float(_int_vector_laplace(scale).map(cells)), cells=cells
     )
 
 
-def noisy_threshold_counts(units: np.ndarray, plan: CountPlan) -> tuple[np.ndarray, np.ndarray]:
-    """Noise every cell's count; return (indices of cells that reached the
-    threshold, their noisy counts), in cell order."""
+def noisy_counts(units: np.ndarray, plan: CountPlan) -> np.ndarray:
+    """Noise every cell's count (int64, cell order)."""
     if len(units) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    meas = _threshold_measurement(plan.scale, plan.threshold)
-    out: dict[int, int] = meas(dict(zip(range(len(units)), units.tolist(), strict=True)))
-    kept = np.fromiter(out.keys(), dtype=np.int64, count=len(out))
-    noisy = np.fromiter(out.values(), dtype=np.int64, count=len(out))
-    order = np.argsort(kept)
-    return kept[order], noisy[order]
+        return np.zeros(0, dtype=np.int64)
+    out = _int_vector_laplace(plan.scale)(units.astype(np.int64).tolist())
+    return np.asarray(out, dtype=np.int64)
 
 
 # --- sums -------------------------------------------------------------------
@@ -246,3 +213,14 @@ def discrete_laplace_tail(scale: float, k: int) -> float:
     """P(Z >= k) (= P(Z <= -k)) for Z discrete Laplace with scale ``scale``, k >= 1."""
     a = math.exp(-1.0 / scale)
     return a**k / (1.0 + a)
+
+
+def discrete_laplace_half_width(scale: float, alpha: float) -> int:
+    """Smallest k >= 0 with P(|Z| > k) = 2 a^(k+1) / (1 + a) <= ``alpha``."""
+    a = math.exp(-1.0 / scale)
+    k = max(0, math.ceil(math.log(alpha * (1.0 + a) / 2.0) / math.log(a)) - 1)
+    while k > 0 and 2.0 * a**k / (1.0 + a) <= alpha:  # float rounding: the smallest one
+        k -= 1
+    while 2.0 * a ** (k + 1) / (1.0 + a) > alpha:
+        k += 1
+    return k

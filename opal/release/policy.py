@@ -7,12 +7,48 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from opal.errors import BadInputError
+from opal.errors import BadInputError, ReleaseRefused
+from opal.release.domains import GroupDomain, parse_group_domains
 
-__all__ = ["AGGREGATIONS", "COUNT_MECHANISMS", "SUM_MECHANISMS", "PrivacySpec", "ReleasePolicy"]
+__all__ = [
+    "AGGREGATIONS",
+    "COUNT_MECHANISMS",
+    "MICRO",
+    "SUM_MECHANISMS",
+    "PrivacySpec",
+    "ReleasePolicy",
+    "to_micro",
+]
+
+# ε is kept and compared in integer micro-ε: 1 ε = MICRO units.
+MICRO = 1_000_000
+
+
+def to_micro(epsilon: object, *, what: str = "epsilon") -> int:
+    """``epsilon`` as an exact integer number of micro-ε.
+
+    Raises ``BadInputError`` for a value that is not a positive finite number
+    or is not a whole number of micro-ε (e.g. 1e-17): no ε is rounded away.
+    """
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, str)):
+        raise BadInputError(f"{what} must be a positive number, found {type(epsilon).__name__}")
+    try:
+        exact = Decimal(str(epsilon))
+    except InvalidOperation:
+        raise BadInputError(f"{what} must be a positive number, found {epsilon!r}") from None
+    if not exact.is_finite() or exact <= 0:
+        raise BadInputError(f"{what} must be a positive finite number, found {epsilon!r}")
+    micro = exact * MICRO
+    if micro != micro.to_integral_value():
+        raise BadInputError(
+            f"{what} {epsilon!r} is not a whole number of micro-ε (1e-6); "
+            "ask for a value with at most 6 decimals"
+        )
+    return int(micro)
 
 AGGREGATIONS = ("count", "sum", "mean")
 COUNT_MECHANISMS = ("discrete_laplace",)
@@ -24,19 +60,18 @@ class PrivacySpec:
     """The ``[privacy]`` table of a bundle manifest.
 
     The contributions table an algorithm returns has the columns
-    ``[unit, *groups, value?]``: ``unit`` holds privacy-unit ids (values of the
-    dataset's own privacy-unit column), ``value`` is present for sum/mean only,
-    every other column is a group column.
+    ``[unit, *groups, value?]``: ``unit`` holds the run's pseudonyms of the
+    dataset's privacy-unit column, ``value`` is present for sum/mean only, and
+    ``groups`` declares every group column with its public domain
+    (``opal.release.domains``).
     """
 
     unit: str
+    groups: dict[str, GroupDomain]
     aggregation: str = "count"
     max_groups_per_unit: int = 1
     value_bounds: tuple[float, float] | None = None
     value_column: str = "value"
-    # Optional: when declared, the contributions must carry exactly these group
-    # columns (plus unit and value); when absent, every other column is a group.
-    groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -62,20 +97,17 @@ class PrivacySpec:
                     f"privacy.value_bounds must be two finite numbers with lower < upper, "
                     f"found {list(self.value_bounds)!r}; fix opal.toml"
                 )
-        if self.groups is not None:
-            if not all(isinstance(g, str) and g for g in self.groups) or len(
-                set(self.groups)
-            ) != len(self.groups):
-                raise BadInputError(
-                    f"privacy.groups must be a list of distinct column names, "
-                    f"found {list(self.groups)!r}; fix opal.toml"
-                )
-            if self.unit in self.groups or (
-                self.aggregation != "count" and self.value_column in self.groups
-            ):
-                raise BadInputError(
-                    "privacy.groups must not name the unit or value column; fix opal.toml"
-                )
+        if self.unit in self.groups or (
+            self.aggregation != "count" and self.value_column in self.groups
+        ):
+            raise BadInputError(
+                "privacy.groups must not name the unit or value column; fix opal.toml"
+            )
+        if self.aggregation in self.groups:
+            raise BadInputError(
+                f"privacy.groups must not name the released column {self.aggregation!r}; "
+                "rename the group"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrivacySpec:
@@ -99,17 +131,20 @@ class PrivacySpec:
                     f"privacy.value_bounds must be [lower, upper], found {bounds!r}; fix opal.toml"
                 )
             bounds = (float(bounds[0]), float(bounds[1]))
-        groups = data.get("groups")
-        if groups is not None:
-            if not isinstance(groups, (list, tuple)):
-                raise BadInputError(
-                    f"privacy.groups must be a list of column names, found {groups!r}; "
-                    "fix opal.toml"
-                )
-            groups = tuple(groups)
+        if "groups" not in data:
+            raise BadInputError(
+                "[privacy.groups] is required: declare every group column with its public domain "
+                '(COLUMN = "dataset" | { range = [lo, hi] } | { values = [...] }) in opal.toml'
+            )
+        aggregation = data.get("aggregation", "count")
+        groups = parse_group_domains(
+            data["groups"],
+            unit=data["unit"],
+            value_column=data.get("value_column", "value") if aggregation != "count" else None,
+        )
         return cls(
             unit=data["unit"],
-            aggregation=data.get("aggregation", "count"),
+            aggregation=aggregation,
             max_groups_per_unit=data.get("max_groups_per_unit", 1),
             value_bounds=bounds,
             value_column=data.get("value_column", "value"),
@@ -117,10 +152,17 @@ class PrivacySpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["value_bounds"] = list(self.value_bounds) if self.value_bounds else None
-        d["groups"] = list(self.groups) if self.groups is not None else None
-        return d
+        return {
+            "unit": self.unit,
+            "aggregation": self.aggregation,
+            "max_groups_per_unit": self.max_groups_per_unit,
+            "value_bounds": list(self.value_bounds) if self.value_bounds else None,
+            "value_column": self.value_column,
+            "groups": {c: g.to_manifest(c) for c, g in self.groups.items()},
+        }
+
+
+_RETIRED = frozenset({"dominance_n", "dominance_k", "dominance_p"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,35 +170,39 @@ class ReleasePolicy:
     """The operator's release policy for one dataset (``governance/release_policy.toml``)."""
 
     min_units_per_cell: int = 15          # FlowKit redacts cells of <= 15
-    total_epsilon: float = 10.0           # per dataset, lifetime
+    total_epsilon: float = 10.0           # per data source, lifetime
     max_epsilon_per_run: float = 1.0
+    # unlimited-probe attack: runs of vanishing ε must not be admitted forever
+    min_epsilon_per_run: float = 0.01
     default_epsilon: float = 1.0
     max_cells: int = 100_000              # OpenSAFELY-style output limit
     count_mechanism: str = "discrete_laplace"
     sum_mechanism: str = "laplace"        # laplace | gaussian
-    # The delta of each run's (epsilon, delta) guarantee. It pays for releasing
-    # group keys found in the data (the noisy threshold is raised until a new
-    # key leaks with probability <= delta) and, with gaussian, is split half
-    # to key selection and half to the Gaussian mechanism.
+    # The delta of the Gaussian mechanism (sum_mechanism = "gaussian"). Group
+    # keys are public domains, so counts and Laplace sums need no delta.
     delta: float = 1e-9
-    dominance_n: int = 2                  # ACRO n-k rule: top n hold > k of the total
-    dominance_k: float = 0.90
-    dominance_p: float = 0.10             # ACRO p% rule
     release_zero_cells: bool = False
     value_decimals: int = 2               # released sums/means are rounded to this
-    # A run that fails after its algorithm touched the data still spends its ε:
-    # whether it failed can depend on private values (a 1-bit side channel the
-    # algorithm controls), so failures must not be free probes.
+    # A run whose algorithm raised, hit a limit or returned garbage is released
+    # like any other (total runs). This rule is for the rest: a run that failed
+    # after touching the data for a fault of the platform still spends its ε.
     charge_failed_runs: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.min_units_per_cell < 0:
             raise BadInputError("min_units_per_cell must be >= 0")
-        for name in ("total_epsilon", "max_epsilon_per_run", "default_epsilon"):
+        for name in ("total_epsilon", "max_epsilon_per_run", "min_epsilon_per_run", "default_epsilon"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise BadInputError(f"{name} must be a positive number, found {v!r}")
+            to_micro(v, what=name)
+        if not self.min_epsilon_per_run <= self.default_epsilon <= self.max_epsilon_per_run:
+            raise BadInputError(
+                "the release policy needs min_epsilon_per_run <= default_epsilon <= "
+                f"max_epsilon_per_run, found {self.min_epsilon_per_run:g}, "
+                f"{self.default_epsilon:g}, {self.max_epsilon_per_run:g}"
+            )
         if self.max_cells < 1:
             raise BadInputError("max_cells must be >= 1")
         if self.count_mechanism not in COUNT_MECHANISMS:
@@ -169,13 +215,6 @@ class ReleasePolicy:
                 f"sum_mechanism must be one of {', '.join(SUM_MECHANISMS)}, "
                 f"found {self.sum_mechanism!r}; fix the release policy"
             )
-        if not (isinstance(self.dominance_n, int) and self.dominance_n >= 1):
-            raise BadInputError(f"dominance_n must be an integer >= 1, found {self.dominance_n!r}")
-        if not (0 < self.dominance_k <= 1) or not (0 <= self.dominance_p):
-            raise BadInputError(
-                f"dominance_k must be in (0, 1] and dominance_p >= 0, "
-                f"found {self.dominance_k!r}, {self.dominance_p!r}"
-            )
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise BadInputError(f"delta must be a number in (0, 1), found {self.delta!r}")
         if not (isinstance(self.value_decimals, int) and 0 <= self.value_decimals <= 12):
@@ -183,9 +222,41 @@ class ReleasePolicy:
                 f"value_decimals must be an integer in [0, 12], found {self.value_decimals!r}"
             )
 
+    def check_epsilon(self, epsilon: object, *, cap: bool = True) -> float:
+        """``epsilon`` as a float, if it is a whole number of micro-ε within
+        ``[min_epsilon_per_run, max_epsilon_per_run]`` (decided without data).
+
+        Raises:
+            BadInputError: not a positive number, not a whole micro-ε, or under
+                ``min_epsilon_per_run`` (exit 2).
+            ReleaseRefused: over ``max_epsilon_per_run`` (exit 3), unless not ``cap``.
+        """
+        if hasattr(epsilon, "item") and not isinstance(epsilon, (int, float)):
+            epsilon = epsilon.item()
+        micro = to_micro(epsilon)
+        eps = micro / MICRO
+        if micro < to_micro(self.min_epsilon_per_run):
+            raise BadInputError(
+                f"epsilon {eps:g} is under the policy minimum min_epsilon_per_run = "
+                f"{self.min_epsilon_per_run:g}; ask for at least {self.min_epsilon_per_run:g}"
+            )
+        if cap and micro > to_micro(self.max_epsilon_per_run):
+            raise ReleaseRefused(
+                f"epsilon {eps:g} is over the per-run cap max_epsilon_per_run = "
+                f"{self.max_epsilon_per_run:g}; ask for at most {self.max_epsilon_per_run:g}"
+            )
+        return eps
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReleasePolicy:
         names = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        retired = sorted(set(data) & _RETIRED)
+        if retired:
+            raise BadInputError(
+                f"release policy key(s) {', '.join(retired)} are no longer applied: dominance "
+                "rules on exact values are not differentially private and leak membership "
+                "(docs/release.md); remove them from the policy file"
+            )
         unknown = sorted(set(data) - names - {"extra"})
         if unknown:
             raise BadInputError(

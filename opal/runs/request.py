@@ -4,7 +4,6 @@ it to the dataset's queue. The run id is fixed here, before anything runs."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -64,9 +63,9 @@ def request_run(
     signer: Signer,
 ) -> RunRecord:
     ds = catalog.get(node, dataset)
-    eps = ds.policy.default_epsilon if epsilon is None else float(epsilon)
-    if not (math.isfinite(eps) and eps > 0):
-        raise BadInputError(f"--epsilon must be a positive number, found {epsilon!r}")
+    # unlimited-probe attack: ε must be a whole micro-ε and at least the policy minimum
+    # (the per-run cap is the worker's to refuse, on the record)
+    eps = ds.policy.check_epsilon(ds.policy.default_epsilon if epsilon is None else epsilon, cap=False)
     digest, name, version = resolve_bundle(node, algorithm)
     try:
         canonical_json(params)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opal.sandbox import _isolation, _protocol, _warm
+from opal.sandbox import _isolation, _protocol, _warm, pseudonyms
 
 ALLOWED_ENV = frozenset(
     {"LANG", "LC_ALL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
@@ -440,14 +440,17 @@ class Zygote:
         started = time.monotonic()
         reserved = self.heap.reserve() if self.heap is not None else 0
         job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
+        # per-run pseudonyms, made here so the seed never reaches the child
+        tables = pseudonyms.apply(self.tables, job.pop("pseudonyms", None))
         pid = self.forker.fork(pid_namespace=self.layers.get("pid_namespace", False))
         if pid == 0:
             code = 1
             try:
                 self.forker.close_in_child()
-                code = _child.run_job(job, self.tables, result_fd, self.layers)
+                code = _child.run_job(job, tables, result_fd, self.layers)
             finally:
                 os._exit(code)
+        del tables
         if self.heap is not None:
             self.heap.hand_over()
         os.close(result_fd)

@@ -304,6 +304,7 @@ class Runtime:
         filename: str = "algorithm.py",
         limits: Limits | None = None,
         columns: tuple[str, ...] | None = None,
+        pseudonyms: dict[str, Any] | None = None,
     ) -> Any:
         """Run one algorithm in a fresh child and return its contributions table.
 
@@ -311,6 +312,8 @@ class Runtime:
         bundle's unit, group columns and value, when declared). The table is
         checked against them and against the limits' caps on columns, rows,
         bytes and label length while it is read, before any pandas work.
+        ``pseudonyms`` (``opal.sandbox.pseudonyms.for_run``) replaces the unit
+        column the algorithm sees by the run's pseudonyms.
 
         Raises:
             ReleaseRefused: the table does not have the declared columns or
@@ -333,6 +336,7 @@ class Runtime:
             "filename": filename,
             "params": params_json,
             "limits": limits.to_dict(),
+            "pseudonyms": pseudonyms,
         }
         expected = _check_expected(columns)
         with self._lock:

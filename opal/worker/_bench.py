@@ -37,17 +37,23 @@ def _compute_seconds(sc: Any, n: int) -> float:
     from opal.bundle.registry import Bundle
     from opal.data import catalog
     from opal.release import release
+    from opal.release.domains import resolve
     from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import run_pseudonymised
 
     ds = catalog.get(sc.node, sc.dataset)
     bundle = Bundle.from_folder(sc.node.home.root / "bundles" / "spin_count")
     times = []
+    domains = resolve(bundle.manifest.privacy.groups, ds.domains)
     with Runtime(tables={ds.schema: ds.path}) as rt:
-        units = rt.units(ds.unit) if hasattr(rt, "units") else None
         for i in range(n + 2):
             t = time.perf_counter()
-            contributions = rt.run(source=bundle.source, entrypoint="contributions", params={"tag": i})
-            release(contributions, privacy=bundle.manifest.privacy, policy=ds.policy, epsilon=0.01, known_units=units)
+            contributions, units = run_pseudonymised(
+                rt, table=ds.schema, column=ds.unit, source=bundle.source, entrypoint="contributions",
+                params={"tag": i},
+            )
+            release(contributions, privacy=bundle.manifest.privacy, domains=domains, policy=ds.policy,
+                    epsilon=0.01, known_units=units)
             if i >= 2:
                 times.append(time.perf_counter() - t)
     return statistics.median(times)

@@ -31,6 +31,9 @@ unit = "msisdn"
 aggregation = "count"
 max_groups_per_unit = 1
 
+[privacy.groups]
+region = "dataset"
+
 [parameters]
 type = "object"
 additionalProperties = false

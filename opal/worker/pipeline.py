@@ -2,14 +2,21 @@
 
     1. load bundle by digest; recompute digest from the exact bytes to run
     2. verify author signature + k-of-n reviewer approvals
-    3. validate params against the bundle's JSON Schema
-    4. reserve privacy budget (atomic), append run_started (durable)
-    5. sandbox child process returns a contributions table
-    6. release gate: bound, aggregate, noise, suppress
+    3. validate params against the bundle's JSON Schema (and its data-free
+       check_params, if any); compile policy; resolve the public group
+       domains; check ε against the policy
+    4. reserve privacy budget (atomic, exact), append run_started (durable)
+    5. sandbox child process, on per-run pseudonyms, returns a contributions table
+    6. release gate: drop out-of-domain labels, bound, noise every cell
     7. append run_finished; only then hand the released table back
 
-Every outcome is recorded in the ledger with its reason. Messages never hold
-data values: errors raised by the algorithm are scrubbed by the sandbox.
+Total runs: steps 1–4 decide without data and may refuse (nothing spent).
+From step 5 on, whatever the algorithm does (raise, hit a limit, be denied
+by a runtime guard, return garbage) the requester gets an ordinary noisy
+release over the domain and spends ε as any run: the outcome of a run must
+not depend on private data except through noise. The true outcome (the
+error, what the gate dropped) is the operator's (``opal runs decisions``);
+the ledger keeps only its digest.
 
 Exactly once: every transaction that records an outcome first re-reads the
 run's state under the write lock and records nothing if an outcome exists
@@ -39,6 +46,7 @@ from opal.errors import (
     InternalError,
     LimitExceeded,
     OpalError,
+    PolicyViolation,
     ReleaseRefused,
     TrustError,
 )
@@ -52,7 +60,9 @@ from opal.worker.liveness import is_alive, local_worker
 if TYPE_CHECKING:
     from opal.node import Node
     from opal.release.gate import Release
+    from opal.release.policy import PrivacySpec
     from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import RunPseudonyms
     from opal.trust.keyring import Signer
 
 __all__ = ["MAX_ATTEMPTS", "Outcome", "execute_run", "fail_run", "run_owner"]
@@ -67,7 +77,7 @@ MAX_ATTEMPTS = int(os.environ.get("OPAL_MAX_ATTEMPTS", "3"))
 
 # Faults found before anything ran are refusals; faults of the code or its
 # limits are failures. Both are final and recorded.
-_REFUSALS = (TrustError, BadInputError, ReleaseRefused)
+_REFUSALS = (TrustError, BadInputError, ReleaseRefused, PolicyViolation)
 
 
 class _Dropped(Exception):
@@ -147,13 +157,18 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         raise BadInputError(
             f"{bundle.ref} declares privacy unit {manifest.privacy.unit!r}; dataset {ds.name!r} protects {ds.unit!r}"
         )
-    # 3. params
+    # 3. data-free checks: params, compile policy, domains, ε
     manifest.validate_params(record.params)
-    if record.epsilon > ds.policy.max_epsilon_per_run + 1e-12:
-        raise ReleaseRefused(
-            f"ε={record.epsilon:g} is above the per-run cap {ds.policy.max_epsilon_per_run:g} of dataset {ds.name!r}; "
-            "ask for less with --epsilon"
-        )
+    from opal.release.domains import cell_count, check_cells, resolve
+    from opal.sandbox import check_source
+    from opal.sandbox.params import run_check_params
+
+    check_source(bundle.source, filename="algorithm.py", entrypoint=manifest.entrypoint)
+    domains = resolve(manifest.privacy.groups, ds.domains)
+    check_cells(cell_count(domains), ds.policy.max_cells)
+    ds.policy.check_epsilon(record.epsilon)
+    runtime = runtime_for(ds)
+    run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # averaging attack: an identical run is served the cached release, no new noise, no new spend
     cached = node.db.one(
         "SELECT run_id, result, result_digest FROM runs WHERE cache_key = ? AND state = 'released' AND run_id != ? "
@@ -165,28 +180,55 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     # 4. reserve budget and record the start, in one durable transaction
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
         return _outcome(get_run(node, record.run_id))
-    # 5. sandbox
-    runtime = runtime_for(ds)
-    from opal.release.contributions import declared_columns
-
-    contributions = runtime.run(
-        source=bundle.source,
-        entrypoint=manifest.entrypoint,
-        params=record.params,
-        columns=declared_columns(manifest.privacy),
+    # 5. sandbox, on this run's pseudonyms. From here on the run is total.
+    contributions, units, outcome = _contributions(
+        runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy
     )
-    # 6. release gate
+    # 6. release gate (never refuses contributions: a malformed table is no contributions)
     from opal.release import release as gate
 
     released = gate(
         contributions,
         privacy=manifest.privacy,
+        domains=domains,
         policy=ds.policy,
         epsilon=record.epsilon,
-        known_units=_known_units(runtime, ds),
+        known_units=units,
     )
+    if "contributions_refused" in released.diagnostics and outcome["outcome"] == "ok":
+        outcome = {"outcome": "contributions refused", "message": released.diagnostics["contributions_refused"]}
     # 7. record, then return
-    return _finish_released(node, record, released, signer=signer)
+    return _finish_released(node, record, released, outcome, signer=signer)
+
+
+def _contributions(
+    runtime: Runtime, source: str, entrypoint: str, record: RunRecord, ds: catalog.Dataset, privacy: PrivacySpec
+) -> tuple[pd.DataFrame | None, RunPseudonyms | None, dict[str, Any]]:
+    """(contributions or None, the run's units, the true outcome for the operator).
+
+    Every failure of the algorithm becomes no contributions: whether it failed
+    can depend on private values, so it must not show in what leaves.
+    """
+    from opal.release.contributions import declared_columns
+    from opal.sandbox.pseudonyms import run_pseudonymised
+
+    try:
+        contributions, units = run_pseudonymised(
+            runtime, table=ds.schema, column=ds.unit, source=source, entrypoint=entrypoint, params=record.params,
+            columns=declared_columns(privacy),
+        )
+    except OpalError as exc:
+        log.info("run %s: the algorithm produced no contributions (%s)", record.run_id, type(exc).__name__)
+        return None, None, {
+            "outcome": "no contributions",
+            "error_type": type(exc).__name__,
+            "exit_code": exc.exit_code,
+            "message": exc.message,
+        }
+    except Exception as exc:  # noqa: BLE001 - e.g. a table Arrow cannot convert: no details, they may hold data
+        log.error("run %s: contributions unreadable (%s)", record.run_id, type(exc).__name__)
+        return None, None, {"outcome": "no contributions", "error_type": type(exc).__name__}
+    return contributions, units, {"outcome": "ok"}
 
 
 def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, signer: Signer, me: str) -> bool:
@@ -242,23 +284,14 @@ def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, 
     return True
 
 
-def _known_units(runtime: Runtime, ds: catalog.Dataset) -> pd.Series | None:
-    getter = getattr(runtime, "units", None)
-    if callable(getter):
-        units: pd.Series = getter(ds.unit)
-        return units
-    import pyarrow.parquet as pq
-
-    return pq.read_table(ds.path, columns=[ds.unit]).column(0).to_pandas()
-
-
-def _finish_released(node: Node, record: RunRecord, released: Release, *, signer: Signer) -> Outcome:
-    # Only the analyst view leaves: the suppressed cells' count would give the
-    # exact number of distinct groups (membership inference for an algorithm
-    # that groups by a per-unit column). The full per-cell record stays with
-    # the operator; the ledger holds its digest as a commitment.
+def _finish_released(
+    node: Node, record: RunRecord, released: Release, outcome: dict[str, Any], *, signer: Signer
+) -> Outcome:
+    # Only the analyst view leaves. The gate's diagnostics (rows dropped, and
+    # why) and the run's true outcome are exact facts about the data: they
+    # stay with the operator, and the ledger holds their digests.
     view = released.analyst_view()
-    full = released.to_dict()
+    full = dict(released.to_dict(), run_outcome=outcome)
     result_digest = sha256_hex(canonical_json(view))
     decisions_digest = sha256_hex(canonical_json(full))
     with node.db.transaction() as tx:
@@ -277,6 +310,7 @@ def _finish_released(node: Node, record: RunRecord, released: Release, *, signer
                 "epsilon_spent": spent,
                 "cells_released": released.cells_released,
                 "decisions_digest": decisions_digest,
+                "operator_outcome_digest": sha256_hex(canonical_json(outcome)),
             },
             signer=signer,
             subject=record.algorithm.split("@")[0],
@@ -348,7 +382,7 @@ def _record_failure(tx: Any, node: Node, record: RunRecord, exc: OpalError, *, s
         "epsilon_returned": returned,
     }
     if spent:
-        body["charged_because"] = "the run failed after its algorithm touched the data"
+        body["charged_because"] = "the run failed after it touched the data"
     node.ledger.append_in(
         tx,
         type="run_finished",

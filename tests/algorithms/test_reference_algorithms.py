@@ -94,6 +94,31 @@ def test_manifest_is_accepted_by_the_platform_parser(name):
     assert manifest.name == name
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_group_column_has_a_public_domain_from_the_synthetic_world(name, tmp_path):
+    from opal.bundle.manifest import Manifest
+    from opal.data import synthesize
+    from opal.release.domains import cell_count, load_domains, resolve
+
+    manifest = Manifest.parse((ALGORITHMS / name / "opal.toml").read_bytes())
+    assert manifest.privacy.groups, "declare [privacy.groups]"
+    out = tmp_path / "cdr.parquet"
+    summary = synthesize(out, subscribers=50, days=14, seed=1)
+    domains = resolve(manifest.privacy.groups, load_domains(summary.domains_path))
+    assert 1 < cell_count(domains) <= 100_000
+
+
+def test_a_scaffolded_bundle_declares_its_domains_and_runs(tmp_path):
+    from opal.bundle.scaffold import scaffold
+    from opal.data import synthesize
+    from opal.devloop import test_bundle
+
+    scaffold(tmp_path / "b", "scaffolded")
+    synthesize(tmp_path / "cdr.parquet", subscribers=300, days=2, seed=1)
+    result = test_bundle(tmp_path / "b", dataset=tmp_path / "cdr.parquet", params={"start_day": 0, "end_day": 1})
+    assert result["table"]["columns"][0] == "region" and len(result["table"]["rows"]) == 12
+
+
 def test_unknown_parameters_are_refused_by_the_schema():
     schema = tomllib.loads((ALGORITHMS / "population_density" / "opal.toml").read_text())["parameters"]
     validator = jsonschema.Draft202012Validator(schema)
@@ -117,10 +142,28 @@ def test_population_density_counts_distinct_subscribers_per_region_day(world):
     assert sorted(got.day.unique()) == list(range(2, 10))
 
 
-def test_population_density_refuses_a_reversed_window(world):
-    cdr, _ = world
+def test_population_density_refuses_a_reversed_window_without_data():
+    spec = importlib.util.spec_from_file_location("opal_reference_pd_check", ALGORITHMS / "population_density" / "algorithm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     with pytest.raises(ValueError, match="end_day"):
-        load("population_density")(types.SimpleNamespace(cdr=cdr), {"start_day": 5, "end_day": 1})
+        module.check_params({"start_day": 5, "end_day": 1})
+    module.check_params({"start_day": 1, "end_day": 5})
+
+
+def test_a_reversed_window_is_refused_by_algo_test_before_the_run(tmp_path):
+    from opal.devloop import test_bundle
+    from opal.errors import BadInputError
+
+    synthesize(tmp_path / "cdr.parquet", subscribers=100, days=2, seed=1)
+    with pytest.raises(BadInputError) as exc:
+        test_bundle(ALGORITHMS / "population_density", dataset=tmp_path / "cdr.parquet",
+                    params={"start_day": 1, "end_day": 0})
+    assert exc.value.exit_code == 2
+    assert str(exc.value) == (
+        "the bundle's check_params refused the parameters: algorithm.py:11: check_params() raised "
+        "ValueError (an operation got an invalid value)"
+    )
 
 
 # --- home_location ---------------------------------------------------------------
@@ -266,3 +309,19 @@ def test_unique_visitors_excludes_residents(world):
 def test_source_passes_the_sandbox_static_policy(name):
     policy = pytest.importorskip("opal.sandbox.policy")
     policy.check_source((ALGORITHMS / name / "algorithm.py").read_text(), entrypoint="contributions")
+
+
+def test_a_domain_product_over_max_cells_is_refused_by_algo_check_without_data(tmp_path):
+    import shutil
+
+    from opal.devloop import check_bundle
+    from opal.errors import ReleaseRefused
+
+    folder = tmp_path / "wide"
+    shutil.copytree(ALGORITHMS / "population_density", folder)
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('day = "dataset"', "day = { range = [0, 99999] }\nhour = { range = [0, 23] }"))
+    with pytest.raises(ReleaseRefused) as exc:
+        check_bundle(folder)
+    assert exc.value.exit_code == 3
+    assert "the group domains have 2400000 cells in all, more than the policy limit max_cells = 100000" in str(exc.value)

@@ -41,7 +41,7 @@ def test_report_has_every_section_and_every_algorithm(quick_run: tuple[subproces
     _, out = quick_run
     text = (out / "BENCHMARKS.md").read_text()
     for heading in ("## Datasets", "## Reference algorithms: OPAL vs pandas vs DuckDB", "## Worker memory",
-                    "## Release gate alone vs DuckDB", "## Ledger", "## Small runs: throughput and added latency",
+                    "## Release gate alone vs DuckDB", "## Utility on small data (public domains)", "## Ledger", "## Small runs: throughput and added latency",
                     "## Where OPAL is slower and why", "## The DuckDB SQL used for (e)"):
         assert heading in text
     for name in NAMES:
@@ -66,6 +66,7 @@ def test_json_holds_every_sample_and_duckdb_agrees_with_pandas(quick_run: tuple[
         assert row["duckdb_vs_pandas"] == "same", name
     assert results["workers"][label]["memory"]["by_role_peak_bytes"]["sandbox zygote (resident data)"] > 0
     assert results["gate"]["rows"] > 0 and results["gate"]["gate"]["n"] >= 1
+    assert results["utility"]["cells"] == 84 and results["utility"]["interval_coverage"] is not None
     assert [a["processes"] for a in results["ledger"]["appends"]] == [1, 4]
     assert results["ledger"]["verify"]["entries"] == results["config"]["ledger_entries"]
     small = results["small"]

@@ -74,6 +74,18 @@ def test_identical_runs_get_one_cached_answer_and_spend_once(opal: Opal, small_w
     assert spent_runs == 20                           # 10 / 0.5
     assert "privacy budget of dataset 'demo' exhausted" in refused.stderr
     assert opal.json("budget", "show")[0]["spent"] == pytest.approx(10.0)
+
+    # issue #14: after exhaustion, vanishing ε was admitted and spent nothing (unlimited probes)
+    entries = len(opal.json("ledger", "show"))
+    for tiny, why in (("1e-17", "not a whole number of micro-ε"), ("0.005", "under the policy minimum")):
+        proc = opal("run", "population_density", "--dataset", "demo", "--params",
+                    json.dumps({"start_day": 0, "end_day": 1}), "--epsilon", tiny, "--key", "sam")
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+    assert len(opal.json("ledger", "show")) == entries
+    # ... and the same file registered under another name brought a fresh budget of 10
+    opal("dataset", "register", "again", str(small_world), "--key", "olga", check=True)
+    again = opal.json("budget", "show", "--dataset", "again")[0]
+    assert again["left"] == 0 and again["shared_with"] == ["demo"]
     assert opal("ledger", "verify").returncode == 0
 
 

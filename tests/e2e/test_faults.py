@@ -32,6 +32,7 @@ from tests.worker.workerkit import (
     PrivatePostgres,
     PrivateRedis,
     Workers,
+    budget_of,
     outcomes_in_ledger,
     spent_events,
     wait_state,
@@ -75,7 +76,7 @@ def _assert_books_balance(sc: Scenario, run_ids: list[str]) -> None:
     spent = spent_events(sc.node)
     charged = {r for r in run_ids if get_run(sc.node, r).state in ("released", "failed")}
     assert set(spent) <= charged
-    budget = sc.node.db.one("SELECT spent, reserved FROM budget WHERE dataset = ?", (sc.dataset,))
+    budget = budget_of(sc.node, sc.dataset)
     assert budget["spent"] == pytest.approx(sum(spent.values()))
     assert budget["reserved"] == pytest.approx(0.0)
 
@@ -281,16 +282,22 @@ def test_a_run_no_worker_serves_says_so(sc: Scenario, broker_url: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_run_over_its_time_limit_is_failed_and_the_worker_serves_on(sc: Scenario, workers: Workers, broker_url: str) -> None:
+def test_run_over_its_time_limit_is_released_like_any_other_and_the_worker_serves_on(
+    sc: Scenario, workers: Workers, broker_url: str
+) -> None:
     proc = workers.start(run_timeout=2)
     slow = _request(sc, 1, spin=30 * SPIN_PER_SECOND)
     record = wait(sc.node, slow, timeout=120)
-    assert record.state == "failed"
-    assert record.error is not None and record.error["type"] == "LimitExceeded" and record.error["exit_code"] == 5
-    assert "wall-clock limit of 2 s" in record.error["message"]
+    # total runs (issue #14): whether a run hit a limit can depend on the data, so
+    # the requester gets an ordinary noisy release over the domain; the limit is
+    # the operator's to see
+    assert record.state == "released" and record.error is None
     assert slow in spent_events(sc.node)     # it touched the data: its ε is spent
     shown = _opal(sc, broker_url, "runs", "show", slow, "--json")
-    assert json.loads(shown.stdout)["state"] == "failed"
+    assert json.loads(shown.stdout)["state"] == "released"
+    operator = json.loads(_opal(sc, broker_url, "runs", "decisions", slow, "--json").stdout)["run_outcome"]
+    assert operator["error_type"] == "LimitExceeded" and operator["exit_code"] == 5
+    assert "wall-clock limit of 2 s" in operator["message"]
     good = _request(sc, 2)
     assert wait(sc.node, good, timeout=60).state == "released"
     assert proc.poll() is None

@@ -18,7 +18,7 @@ import pytest
 from opal.runs import request_run
 from opal.runs.dispatch import dispatch_many, wait
 from opal.worker._scenario import Scenario, build
-from tests.worker.workerkit import Workers, outcomes_in_ledger, spent_events
+from tests.worker.workerkit import Workers, budget_of, outcomes_in_ledger, spent_events
 
 RUNS = 1000
 EPSILON = 0.001
@@ -27,7 +27,11 @@ EPSILON = 0.001
 @pytest.fixture
 def sc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str) -> Scenario:
     monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
-    return build(tmp_path / "home", subscribers=200, days=1)
+    from opal.release.policy import ReleasePolicy
+
+    # 1 000 runs of 0.001 need a policy minimum that low (the default is 0.01)
+    policy = ReleasePolicy(min_epsilon_per_run=0.001)
+    return build(tmp_path / "home", subscribers=200, days=1, policy=policy)
 
 
 @pytest.fixture
@@ -66,7 +70,8 @@ def test_thousand_runs_on_two_workers_none_lost_none_twice(sc: Scenario, workers
     assert not [e for e in finished if "cached_from" in e.body], "a run was served from the cache"
     spent = spent_events(sc.node)
     assert set(spent) == set(ids)
-    budget = sc.node.db.one("SELECT spent, reserved FROM budget WHERE dataset = ?", (sc.dataset,))
+    budget = budget_of(sc.node, sc.dataset)
+    assert budget["spent_micro"] == 1_000 * RUNS  # exact: no float accumulation
     assert budget["spent"] == pytest.approx(EPSILON * RUNS) == pytest.approx(sum(spent.values()))
     assert budget["reserved"] == pytest.approx(0.0)
     # both workers served

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from opal.release.domains import load_domains, sidecar_for
 from tests.conftest import ALGORITHMS, Opal
 
 ISLET = "Islet"          # a region we plant with 5 subscribers: its cells must never be released
@@ -31,6 +32,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     df.loc[df["msisdn"].isin(planted), "region"] = ISLET
     out = folder / "cdr.parquet"
     pq.write_table(pa.Table.from_pandas(df, schema=pq.read_schema(raw), preserve_index=False), out)
+    shutil.copyfile(sidecar_for(raw), sidecar_for(out))  # the world's public domains: no islet
     return out
 
 
@@ -56,10 +58,15 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     assert run["state"] == "released"
     doc = json.loads(opal("runs", "result", run["run_id"], "--json", check=True).stdout)
     result = doc["release"]
-    released = pd.DataFrame(result["table"]["rows"], columns=result["table"]["columns"])
-    # the analyst never sees how many cells were suppressed: that count is exact
-    assert "cells_suppressed" not in result
-    assert all(d["released"] for d in result["decisions"])
+    table = pd.DataFrame(result["table"]["rows"], columns=result["table"]["columns"])
+    # one row per cell of the public domains (12 regions x 4 days), whatever the data
+    domains = load_domains(sidecar_for(world))
+    assert [tuple(r) for r in table[["region", "day"]].values.tolist()] == [
+        (region, day) for region in domains["region"] for day in domains["day"]
+    ]
+    assert ISLET not in set(table.region), "a label outside the public domain left the gate"
+    assert "diagnostics" not in result and "run_outcome" not in result
+    released = table[~table.suppressed]
 
     df = pd.read_parquet(world)
     truth = df[df.day.between(0, 3)].groupby(["region", "day"]).msisdn.nunique()
@@ -67,14 +74,13 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     bound = 25 * scale                     # P(|discrete Laplace| > 25 b) < 1e-10 per cell
     assert len(released) > 0
     for row in released.itertuples():
-        assert (row.region, row.day) in truth.index, "released a cell that does not exist"
         assert abs(row.count - truth[(row.region, row.day)]) <= bound
-        assert row.count >= 15
-    assert ISLET not in set(released.region), "a cell of 5 subscribers was released"
-    # cells far above any threshold are all released, and the noise is of the declared scale
-    threshold = result["mechanism"]["threshold"]   # the gate's DP release threshold (>= 15)
-    assert threshold >= 15
-    big = truth[truth > threshold + bound]
+        assert row.count >= 15 and row.ci_low <= row.count <= row.ci_high
+        assert row.noise_scale == pytest.approx(scale)
+    # cells far above min_units_per_cell are all released, and the noise is of the declared scale
+    minimum = result["mechanism"]["min_units_per_cell"]
+    assert minimum == 15 and "threshold" not in result["mechanism"]
+    big = truth[truth > minimum + bound]
     assert len(big) > 0
     got = released.set_index(["region", "day"])["count"]
     assert set(big.index) <= set(got.index)
@@ -96,11 +102,13 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     finished = entries[-1]["body"]
     assert finished["outcome"] == "released"
     assert finished["result_digest"] == doc["result_digest"]
-    assert "cells_suppressed" not in finished and len(finished["decisions_digest"]) == 64
+    assert len(finished["decisions_digest"]) == 64 and len(finished["operator_outcome_digest"]) == 64
 
-    # the operator's view keeps every decision; the planted islet is among the suppressed
+    # the operator's view: the true outcome and what the gate dropped (the planted islet)
     operator = opal.json("runs", "decisions", run["run_id"])
-    assert operator["cells_suppressed"] >= 4 and operator["cells_released"] == len(released)
+    assert operator["cells_released"] == len(released)
+    assert operator["run_outcome"] == {"outcome": "ok"}
+    assert operator["diagnostics"]["rows_dropped"]["group label missing or outside the public domain"] > 0
 
     # whoever receives the result can check, offline, that an approved run released it
     out = opal.home.parent / "result.json"
@@ -109,7 +117,7 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["ledger_index"] == entries[-1]["index"]
     forged = json.loads(out.read_text())
-    forged["release"]["table"]["rows"][0][-1] += 1
+    forged["release"]["table"]["rows"][0][2] += 1  # Amara, day 0: a large released cell
     out.write_text(json.dumps(forged))
     tampered = opal("runs", "verify", str(out))
     assert tampered.returncode == 6 and "the table was changed" in tampered.stderr

@@ -23,8 +23,8 @@ def test_sqlite_dialect_is_translated() -> None:
     assert translate("INSERT OR IGNORE INTO keys(name, key_id) VALUES (?,?)").endswith(
         "ON CONFLICT DO NOTHING"
     )
-    assert translate("INSERT OR REPLACE INTO budget(dataset, total) VALUES (?,?)").endswith(
-        "ON CONFLICT (dataset) DO UPDATE SET total = EXCLUDED.total"
+    assert translate("INSERT OR REPLACE INTO budget_owners(dataset, pool) VALUES (?,?)").endswith(
+        "ON CONFLICT (dataset) DO UPDATE SET pool = EXCLUDED.pool"
     )
 
 
@@ -73,16 +73,14 @@ def test_existing_callers_work_unchanged_on_postgres(pg_url: str, tmp_path: Path
     from opal.release import budget
 
     with db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO budget(dataset, total, spent, reserved) VALUES (?,?,0,0)", ("cdr", 10.0)
-        )
+        budget.open_pool(tx, dataset="cdr", fingerprint="f" * 64, total_epsilon=10.0)
     with db.transaction() as tx:
         budget.reserve(tx, dataset="cdr", run_id="r1", epsilon=1.5, actor=info.key_id)
     with db.transaction() as tx:
         assert budget.commit(tx, run_id="r1", actor=info.key_id) == 1.5
-    row = db.one("SELECT total, spent, reserved FROM budget WHERE dataset = ?", ("cdr",))
+    row = db.one("SELECT total, spent, reserved FROM budget WHERE pool = ?", ("f" * 64,))
     total, spent, reserved = row
-    assert (total, spent, reserved, row["spent"]) == (10.0, 1.5, 0.0, 1.5)
+    assert (total, spent, reserved, row["spent"]) == (10_000_000, 1_500_000, 0, 1_500_000)  # micro-ε
     assert ledger.verify().size == 3
 
 

@@ -99,7 +99,8 @@ def test_review_approve_verify_and_the_attacks_through_the_cli(opal: Opal, tmp_p
     assert "+# now with more care" in view["diff"] and '+version = "1.1.0"' in view["diff"]
     assert view["privacy"]["unit"] == "msisdn" and view["parameters"]["type"] == "object"
     assert "def contributions" in view["source"]
-    text = opal("algo", "review", "population_density@1.1.0").stdout
+    assert view["locality"]["local"] is True and view["locality"]["sampled"] >= 50
+    text = opal("algo", "review", "population_density@1.1.0", "--no-locality").stdout
     assert "diff against approved population_density@1.0.0" in text and "now with more care" in text
     opal("algo", "approve", "population_density@1.1.0", "--key", "rita")
     opal("algo", "approve", "population_density@1.1.0", "--key", "ravi")

@@ -17,7 +17,7 @@ from opal.runs.message import check_message, run_message
 from opal.worker import state
 from opal.worker._scenario import Scenario, build
 from opal.worker.pipeline import MAX_ATTEMPTS, execute_run, run_owner
-from tests.worker.workerkit import outcomes_in_ledger, spent_events
+from tests.worker.workerkit import budget_of, outcomes_in_ledger, spent_events
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_run_of_a_dead_worker_is_taken_over_and_charged_once(sc: Scenario) -> No
     started = [e.body.get("attempt") for e in sc.node.ledger.entries(type="run_started") if e.body["run_id"] == run_id]
     assert started == [1, 2]
     assert spent_events(sc.node) == {run_id: pytest.approx(0.01)}
-    budget = sc.node.db.one("SELECT spent, reserved FROM budget WHERE dataset = ?", (sc.dataset,))
+    budget = budget_of(sc.node, sc.dataset)
     assert budget["spent"] == pytest.approx(0.01) and budget["reserved"] == pytest.approx(0)
     sc.node.ledger.verify()
 
@@ -128,7 +128,7 @@ def test_a_run_that_keeps_losing_its_worker_is_failed_after_the_cap(sc: Scenario
     assert out["state"] == "failed"
     assert f"each of {MAX_ATTEMPTS} attempts" in out["error"]["message"]
     # it failed after touching the data (the lost attempts ran it): its ε is spent, once
-    budget = sc.node.db.one("SELECT spent, reserved FROM budget WHERE dataset = ?", (sc.dataset,))
+    budget = budget_of(sc.node, sc.dataset)
     assert budget["spent"] == pytest.approx(0.01) and budget["reserved"] == pytest.approx(0)
     assert outcomes_in_ledger(sc.node)[run_id] == 1
 
@@ -166,8 +166,8 @@ def test_cancelled_while_running_result_is_discarded(sc: Scenario, monkeypatch: 
             cancel_run(sc.node, run_id, signer=sc.node.keyring.signer("sam"))
             return out
 
-        def units(self, column: str) -> Any:
-            return self.rt.units(column)
+        def units(self, column: str, table: str | None = None) -> Any:
+            return self.rt.units(column, table=table)
 
     out = execute_run(sc.node, run_id, signer=sc.node.keyring.signer("olga"),
                       runtime_for=lambda ds: CancelsMidRun(real(ds)))

@@ -193,8 +193,16 @@ def outcomes_in_ledger(node: Any) -> collections.Counter[str]:
 
 
 def spent_events(node: Any) -> dict[str, float]:
+    """run id → ε spent (budget events hold exact micro-ε)."""
     rows = node.db.query("SELECT run_id, epsilon FROM budget_events WHERE state = 'spent'")
-    return {r["run_id"]: float(r["epsilon"]) for r in rows}
+    return {r["run_id"]: int(r["epsilon"]) / 1_000_000 for r in rows}
+
+
+def budget_of(node: Any, dataset: str) -> dict[str, Any]:
+    """The dataset's budget as ``opal budget show --json`` gives it."""
+    from opal.release.budget import show
+
+    return show(node, dataset)[0].to_dict()
 
 
 def wait_state(node: Any, run_id: str, states: tuple[str, ...], timeout: float = 60) -> str:

@@ -1,0 +1,65 @@
+"""A bundle's optional, data-free parameter check (pipeline step 3).
+
+On a worker, an exception raised by ``contributions()`` after it has touched
+the data becomes an ordinary noisy release over no contributions (total runs):
+it must not tell the requester anything. Checks that do not need the data
+(``end_day >= start_day``) belong before the run, where a refusal costs
+nothing: in the JSON Schema, or, for what a schema cannot say, in
+
+    def check_params(params):
+        if params["end_day"] < params["start_day"]:
+            raise ValueError("end_day must be >= start_day")
+
+It runs in the sandbox like the algorithm, with empty tables and without a
+``data`` argument; if it raises, the run is refused (exit 2) before any budget
+is reserved.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from opal.errors import AlgorithmFailed, BadInputError
+
+__all__ = ["CHECK_PARAMS", "defines_check_params", "run_check_params"]
+
+CHECK_PARAMS = "check_params"
+_ENTRY = "opal_check_params_entry"
+_SHIM = f'''
+
+
+def {_ENTRY}(data, params):
+    {CHECK_PARAMS}(params)
+    return data.{{table}}.head(0)
+'''
+
+
+def defines_check_params(source: str) -> bool:
+    """Whether ``source`` defines a top-level ``check_params`` function."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, ast.FunctionDef) and node.name == CHECK_PARAMS for node in tree.body)
+
+
+def run_check_params(runtime: Any, *, source: str, params: Any, table: str, column: str) -> None:
+    """Run the bundle's ``check_params(params)``, if it has one, on no data.
+
+    Raises:
+        BadInputError: ``check_params`` raised (the parameters are refused).
+        PolicyViolation, LimitExceeded: as for any sandbox run.
+    """
+    if not defines_check_params(source):
+        return
+    try:
+        runtime.run(
+            source=source + _SHIM.format(table=table),
+            entrypoint=_ENTRY,
+            params=params,
+            pseudonyms={"table": table, "column": column, "seed": "00", "data_free": True},
+        )
+    except AlgorithmFailed as exc:
+        reason = exc.message.replace(f"{_ENTRY}()", f"{CHECK_PARAMS}()")
+        raise BadInputError(f"the bundle's check_params refused the parameters: {reason}") from None
