@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from opal.canonical import canonical_json, sha256_hex
 from opal.db import Database, ensure_tables
@@ -66,6 +66,8 @@ class DatasetSchema:
     columns: dict[str, str]        # column -> kind: int | string | timestamp
 
     def check(self, schema: pa.Schema, *, where: str) -> None:
+        import pyarrow as pa
+
         found = {f.name: f.type for f in schema}
         missing = [c for c in self.columns if c not in found]
         if missing:
@@ -153,6 +155,9 @@ def fingerprint_file(path: Path) -> str:
 
 
 def read_schema(path: Path) -> tuple[pa.Schema, int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not path.exists():
         raise BadInputError(f"dataset file {path} does not exist")
     suffix = path.suffix.lower()
@@ -355,6 +360,8 @@ def split_table_url(url: str) -> tuple[str, str]:
 
 
 def _arrow_type(oid: int, column: str, where: str) -> pa.DataType:
+    import pyarrow as pa
+
     types = {
         16: pa.bool_(), 20: pa.int64(), 21: pa.int64(), 23: pa.int64(),
         25: pa.string(), 1042: pa.string(), 1043: pa.string(),
@@ -376,6 +383,8 @@ def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Sche
     import tempfile
 
     import psycopg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from psycopg import sql
 
     conninfo, table = split_table_url(url)

@@ -32,11 +32,10 @@ def _opal(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:   # unbuffered: close has nothing left to flush
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     return filler
