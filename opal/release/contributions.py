@@ -47,12 +47,10 @@ class Layout:
     value: str | None
 
 
-def declared_columns(privacy: PrivacySpec) -> tuple[str, ...] | None:
-    """The exact columns of the contributions — unit, declared groups, value
-    (sum/mean) — or None when the bundle does not declare its groups. The
-    sandbox checks the table against them while reading it (``Runtime.run``)."""
-    if privacy.groups is None:
-        return None
+def declared_columns(privacy: PrivacySpec) -> tuple[str, ...]:
+    """The exact columns of the contributions: unit, declared groups, value
+    (sum/mean). The sandbox checks the table against them while reading it
+    (``Runtime.run``)."""
     value = () if privacy.aggregation == "count" else (privacy.value_column,)
     return (privacy.unit, *tuple(privacy.groups), *value)
 

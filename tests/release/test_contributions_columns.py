@@ -14,7 +14,3 @@ def test_count_declares_unit_and_groups() -> None:
 def test_sum_adds_the_value_column() -> None:
     spec = PrivacySpec(unit="msisdn", aggregation="sum", value_bounds=(0, 10), groups=("region",))
     assert declared_columns(spec) == ("msisdn", "region", "value")
-
-
-def test_undeclared_groups_leave_the_shape_open() -> None:
-    assert declared_columns(PrivacySpec(unit="msisdn")) is None
