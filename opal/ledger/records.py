@@ -1,8 +1,8 @@
 """The facts the ledger stores and signs: entries, checkpoints, cosignatures.
 
 An entry is canonical JSON (RFC 8785) ``{"entry": {...}, "signature": ...}``
-where ``entry`` names its index, type, time, actor key id and the event's
-fields, and ``signature`` is the actor's Ed25519 signature over the canonical
+where ``entry`` names its index, type, subject, time, actor key id and the
+event's fields, and ``signature`` is the actor's Ed25519 signature over the canonical
 bytes of ``entry``. The leaf is SHA-256(0x00 ‖ stored bytes) (RFC 6962 §2.1).
 
 A checkpoint is the operator's signature over ``(origin, size, root)``; a
@@ -36,7 +36,7 @@ __all__ = [
 ENTRY_DOMAIN = "ledger-entry"
 CHECKPOINT_DOMAIN = "ledger-checkpoint"
 COSIGN_DOMAIN = "ledger-cosignature"
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 
 _HEAD = b'{"entry":'
 _SIG = b',"signature":"'
@@ -70,6 +70,7 @@ class LedgerEntry:
     body: dict[str, Any]
     signature: str
     raw: bytes = field(repr=False)
+    subject: str | None = None
 
     @property
     def leaf_hash(self) -> bytes:
@@ -79,6 +80,7 @@ class LedgerEntry:
         return {
             "index": self.index,
             "type": self.type,
+            "subject": self.subject,
             "time": self.time,
             "actor": self.actor,
             "actor_role": self.actor_role,
@@ -105,6 +107,7 @@ class LedgerEntry:
             body=dict(e["body"]),
             signature=str(doc["signature"]),
             raw=raw,
+            subject=None if e.get("subject") is None else str(e["subject"]),
         )
 
     def signed_part(self) -> bytes:
@@ -216,8 +219,8 @@ class VerifyReport:
     cosignatures: int = 0
     against: dict[str, Any] | None = None
     seconds: float = 0.0
-    # "batch" (opal.trust.ed25519_batch, OpenSSL for any batch that fails) or "one-by-one" (OpenSSL)
-    signature_check: str = "one-by-one"
+    workers: int = 0
+    state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,7 +232,9 @@ class VerifyReport:
             "checkpoints_checked": self.checkpoints,
             "cosignatures_checked": self.cosignatures,
             "runs_checked": self.runs,
-            "signature_check": self.signature_check,
+            "signature_check": "openssl",
+            "workers": self.workers,
+            "state": self.state,
             "against": self.against,
             "seconds": round(self.seconds, 3),
         }

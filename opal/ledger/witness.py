@@ -62,14 +62,14 @@ def cosign(
         TrustError: the witness key is not a board key.
         LedgerCorrupt: signatures, roots or consistency do not hold, or equivocation.
     """
-    if witness.role != "board":
-        raise TrustError(f"witnessing needs a board key; this key has role {witness.role!r}")
     current = ledger.latest_checkpoint()
     if current is None:
         raise BadInputError(
             "the ledger has no signed checkpoint yet; sign one with opal ledger checkpoint"
         )
-    keys = ledger.key_state()
+    keys = ledger.authority()
+    if "witness" not in keys.ever.get(witness.key_id, set()):
+        raise TrustError("this key is not a witness key of the board's trust policy; the board names witnesses")
     check_checkpoint_signature(current, keys)
     check_equivocation(
         [(cp.size, cp.root, cp.signer) for cp in ledger.checkpoints()]
