@@ -388,7 +388,7 @@ def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None
     """Witness the latest signed checkpoint: check it extends the last one you saw, then co-sign it."""
     signer = app.node.keyring.signer_for(key, "witness")
     last = load_checkpoint_file(against_file) if against_file else None
-    state = witness_state_path(app.node.home.root / "witness", signer.name)
+    state = witness_state_path(app.node.ledger.origin, signer.key_id)
     result = cosign_checkpoint(app.node.ledger, signer, last_seen=last, state_file=state)
     if as_json:
         emit_json(result)

@@ -287,6 +287,8 @@ class _Seen(NamedTuple):
     # (_ENCODING or _SIGNATURE, message): the worker rejects the entry, but
     # rule 3 comes first for it, so the in-order pass decides which is named.
     fault: tuple[int, str] | None = None
+    # the stored leaf_hash column differs from the bytes: named after the signature
+    index_fault: str | None = None
 
 
 _ENCODING, _SIGNATURE = 1, 2
@@ -303,10 +305,10 @@ class _Checked(NamedTuple):
     misshapen: tuple[int, str] | None  # (index, message): the entry after ``seen`` breaks rule 2
 
 
-def _check_columns(idx: int, e: Mapping[str, Any], leaf: bytes, columns: Columns) -> None:
+def _check_columns(idx: int, e: Mapping[str, Any], leaf: bytes, columns: Columns, names: Sequence[str]) -> None:
     stored = dict(zip(("type", "subject", "actor", "time", "leaf_hash"), columns, strict=True))
     signed = {"type": e["type"], "subject": e["subject"], "actor": e["actor"], "time": e["time"], "leaf_hash": leaf}
-    for name in ("type", "subject", "actor", "time", "leaf_hash"):
+    for name in names:
         value = stored[name]
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = bytes(value)
@@ -347,12 +349,21 @@ def _examine(
     if e["v"] != ENTRY_VERSION:
         raise _bad(idx, f"has format version {e['v']}, expected {ENTRY_VERSION}")
     leaf = hashlib.sha256(b"\x00" + raw).digest()
+    index_fault = None
     if columns is not None:
-        _check_columns(idx, e, leaf, columns)
+        _check_columns(idx, e, leaf, columns, ("type", "subject", "actor", "time"))
+        try:
+            _check_columns(idx, e, leaf, columns, ("leaf_hash",))
+        except _Bad as bad:
+            index_fault = bad.message
     type_, actor, role, body = e["type"], e["actor"], e["actor_role"], e["body"]
     detail = body if type_ in _DETAIL_TYPES else str(body.get("run_id")) if type_ in _RUN_TYPES else None
     seen = _Seen(
-        names.setdefault(type_, type_), names.setdefault(actor, actor), names.setdefault(role, role), detail
+        names.setdefault(type_, type_),
+        names.setdefault(actor, actor),
+        names.setdefault(role, role),
+        detail,
+        index_fault=index_fault,
     )
     part = signed_part(raw, signature) if signature.isascii() else None
     if part is None:
@@ -424,6 +435,8 @@ def _replay(idx: int, seen: _Seen, auth: Authority) -> None:
             verify_signature(public, ENTRY_DOMAIN, part, signature)
         except TrustError:
             raise _Bad(idx, _unverified(idx, seen.type)) from None
+    if seen.index_fault is not None:
+        raise _Bad(idx, seen.index_fault)
 
 
 def check_entry(idx: int, raw: bytes, auth: Authority) -> LedgerEntry:

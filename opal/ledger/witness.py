@@ -9,6 +9,7 @@ before, and two checkpoints of one size with different roots are equivocation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,8 +25,14 @@ from opal.trust.keys import utcnow
 __all__ = ["cosign", "load_checkpoint_file", "witness_state_path"]
 
 
-def witness_state_path(state_dir: Path, witness_name: str) -> Path:
-    return state_dir / f"{witness_name}.json"
+def witness_state_path(origin: str, witness_key_id: str) -> Path:
+    """The witness's memory of ``origin``: in the witness's own configuration directory
+    (``$XDG_CONFIG_HOME/opal/witness/``), never in the node's OPAL_HOME, so the
+    operator cannot delete it to make the witness cosign a fork as its "first"."""
+    base = os.environ.get("XDG_CONFIG_HOME")
+    root = (Path(base) if base else Path.home() / ".config") / "opal" / "witness"
+    name = hashlib.sha256(f"{origin}\n{witness_key_id}".encode()).hexdigest()[:24]
+    return root / f"{name}.json"
 
 
 def load_checkpoint_file(path: Path) -> Checkpoint:

@@ -66,6 +66,9 @@ def test_existing_callers_work_unchanged_on_postgres(pg_url: str, tmp_path: Path
     keyring = Keyring(Home(tmp_path / "home").ensure(), db)
     keyring.new("op", "operator", ledger)
     keyring.new("board1", "board", ledger)
+    from ledger_fixtures import install_board
+
+    install_board(ledger, keyring.signer("board1"), [keyring.signer("op")])
     info = keyring.get("op")
     assert dict(db.one("SELECT * FROM keys WHERE name = ?", ("op",)))["key_id"] == info.key_id
     keyring.revoke("board1", "left", by=keyring.signer("op"), ledger=ledger)
@@ -83,7 +86,7 @@ def test_existing_callers_work_unchanged_on_postgres(pg_url: str, tmp_path: Path
     row = db.one("SELECT total, spent, reserved FROM budget WHERE dataset = ?", ("cdr",))
     total, spent, reserved = row
     assert (total, spent, reserved, row["spent"]) == (10.0, 1.5, 0.0, 1.5)
-    assert ledger.verify().size == 3
+    assert ledger.verify().size == 2
 
 
 def test_opal_db_url_selects_postgres(
