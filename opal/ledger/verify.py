@@ -197,9 +197,10 @@ class Authority:
                 raise _bad(idx, "(trust_policy) carries no policy document") from None
             if detail.get("version") != new.version:
                 raise _bad(idx, f"(trust_policy) says version {detail.get('version')} but carries v{new.version}")
-            held = set(new.roles_of(actor)) | self.granted.get(actor, set())
+            # recorded by a board or log key of the new policy or of the one it replaces
+            held = set(new.roles_of(actor)) | self.roles_of(actor)
             if not held & set(SIGNERS["trust_policy"]):
-                raise _bad(idx, "(trust_policy) is recorded by a key that is neither board nor operator in it")
+                raise _bad(idx, "(trust_policy) is recorded by a key that is neither board nor operator (new or old)")
             if claimed not in held:
                 raise _bad(idx, f"claims role {claimed!r} but key {actor[:16]} holds {', '.join(sorted(held))}")
             self._install(new, idx)

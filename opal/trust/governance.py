@@ -275,10 +275,12 @@ def install_policy(node: Node, envelope: dict[str, Any], *, signer: Signer) -> T
     ensure_trust_tables(node.db)
     previous = policy_in_force(node)
     policy = verify_rotation(previous, envelope)
-    if signer.key_id not in policy.role_keys("board") | policy.role_keys("operator"):
+    recorders = policy.role_keys("board") | policy.role_keys("operator")
+    recorders |= previous.role_keys("board") | previous.role_keys("operator")
+    if signer.key_id not in recorders:
         raise TrustError(
-            f"key {signer.name!r} is neither a board nor an operator key in trust policy v{policy.version}; "
-            "record the policy with one of those keys (--key NAME)"
+            f"key {signer.name!r} is neither a board nor an operator key of trust policy v{policy.version} "
+            "or the one before; record the policy with one of those keys (--key NAME)"
         )
     document = json.dumps(envelope, indent=2, sort_keys=True)
     digest = sha256_hex(canonical_json(envelope["signed"]))

@@ -165,7 +165,8 @@ class Keyring:
             from opal.ledger import Ledger as _Ledger
 
             ledger = _Ledger(self.db)
-        for entry in ledger.entries(type="key_revoked", subject=key_id):
+        # not filtered by the subject column: an edited index must not hide a revocation
+        for entry in ledger.entries(type="key_revoked"):
             if entry.body.get("key_id") == key_id:
                 return entry.time
         return None

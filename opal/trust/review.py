@@ -226,7 +226,7 @@ def _bundle_row(node: Node, digest: str) -> Any:
 def _revocation(node: Node, row: Any) -> str | None:
     """Why ``row``'s bundle is revoked, or None, from the signed ``bundle_revoked`` entries
     (the bundles table's revoked_at is a copy: clearing it un-revokes nothing)."""
-    for entry in node.ledger.entries(type="bundle_revoked", subject=row["digest"]):
+    for entry in node.ledger.entries(type="bundle_revoked"):
         if entry.body.get("digest") == row["digest"]:
             return f"revoked on {entry.time} ({entry.body.get('reason')})"
     return None
@@ -234,7 +234,7 @@ def _revocation(node: Node, row: Any) -> str | None:
 
 def _submission(node: Node, row: Any) -> Any:
     """The signed ``bundle_submitted`` entry of ``row``'s bundle, or None."""
-    for entry in node.ledger.entries(type="bundle_submitted", subject=row["name"]):
+    for entry in node.ledger.entries(type="bundle_submitted"):
         if entry.body.get("digest") == row["digest"]:
             return entry
     return None
@@ -309,7 +309,7 @@ def _verdict_entries(node: Node, row: Any) -> list[Any]:
     found = [
         e
         for t in ("bundle_approved", "bundle_rejected")
-        for e in node.ledger.entries(type=t, subject=row["name"])
+        for e in node.ledger.entries(type=t)
         if e.body.get("digest") == row["digest"]
     ]
     return sorted(found, key=lambda e: e.index)
@@ -476,7 +476,7 @@ def _pinned_version(node: Node, policy: TrustPolicy, name: str) -> tuple[str | N
     """(pinned version, None) for a valid board pin, (None, why not) otherwise; read from
     the signed ``bundle_pinned`` / ``bundle_unpinned`` entries (the latest stands)."""
     entries = sorted(
-        [e for t in ("bundle_pinned", "bundle_unpinned") for e in node.ledger.entries(type=t, subject=name)],
+        [e for t in ("bundle_pinned", "bundle_unpinned") for e in node.ledger.entries(type=t)],
         key=lambda e: e.index,
     )
     entries = [e for e in entries if e.body.get("name") == name]
