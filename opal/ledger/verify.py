@@ -184,7 +184,9 @@ class Authority:
             raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]}, revoked at entry {when}")
         return self.publics[key_id]
 
-    def admit(self, idx: int, type_: str, actor: str, claimed: str, detail: Any) -> str:
+    def admit(
+        self, idx: int, type_: str, actor: str, claimed: str, detail: Any, *, cancelled: bool = False
+    ) -> str:
         """Rule 3 for one entry; update the state; return the signer's public key hex. Raises _Bad."""
         what = f"ledger entry {idx} ({type_})"
         if type_ == "trust_policy":
@@ -207,7 +209,8 @@ class Authority:
             self.chain.append(envelope)
             return self.publics[actor]
         try:
-            public = self.usable(actor, at=idx, what=what, roles=SIGNERS.get(type_, _LOG_ROLES))
+            roles = ("operator", "statistician") if cancelled else SIGNERS.get(type_, _LOG_ROLES)
+            public = self.usable(actor, at=idx, what=what, roles=roles)
         except LedgerCorrupt as exc:
             raise _Bad(idx, exc.message) from None
         held = self.roles_of(actor)
@@ -290,6 +293,8 @@ class _Seen(NamedTuple):
     fault: tuple[int, str] | None = None
     # the stored leaf_hash column differs from the bytes: named after the signature
     index_fault: str | None = None
+    # a requester may sign the outcome "cancelled" of its own queued run (opal runs cancel)
+    cancelled: bool = False
 
 
 _ENCODING, _SIGNATURE = 1, 2
@@ -365,6 +370,7 @@ def _examine(
         names.setdefault(role, role),
         detail,
         index_fault=index_fault,
+        cancelled=type_ == "run_finished" and body.get("outcome") == "cancelled",
     )
     part = signed_part(raw, signature) if signature.isascii() else None
     if part is None:
@@ -427,7 +433,7 @@ def _check_chunk(rows: Sequence[Row], publics: Mapping[str, bytes]) -> _Checked:
 def _replay(idx: int, seen: _Seen, auth: Authority) -> None:
     """Rules 3 and 4 for an entry a worker passed on, in index order, updating ``auth``. Raises _Bad."""
     fault = seen.fault
-    public = auth.admit(idx, seen.type, seen.actor, seen.role, seen.detail)
+    public = auth.admit(idx, seen.type, seen.actor, seen.role, seen.detail, cancelled=seen.cancelled)
     if fault is not None:
         raise _Bad(idx, fault[1])
     if seen.unsigned is not None:

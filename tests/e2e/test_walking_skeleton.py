@@ -39,6 +39,7 @@ def _setup(opal: Opal, world: Path) -> None:
     opal("keys", "new", "sam", "--role", "statistician", check=True)
     opal("keys", "new", "rita", "--role", "reviewer", check=True)
     opal("keys", "new", "ravi", "--role", "reviewer", check=True)
+    opal.board()
     opal("dataset", "register", "demo", str(world), "--key", "olga", check=True)
 
 
