@@ -368,9 +368,10 @@ def prove_consistency(app: App, old: str, new: str, as_json: bool) -> None:
 )
 @pass_app
 def checkpoint(app: App, key: str | None, as_json: bool) -> None:
-    """Sign (origin, size, root) of the committed ledger and print the signed checkpoint JSON."""
+    """Sign (origin, size, root) of the committed ledger; print it as JSON with its C2SP signed note."""
     signer = app.node.keyring.signer_for(key, "operator")
-    emit_json(app.node.ledger.checkpoint(signer).to_dict())
+    cp = app.node.ledger.checkpoint(signer)
+    emit_json({**cp.to_dict(), "note": cp.note({signer.key_id: signer.info.public_key})})
 
 
 @ledger.command("cosign")

@@ -32,7 +32,7 @@ from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.audit_state import AuditState
 from opal.ledger.log import Ledger
-from opal.ledger.records import CHECKPOINT_DOMAIN, COSIGN_DOMAIN, Checkpoint, Cosignature
+from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.verify import (
     Authority,
     check_checkpoint_signature,
@@ -40,7 +40,7 @@ from opal.ledger.verify import (
     check_entry,
     check_equivocation,
 )
-from opal.trust.keys import verify_signature
+from opal.trust.keys import verify_note_signature
 from opal.trust.policy import TrustPolicy
 
 __all__ = [
@@ -162,7 +162,7 @@ def _check_with_policy(
             f"the {where}'s checkpoint is signed by {cp.signer[:16]}, not a log (operator) key of your {policy.label}"
         )
     try:
-        verify_signature(policy.keys[cp.signer], CHECKPOINT_DOMAIN, cp.statement(), cp.signature)
+        verify_note_signature(policy.keys[cp.signer], cp.body(), cp.signature, what="checkpoint")
     except TrustError:
         raise LedgerCorrupt(f"the {where}'s checkpoint signature by {cp.signer[:16]} does not verify") from None
     witnesses = policy.role_keys("witness")
@@ -171,7 +171,7 @@ def _check_with_policy(
         if (cs.origin, cs.size, cs.root) != (cp.origin, cp.size, cp.root) or cs.witness not in witnesses:
             continue
         try:
-            verify_signature(policy.keys[cs.witness], COSIGN_DOMAIN, cs.statement(), cs.signature)
+            verify_note_signature(policy.keys[cs.witness], cs.message(), cs.signature, what="cosignature")
         except TrustError:
             raise LedgerCorrupt(f"a cosignature in the {where} by witness {cs.witness[:16]} does not verify") from None
         good.add(cs.witness)

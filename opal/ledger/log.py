@@ -44,7 +44,6 @@ from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
 from opal.ledger.audit_state import AuditState
 from opal.ledger.records import (
-    CHECKPOINT_DOMAIN,
     ENTRY_DOMAIN,
     ENTRY_VERSION,
     Checkpoint,
@@ -57,7 +56,6 @@ from opal.ledger.verify import Authority, verify_entries
 from opal.trust.keys import utcnow
 
 __all__ = [
-    "CHECKPOINT_DOMAIN",
     "ENTRY_DOMAIN",
     "Checkpoint",
     "Cosignature",
@@ -77,7 +75,12 @@ class SignerLike(Protocol):  # structural: opal.trust.keyring.Signer
     @property
     def role(self) -> str: ...
 
+    @property
+    def public_key(self) -> str: ...
+
     def sign(self, domain: str, message: bytes) -> str: ...
+
+    def sign_note(self, message: bytes) -> str: ...
 
 
 class Ledger:
@@ -163,7 +166,7 @@ class Ledger:
         )
 
     def checkpoint(self, signer: SignerLike) -> Checkpoint:
-        """Sign ``(origin, size, root)`` of what is committed now.
+        """Sign ``(origin, size, root)`` of what is committed now, as a C2SP tlog-checkpoint note.
 
         Called after the commit, so a checkpoint never covers an entry that is
         not durable. Before signing, the new tree is checked against the
@@ -191,7 +194,7 @@ class Ledger:
             size=size,
             root=root,
             signer=signer.key_id,
-            signature=signer.sign(CHECKPOINT_DOMAIN, statement.statement()),
+            signature=signer.sign_note(statement.body()),
             time=utcnow(),
         )
         with self.db.transaction() as tx:

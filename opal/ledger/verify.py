@@ -50,8 +50,6 @@ from opal.canonical import parse_canonical
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.records import (
-    CHECKPOINT_DOMAIN,
-    COSIGN_DOMAIN,
     ENTRY_DOMAIN,
     ENTRY_VERSION,
     Checkpoint,
@@ -66,6 +64,7 @@ from opal.trust.keys import (
     decode_signature,
     first_invalid_signature,
     key_id_of,
+    verify_note_signature,
     verify_signature,
 )
 from opal.trust.policy import TrustPolicy, verify_rotation
@@ -501,7 +500,7 @@ def check_checkpoint_signature(cp: Checkpoint, auth: Authority, *, what: str | N
     what = what or f"checkpoint at size {cp.size}"
     public = auth.ever_held(cp.signer, "operator", before=cp.size, what=what)
     try:
-        verify_signature(public, CHECKPOINT_DOMAIN, cp.statement(), cp.signature)
+        verify_note_signature(public, cp.body(), cp.signature, what="checkpoint")
     except TrustError:
         raise LedgerCorrupt(f"{what}: signature by {cp.signer[:16]} does not verify") from None
 
@@ -510,7 +509,7 @@ def check_cosignature(cs: Cosignature, auth: Authority) -> None:
     what = f"cosignature of size {cs.size} by witness {cs.witness[:16]}"
     public = auth.ever_held(cs.witness, "witness", before=cs.size, what=what)
     try:
-        verify_signature(public, COSIGN_DOMAIN, cs.statement(), cs.signature)
+        verify_note_signature(public, cs.message(), cs.signature, what="cosignature")
     except TrustError:
         raise LedgerCorrupt(f"{what}: signature does not verify") from None
 

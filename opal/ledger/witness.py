@@ -9,6 +9,7 @@ before, and two checkpoints of one size with different roots are equivocation.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.log import Ledger, SignerLike
-from opal.ledger.records import COSIGN_DOMAIN, Checkpoint, Cosignature
+from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.verify import check_checkpoint_signature, check_equivocation
 from opal.trust.keys import utcnow
 
@@ -129,23 +130,24 @@ def cosign(
             "to_size": current.size,
             "proof": [p.hex() for p in proof],
         }
-    cs = Cosignature(
-        origin=current.origin,
-        size=current.size,
-        root=current.root,
-        witness=witness.key_id,
-        signature=witness.sign(COSIGN_DOMAIN, current.statement()),
-        time=utcnow(),
+    unsigned = Cosignature(
+        origin=current.origin, size=current.size, root=current.root, witness=witness.key_id,
+        signature="", time=utcnow()[:19] + "Z",  # tlog-cosignature/v1 signs whole seconds
     )
+    cs = dataclasses.replace(unsigned, signature=witness.sign_note(unsigned.message()))
     ledger.add_cosignature(cs)
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(current.to_dict(), indent=2))
         os.replace(tmp, state_file)
+    all_cosignatures = ledger.cosignatures(size=current.size)
+    publics = {**keys.publics, witness.key_id: witness.public_key}
+    known = [c for c in all_cosignatures if c.witness in publics]
     return {
         "checkpoint": current.to_dict(),
         "cosignature": cs.to_dict(),
-        "cosignatures": [c.to_dict() for c in ledger.cosignatures(size=current.size)],
+        "cosignatures": [c.to_dict() for c in all_cosignatures],
         "consistency": consistency,
+        "note": current.note(publics, known),
     }

@@ -8,6 +8,7 @@ A key never vouches for itself.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,20 @@ class Signer:
     def role(self) -> str:
         return self.info.role
 
+    @property
+    def public_key(self) -> str:
+        return self.info.public_key
+
     def sign(self, domain: str, message: bytes) -> str:
         return sign_bytes(self._private, domain, message)
+
+    def sign_note(self, message: bytes) -> str:
+        """A C2SP signed-note signature (base64) over a checkpoint or cosignature message.
+
+        Only those two messages are ever passed: both start with text no other
+        OPAL signature covers (every other one is domain-tagged ``opal-v1:``).
+        """
+        return base64.b64encode(self._private.sign(message)).decode()
 
     def __repr__(self) -> str:  # never show key material
         return f"Signer({self.info.name!r}, role={self.info.role!r})"

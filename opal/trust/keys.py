@@ -47,6 +47,7 @@ __all__ = [
     "first_invalid_signature",
     "key_id_of",
     "sign_bytes",
+    "verify_note_signature",
     "verify_signature",
     "verify_signature_raw",
     "generate_private_key",
@@ -278,6 +279,18 @@ def verify_signature_raw(public_raw: bytes, domain: str, message: bytes, signatu
         _public_key(public_raw).verify(raw, _tagged(domain, message))
     except (InvalidSignature, ValueError, TrustError):
         raise TrustError(f"{domain} signature does not verify") from None
+
+
+def verify_note_signature(public_key_hex: str, message: bytes, signature: str, *, what: str) -> None:
+    """A C2SP signed-note signature (checkpoint, cosignature): Ed25519 over ``message`` itself,
+    no OPAL domain tag (the note formats separate their own purposes). Raise TrustError unless valid."""
+    raw = decode_signature(signature, what=f"{what} signature")
+    try:
+        public = bytes.fromhex(public_key_hex)
+        check_public_key(public, what=f"the {what} key")
+        _public_key(public).verify(raw, message)
+    except (InvalidSignature, ValueError, TrustError):
+        raise TrustError(f"{what} signature does not verify") from None
 
 
 def first_invalid_signature(items: Sequence[tuple[bytes, str, bytes, str]]) -> int | None:

@@ -4,6 +4,7 @@ the node, its database and its keys, that an audit without memory passed (exit 0
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from opal.cli import cli
-from opal.ledger.records import COSIGN_DOMAIN, Cosignature
+from opal.ledger.records import Cosignature
 from opal.node import Node
 
 
@@ -138,10 +139,9 @@ def full_rewrite(home: Path) -> None:
     conn.close()
     node = Node.open(home)
     cp = node.ledger.checkpoint(node.keyring.signer("op"))
-    node.ledger.add_cosignature(Cosignature(
-        origin=cp.origin, size=cp.size, root=cp.root, witness=op.key_id,
-        signature=op.sign(COSIGN_DOMAIN, cp.statement()), time=cp.time,
-    ))
+    forged = Cosignature(origin=cp.origin, size=cp.size, root=cp.root, witness=op.key_id, signature="",
+                         time="2026-12-01T00:00:00Z")
+    node.ledger.add_cosignature(dataclasses.replace(forged, signature=op.sign_note(forged.message())))
     node.db.close()
 
 

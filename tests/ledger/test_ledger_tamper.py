@@ -148,11 +148,10 @@ def test_two_checkpoints_of_one_size_with_different_roots_are_equivocation(
         size=cp.size,
         root=other_root,
         signer=cp.signer,
-        signature=actors.op.sign(
-            "ledger-checkpoint",
+        signature=actors.op.sign_note(
             Checkpoint(
                 origin=cp.origin, size=cp.size, root=other_root, signer="", signature="", time=""
-            ).statement(),
+            ).body()
         ),
         time=cp.time,
     )
