@@ -31,9 +31,9 @@ def cli(ctx: click.Context, home: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from opal.cli import algo, broker, budget, dataset, demo, keys, ledger, run, trust, worker
+    from opal.cli import algo, broker, budget, dataset, demo, keys, ledger, run, trust, witness, worker
 
-    for module in (keys, algo, trust, dataset, run, ledger, budget, worker, broker, demo):
+    for module in (keys, algo, trust, dataset, run, ledger, witness, budget, worker, broker, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

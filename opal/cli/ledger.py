@@ -17,8 +17,9 @@ from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
 from opal.ledger.audit_state import default_state_path, refuse_inside_home
 from opal.ledger.export import export_range, load_policy_file, parse_range, verify_export
-from opal.ledger.records import Checkpoint
+from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.trace import trace as trace_algorithm
+from opal.ledger.verify import check_cosignature
 from opal.ledger.witness import cosign as cosign_checkpoint
 from opal.ledger.witness import load_checkpoint_file, witness_state_path
 
@@ -404,6 +405,20 @@ def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None
         )
         + f"; {len(result['cosignatures'])} cosignature(s) on it"
     )
+
+
+@ledger.command("add-cosignature")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def add_cosignature(app: App, file: Path) -> None:
+    """Store a witness's cosignature (opal witness cosign --file … --out FILE) next to its checkpoint."""
+    try:
+        cs = Cosignature.from_dict(json.loads(file.read_text()))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{file} is not a cosignature JSON file ({exc})") from None
+    check_cosignature(cs, app.node.ledger.authority())
+    app.node.ledger.add_cosignature(cs)
+    console.print(f"stored the cosignature of size {cs.size} by witness {cs.witness[:16]}")
 
 
 @ledger.command("export")

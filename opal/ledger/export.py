@@ -359,6 +359,30 @@ def verify_export(
     }
 
 
+def export_checkpoint(lines: Iterable[str]) -> tuple[Checkpoint, merkle.MerkleTree]:
+    """The checkpoint of an export and the tree of its leaf hashes (checked against it).
+
+    Raises:
+        BadInputError: no header or no leaf hashes.
+        LedgerCorrupt: the leaf hashes do not lead to the checkpoint's root.
+    """
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            header = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            break
+        cp = Checkpoint.from_dict(header["checkpoint"])
+        tree = _leaves_tree(header, cp)
+        if tree is None:
+            raise BadInputError("this export carries no leaf hashes; export it again with this version of opal")
+        return cp, tree
+    raise BadInputError(f"not an OPAL ledger export (expected a {FORMAT} checkpoint header on the first line)")
+
+
 def _leaves_tree(header: dict[str, Any], cp: Checkpoint) -> merkle.MerkleTree | None:
     """The tree of the export's leaf hashes, checked against its checkpoint; None if it has none."""
     text = header.get("leaves")
