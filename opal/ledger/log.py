@@ -6,22 +6,30 @@ fields, and ``signature`` is the actor's Ed25519 signature over the canonical
 bytes of ``entry``. The leaf is SHA-256(0x00 ‖ stored bytes) (RFC 6962 §2.1).
 Entries never hold raw data values: only ids, digests, counts and reasons.
 
-Event types written across OPAL (``type`` → who signs, main body fields):
+Event types written across OPAL (``type`` → who signs, main body fields);
+``opal.ledger.verify.SIGNERS`` enforces the signers under the board-signed
+trust policy in force, and a key never vouches for itself:
 
-- ``key_added`` / ``key_revoked`` — the key itself (self-signed) or an
-  operator/board key; ``key_id``, ``public_key``, ``role`` / ``reason``.
-- ``trust_policy`` — board; the policy ``version`` and threshold.
-- ``bundle_submitted`` / ``bundle_approved`` / ``bundle_rejected`` /
-  ``bundle_revoked`` — author / reviewer / board; ``digest``, ``name``,
-  ``version``, the signed statement.
-- ``dataset_registered``, ``policy_changed`` — operator; dataset name, schema,
-  fingerprint, release policy.
-- ``run_requested`` (statistician), ``run_started``, ``run_finished``
-  (operator's worker) — ``run_id``, bundle ``digest``, dataset version,
-  ``epsilon_reserved`` / ``epsilon_spent``, ``outcome`` (released, refused,
-  failed) with ``reason``, ``result_digest``. Budget spending is recorded by
-  these run entries (ε reserved at start, spent or returned at the outcome);
-  the ``budget_events`` table is the same facts for fast queries.
+- ``trust_policy`` — recorded by a board or operator key; carries the whole
+  policy document, itself signed by the board's threshold.
+- ``key_added`` (a board key grants a role) / ``key_revoked`` (board or
+  operator) — ``key_id``, ``public_key``, ``role`` / ``reason``.
+- ``bundle_submitted`` (statistician) / ``bundle_approved`` /
+  ``bundle_rejected`` (reviewer) / ``bundle_revoked``, ``bundle_pinned``,
+  ``bundle_unpinned`` (board) — ``digest``, ``name``, ``version``, the signed
+  statement.
+- ``run_requested`` (statistician), ``run_started``, ``run_finished`` (the
+  node's operator key; a requester may sign the outcome ``cancelled``) —
+  ``run_id``, bundle ``digest``, dataset version, ``epsilon_reserved`` /
+  ``epsilon_spent``, ``outcome`` (released, refused, failed) with
+  ``reason``, ``result_digest``. Budget spending is recorded by these run
+  entries; the ``budget_events`` table is the same facts for fast queries.
+- ``dataset_registered``, ``policy_changed`` and any other type — operator.
+
+The ``type``, ``subject``, ``actor``, ``time`` and ``leaf_hash`` columns are an
+index: ``subject`` and the rest are in the signed entry, ``verify`` checks
+each column against it, and readers keep only entries whose signed fields
+match what they asked for.
 
 Storage (``opal.db``): SQLite WAL + ``synchronous=FULL`` + ``BEGIN IMMEDIATE``
 by default, PostgreSQL with a database-wide advisory write lock for several
