@@ -463,7 +463,9 @@ class Ledger:
                 )
             # The leaves already verified, as the index holds them: their root must be
             # the one held, which proves them unchanged (RFC 9162 §2.1.4 from the held tree).
-            tree = merkle.MerkleTree(self.leaf_hashes(held.size))
+            tree = merkle.MerkleTree.from_leaf_bytes(
+                self.db.joined_bytes("SELECT leaf_hash FROM ledger WHERE idx < ? ORDER BY idx", (held.size,))
+            )
             if tree.size != held.size or tree.root().hex() != held.root:
                 raise LedgerCorrupt(
                     f"the ledger's first {held.size} entries do not match {held.label} in your audit state; "

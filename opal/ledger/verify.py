@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 # Below this many entries a process pool costs more than it saves.
-POOL_MIN_ENTRIES = 20_000
+POOL_MIN_ENTRIES = 5_000
 _CHUNK = 2048
 _ENTRY_KEYS = {"v", "index", "type", "subject", "time", "actor", "actor_role", "body"}
 _RUN_TYPES = ("run_requested", "run_started", "run_finished")
