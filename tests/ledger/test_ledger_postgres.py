@@ -96,3 +96,14 @@ def test_opal_db_url_selects_postgres(
     db = Database(tmp_path / "unused.db")
     assert db.dialect == "postgresql" and not (tmp_path / "unused.db").exists()
     assert "postgresql://" in db.where
+
+
+def test_incremental_audit_from_a_held_state_on_postgres(pg_url: str, tmp_path: Path, actors: Actors) -> None:
+    ledger = Ledger(Database(None, url=pg_url), origin="opal/pg")
+    populate(ledger, actors)
+    state = tmp_path / "audit.json"
+    assert ledger.verify(state=state).size == 12
+    ledger.append(type="note", body={"n": 1}, signer=actors.op)
+    report = ledger.verify(state=state)
+    assert report.size == 13 and report.signatures == 1 and report.state is not None
+    assert report.state["from_size"] == 12
