@@ -186,3 +186,32 @@ def test_a_worker_will_not_start_without_a_board_policy(tmp_path: Path) -> None:
     assert result.exit_code == 6
     assert "no board-signed trust policy is installed on this node" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+SMALL_ORDER_KEYS = {
+    "identity": (1).to_bytes(32, "little"),
+    "order 2": (2**255 - 20).to_bytes(32, "little"),
+    "order 4": bytes(32),
+    "non-canonical identity": (2**255 - 18).to_bytes(32, "little"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL_ORDER_KEYS))
+def test_small_order_and_non_canonical_keys_are_refused_wherever_a_key_enters(tmp_path: Path, kind: str) -> None:
+    from opal.errors import BadInputError
+    from opal.trust.keys import key_id_of
+    from opal.trust.policy import TrustPolicy
+
+    raw = SMALL_ORDER_KEYS[kind]
+    node = make_node(tmp_path)
+    with pytest.raises(BadInputError, match="cannot import 'evil'"):
+        node.keyring.import_public({"name": "evil", "role": "reviewer", "public_key": raw.hex()}, node.ledger)
+    signed = json.loads((node.home.governance_dir / "trust_policy.json").read_text())["signed"]
+    signed["keys"][key_id_of(raw)] = {"name": "evil", "public_key": raw.hex()}
+    with pytest.raises(TrustError, match="small-order|not a canonical"):
+        TrustPolicy.from_signed(signed)
+    # a board-signed key_added carrying it is named by verify
+    body = {"name": "evil", "role": "reviewer", "key_id": key_id_of(raw), "public_key": raw.hex()}
+    entry = node.ledger.append(type="key_added", body=body, signer=node.keyring.signer("b1"), subject=body["key_id"])
+    message = ledger_verdict(node)
+    assert message.startswith(f"ledger entry {entry.index} (key_added): the added key is")
