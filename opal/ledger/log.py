@@ -60,7 +60,7 @@ from opal.ledger.records import (
     VerifyReport,
     envelope,
 )
-from opal.ledger.verify import Authority, verify_entries
+from opal.ledger.verify import Authority, RowSource, verify_entries
 from opal.trust.keys import utcnow
 
 __all__ = [
@@ -495,6 +495,9 @@ class Ledger:
             runs_open=runs_open,
             resume=resume,
             held=(held.size, held.root, held.label) if held is not None and full else None,
+            source=RowSource(
+                path=str(self.db.path) if self.db.path is not None else None, url=self.db.url
+            ),
         )
         if state is None:
             return report

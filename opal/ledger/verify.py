@@ -72,6 +72,7 @@ from opal.trust.policy import TrustPolicy, verify_rotation
 __all__ = [
     "SIGNERS",
     "Authority",
+    "RowSource",
     "check_against",
     "check_checkpoint_signature",
     "check_cosignature",
@@ -432,6 +433,63 @@ def _check_chunk(rows: Sequence[Row], publics: Mapping[str, bytes]) -> _Checked:
     return _Checked(seen, leaves, misshapen)
 
 
+@dataclass(frozen=True)
+class RowSource:
+    """Where pool workers read their own rows (so the main process neither reads nor pickles
+    entries): a SQLite file or a PostgreSQL URL."""
+
+    path: str | None
+    url: str | None
+
+
+_OPEN: dict[tuple[int, RowSource], Any] = {}
+
+
+def _fetch(source: RowSource, start: int, stop: int) -> list[Row]:
+    from pathlib import Path
+
+    from opal.db import Database
+
+    key = (os.getpid(), source)
+    db = _OPEN.get(key)
+    if db is None:
+        db = _OPEN[key] = Database(Path(source.path) if source.path else None, url=source.url or "")
+    return [
+        (int(r["idx"]), bytes(r["entry"]), (r["type"], r["subject"], r["actor"], r["time"], r["leaf_hash"]))
+        for r in db.query(
+            "SELECT idx, entry, type, subject, actor, time, leaf_hash FROM ledger WHERE idx >= ? AND idx < ? "
+            "ORDER BY idx",
+            (start, stop),
+        )
+    ]
+
+
+def _check_range(source: RowSource, start: int, stop: int, publics: Mapping[str, bytes]) -> _Checked:
+    """A worker reads entries ``start`` … ``stop - 1`` itself and checks them (rules 1, 2, 4)."""
+    rows = _fetch(source, start, stop)
+    missing: int | None = None
+    for position, row in enumerate(rows, start=start):
+        if row[0] != position:
+            missing, found = position, row[0]
+            rows = rows[: position - start]
+            break
+    else:
+        if len(rows) < stop - start:
+            missing, found = start + len(rows), None
+    checked = _check_chunk(rows, publics) if rows else _Checked([], [], None)
+    faulted = checked.misshapen is not None or len(checked.seen) < len(rows) or any(
+        s.fault is not None for s in checked.seen
+    )
+    if missing is None or faulted:
+        return checked
+    if found is None:
+        later = _fetch(source, missing, missing + 1)
+        found = later[0][0] if later else None
+    where = f"the next stored index is {found}" if found is not None else "no entry follows"
+    message = f"ledger entry {missing} is missing ({where}); entries were deleted or reordered"
+    return checked._replace(misshapen=(missing, message))
+
+
 def _replay(idx: int, seen: _Seen, auth: Authority) -> None:
     """Rules 3 and 4 for an entry a worker passed on, in index order, updating ``auth``. Raises _Bad."""
     fault = seen.fault
@@ -604,6 +662,7 @@ def verify_entries(
     runs_open: Mapping[str, str] | None = None,
     resume: dict[str, Any] | None = None,
     held: tuple[int, str, str] | None = None,
+    source: RowSource | None = None,
 ) -> VerifyReport:
     """Check rules 1-7 (module docstring); raise LedgerCorrupt naming the first bad entry.
 
@@ -619,6 +678,8 @@ def verify_entries(
     ``resume``: filled with what a later audit needs to resume from here.
     ``held``: ``(size, root hex, label)`` of a tree the auditor verified
     before; the ledger must extend it (a full re-audit from a held state).
+    ``source``: with a pool, workers read their rows from there (``rows`` is
+    then not read at all).
     """
     started = time.perf_counter()
     if total is None:
@@ -655,6 +716,35 @@ def verify_entries(
                     finish_oldest()
         state.replay(chunk[0][0], _check_chunk(chunk, state.publics))
 
+    def finish_oldest_range() -> None:
+        future, (a, b) = ranges.popleft()
+        try:
+            checked = future.result()
+        except BrokenProcessPool:  # a worker died (OOM, signal): check its range here
+            assert source is not None
+            checked = _check_range(source, a, b, state.publics)
+        state.replay(a, checked)
+
+    ranges: deque[tuple[Future[_Checked], tuple[int, int]]] = deque()
+    if pool is not None and source is not None:
+        try:
+            for a in range(start, total, _CHUNK):
+                b = min(total, a + _CHUNK)
+                while len(ranges) >= 2 * workers:
+                    finish_oldest_range()
+                try:
+                    ranges.append((pool.submit(_check_range, source, a, b, state.publics), (a, b)))
+                except BrokenProcessPool:
+                    while ranges:
+                        finish_oldest_range()
+                    state.replay(a, _check_range(source, a, b, state.publics))
+            while ranges:
+                finish_oldest_range()
+        except _Bad as bad:
+            raise LedgerCorrupt(bad.message) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        rows = ()
     gap: _Bad | None = None
     try:
         chunk: list[Row] = []
