@@ -328,6 +328,11 @@ class Database:
         finally:
             conn.row_factory = None
 
+    def joined_bytes(self, sql: str, params: Sequence[Any] = ()) -> bytes:
+        """The first column of every row (blobs), concatenated: bulk reads without a Python row each."""
+        conn = self._conn()
+        return b"".join(bytes(r[0]) for r in conn.execute(sql, params))
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None

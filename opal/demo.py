@@ -63,11 +63,16 @@ def run_demo(
     say("[bold]1. The operator holds private call-detail records.[/] Here: a synthetic world, seeded.")
     opal("dataset", "synth", str(data), "--subscribers", str(subscribers), "--days", str(days), "--seed", str(seed))
 
-    say("\n[bold]2. Everyone gets an Ed25519 key with a role.[/] Each key's creation is a signed ledger entry.")
+    say("\n[bold]2. Everyone gets an Ed25519 key.[/] A key holds a role only when the board says so.")
     opal("keys", "new", "olga", "--role", "operator")
     opal("keys", "new", "sam", "--role", "statistician")
     opal("keys", "new", "rita", "--role", "reviewer")
     opal("keys", "new", "ravi", "--role", "reviewer")
+    opal("keys", "new", "wendy", "--role", "witness")
+    say("\n   The governance board signs the trust policy: who reviews, who runs the log, who witnesses.")
+    say("   Without it the node refuses every run; the operator alone cannot mint reviewers.")
+    opal("keys", "new", "bea", "--role", "board")
+    opal("trust", "init", "--board", "bea", "--approvals", "2")
     opal("dataset", "register", "demo", str(data), "--schema", "cdr", "--key", "olga")
 
     say("\n[bold]3. The statistician checks, tests locally and submits an algorithm.[/] The bundle digest is signed.")
@@ -120,9 +125,12 @@ def run_demo(
         if broker_started:
             opal("broker", "stop", check=False)
 
-    say("\n[bold]9. The board audits the ledger:[/] every leaf, the Merkle root and every signature re-derived.")
+    say("\n[bold]9. The board audits the ledger:[/] every leaf, the Merkle root, every signature and role")
+    say("   re-derived; the auditor keeps its own state, so the next audit must extend this one.")
+    opal("ledger", "checkpoint", "--key", "olga", quiet=True)
+    opal("ledger", "cosign", "--key", "wendy")
     opal("ledger", "show")
-    opal("ledger", "verify")
+    opal("ledger", "verify", "--state", str(home.parent / (home.name + "-auditor.json")))
     say(
         f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]; "
         f"nothing left running. State kept in {home}"

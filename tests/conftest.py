@@ -22,6 +22,14 @@ ALGORITHMS = REPO / "algorithms"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+@pytest.fixture(autouse=True)
+def auditor_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The auditor's and witnesses' own configuration directory (their state files), per test."""
+    path = tmp_path_factory.mktemp("auditor-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("OPAL_TEST_REDIS_URL")
@@ -50,7 +58,13 @@ class Opal:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPAL_")}
         env.update(OPAL_HOME=str(self.home), OPAL_BROKER_URL=self.broker_url, **self.extra_env)
+        env.setdefault("XDG_CONFIG_HOME", str(self.home.parent / "auditor-config"))
         return env
+
+    def board(self, *, approvals: int = 2, board_key: str = "board1") -> None:
+        """The board's step: a board key and trust policy v1 naming every key made so far in its role."""
+        self("keys", "new", board_key, "--role", "board", check=True)
+        self("trust", "init", "--board", board_key, "--approvals", str(approvals), check=True)
 
     def __call__(self, *args: str, check: bool | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(

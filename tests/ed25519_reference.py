@@ -1,7 +1,7 @@
 """A reference Ed25519 (RFC 8032 §6 style) in plain Python, slow but easy to check,
 for tests that craft signatures no real library makes: a chosen nonce, a
 small-order point added to R, non-canonical encodings. Shared by
-tests/trust/test_ed25519_batch.py and tests/ledger/test_ledger_verify_batch.py."""
+tests/ledger/test_ledger_signatures.py (signatures OpenSSL must reject, keys OPAL must refuse)."""
 
 from __future__ import annotations
 

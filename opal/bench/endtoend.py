@@ -93,11 +93,15 @@ class Deployment:
         return env
 
     def setup(self, algorithms: list[Algorithm]) -> None:
+        from opal.trust.governance import init_policy
         from opal.trust.review import approve, submit
 
         node = self.node
-        for name, role in (("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
+        for name, role in (
+            ("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer"), ("bea", "board"),
+        ):
             node.keyring.new(name, role, node.ledger)
+        init_policy(node, signers=[node.keyring.signer("bea")], board=["bea"])  # the board names every role
         for algorithm in algorithms:
             submit(node, algorithm.bundle, signer=node.keyring.signer("sam"))
             for reviewer in ("rita", "ravi"):

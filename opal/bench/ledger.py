@@ -233,7 +233,9 @@ def bench_verify(home: Path, *, reps: int) -> dict[str, Any]:
     walls, inner = [], []
     report: dict[str, Any] = {}
     for _ in range(reps):
-        wall, out = _opal(home, "ledger", "verify", "--json")
+        # a full re-audit each time (an auditor's state would make every later run incremental)
+        state = home.parent / f"{home.name}-audit-state.json"
+        wall, out = _opal(home, "ledger", "verify", "--json", "--full", "--state", str(state))
         report = json.loads(out)
         walls.append(wall)
         inner.append(float(report.get("seconds", wall)))

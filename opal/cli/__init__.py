@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("opal.cli.run", "Request a run of an algorithm on a dataset."),
     "runs": ("opal.cli.run", "Follow runs."),
     "trust": ("opal.cli.trust", "The board-signed trust policy."),
+    "witness": ("opal.cli.witness", "Witness a log from your own home: your key, your memory of the log."),
     "worker": ("opal.cli.worker", "Run worker nodes next to the data."),
 }
 

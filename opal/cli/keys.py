@@ -21,11 +21,17 @@ def keys() -> None:
 @keys.command("new")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option(
+    "--key", "by", default=None,
+    help="Board key that grants ROLE in the ledger now (otherwise the key holds a role once the "
+    "board's trust policy names it).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def new(app: App, name: str, role: str, as_json: bool) -> None:
-    """Create a key pair NAME with ROLE (private part written 0600)."""
-    info = app.node.keyring.new(name, role, app.node.ledger)
+def new(app: App, name: str, role: str, by: str | None, as_json: bool) -> None:
+    """Create a key pair NAME labelled ROLE (private part written 0600, encrypted with OPAL_PASSPHRASE)."""
+    signer = app.node.keyring.signer_for(by, "board") if by else None
+    info = app.node.keyring.new(name, role, app.node.ledger, by=signer)
     if as_json:
         emit_json(info.to_dict())
     else:
@@ -64,7 +70,7 @@ def export(app: App, name: str) -> None:
 @keys.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--as", "as_name", default=None, help="Record the key under another name.")
-@click.option("--key", "by", default=None, help="Operator or board key that records the import in the ledger.")
+@click.option("--key", "by", default=None, help="Board key that grants the key its role in the ledger.")
 @pass_app
 def import_(app: App, file: Path, as_name: str | None, by: str | None) -> None:
     """Import a public key written by opal keys export."""
@@ -72,7 +78,7 @@ def import_(app: App, file: Path, as_name: str | None, by: str | None) -> None:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         raise BadInputError(f"{file} is not a readable JSON key file (from opal keys export)") from None
-    signer = app.node.keyring.signer_for(by, "operator", "board") if by else None
+    signer = app.node.keyring.signer_for(by, "board") if by else None
     info = app.node.keyring.import_public(data, app.node.ledger, as_name=as_name, by=signer)
     console.print(f"imported {info.role} key [bold]{info.name}[/] id {info.key_id[:16]}…")
 

@@ -15,9 +15,11 @@ from rich.table import Table
 from opal.cli._app import App, console, emit_json, err_console, pass_app
 from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
-from opal.ledger.export import export_range, parse_range, verify_export
-from opal.ledger.records import Checkpoint
+from opal.ledger.audit_state import default_state_path, refuse_inside_home
+from opal.ledger.export import export_range, load_policy_file, parse_range, verify_export
+from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.trace import trace as trace_algorithm
+from opal.ledger.verify import check_cosignature
 from opal.ledger.witness import cosign as cosign_checkpoint
 from opal.ledger.witness import load_checkpoint_file, witness_state_path
 
@@ -31,11 +33,24 @@ def ledger() -> None:
 
 @ledger.command("verify")
 @click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Your audit state (default: one file per log under ~/.config/opal/audit/, never in OPAL_HOME): "
+    "the ledger must extend the tree you verified last; only newer entries are checked.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Re-audit every entry on every core (still demanding consistency with your state).",
+)
+@click.option(
     "--against",
     "against_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="A signed checkpoint you hold: the ledger must extend it (detects truncation and forks).",
+    help="Also a signed checkpoint you hold: the ledger must extend it.",
 )
 @click.option(
     "--file",
@@ -45,10 +60,18 @@ def ledger() -> None:
     help="Verify an export (opal ledger export) offline, without a database.",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --file: the board-signed trust policy (trust_policy.json) naming the log keys, "
+    "the witnesses and how many must cosign.",
+)
+@click.option(
     "--log-key",
     "log_keys",
     multiple=True,
-    help="Key id trusted to sign checkpoints (with --file; repeatable).",
+    help="Key id trusted to sign checkpoints (with --file, without --policy; repeatable).",
 )
 @click.option(
     "--workers",
@@ -56,45 +79,29 @@ def ledger() -> None:
     default=None,
     help="Signature-checking processes (default: one per core on large ledgers).",
 )
-@click.option(
-    "--no-batch",
-    "no_batch",
-    is_flag=True,
-    help="Check each signature on its own with OpenSSL instead of in batches (several times slower).",
-)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def verify(
     app: App,
+    state_file: Path | None,
+    full: bool,
     against_file: Path | None,
     export_file: Path | None,
+    policy_file: Path | None,
     log_keys: tuple[str, ...],
     workers: int | None,
-    no_batch: bool,
     as_json: bool,
 ) -> None:
-    """Re-derive every leaf, the root and every signature; exit 7 on tampering."""
+    """Re-derive leaves, roots, signatures and roles from your last checkpoint; exit 7 on tampering."""
     against = load_checkpoint_file(against_file) if against_file else None
     if export_file is not None:
-        try:
-            with open(export_file, encoding="utf-8") as fh:
-                result = verify_export(
-                    fh, trusted_log_keys=set(log_keys) if log_keys else None, against=against
-                )
-        except FileNotFoundError:
-            raise BadInputError(f"no export file at {export_file}") from None
-        if as_json:
-            emit_json(result)
-            return
-        start, stop = result["range"]
-        console.print(
-            f"export ok: entries {start}…{stop - 1} ({result['entries_checked']}) proven in the signed checkpoint "
-            f"of size {result['checkpoint']['size']} (root {result['checkpoint']['root'][:16]}…), "
-            f"{result['cosignatures_checked']} cosignature(s)"
-            + ("" if result["log_key_pinned"] else "; log key not pinned (use --log-key)")
-        )
+        _verify_export(export_file, policy_file, log_keys, against, state_file, as_json)
         return
+    if policy_file is not None:
+        raise BadInputError("--policy goes with --file EXPORT (online, the ledger's own policy chain is checked)")
     node = app.node
+    state = state_file or default_state_path(node.ledger.origin)
+    refuse_inside_home(state, node.home.root)
     with Progress(
         TextColumn("verifying ledger"),
         BarColumn(),
@@ -110,16 +117,59 @@ def verify(
             if total >= _PROGRESS_MIN:
                 bar.update(task, completed=done, total=total)
 
-        report = node.ledger.verify(progress=progress, against=against, workers=workers, batch=not no_batch)
+        report = node.ledger.verify(progress=progress, against=against, workers=workers, state=state, full=full)
     if as_json:
         emit_json(report.to_dict())
         return
+    held = report.state or {}
     console.print(
-        f"ledger ok: {report.size} entries, {report.signatures} signatures ({report.signature_check}) "
-        f"by {report.keys} keys, "
+        f"ledger ok: {report.size} entries ({report.signatures} signatures checked with OpenSSL"
+        + (f" on {report.workers} processes" if report.workers else "")
+        + f"), {report.keys} keys, "
         f"{report.checkpoints} signed checkpoint(s), {report.cosignatures} cosignature(s), "
-        f"{report.runs} run outcome(s) checked in {report.seconds:.1f}s; root {report.root[:16]}…"
+        f"{report.runs} run outcome(s) in {report.seconds:.1f}s; root {report.root[:16]}…"
+        + (f"; extends the size {held['from_size']} you verified before" if held.get("from_size") else "")
         + (f"; extends your checkpoint of size {report.against['size']}" if report.against else "")
+        + f"; recorded in {held.get('path')}"
+    )
+
+
+def _verify_export(
+    export_file: Path,
+    policy_file: Path | None,
+    log_keys: tuple[str, ...],
+    against: Checkpoint | None,
+    state_file: Path | None,
+    as_json: bool,
+) -> None:
+    try:
+        with open(export_file, encoding="utf-8") as fh:
+            first = fh.readline()
+            try:
+                origin = str(json.loads(first).get("origin"))
+            except (ValueError, AttributeError):
+                raise BadInputError(f"{export_file} is not an OPAL ledger export") from None
+            fh.seek(0)
+            state = state_file or default_state_path(origin)
+            result = verify_export(
+                fh,
+                trusted_log_keys=set(log_keys) if log_keys else None,
+                against=against,
+                policy=load_policy_file(policy_file) if policy_file else None,
+                state=state,
+            )
+    except FileNotFoundError:
+        raise BadInputError(f"no export file at {export_file}") from None
+    if as_json:
+        emit_json(result)
+        return
+    start, stop = result["range"]
+    console.print(
+        f"export ok: entries {start}…{stop - 1} ({result['entries_checked']}) proven in the signed checkpoint "
+        f"of size {result['checkpoint']['size']} (root {result['checkpoint']['root'][:16]}…), "
+        f"{result['cosignatures_checked']} cosignature(s)"
+        + (f"; keys from {result['policy']}" if result["policy"] else "")
+        + ("" if result["log_key_pinned"] else "; log key not pinned (use --policy)")
     )
 
 
@@ -319,13 +369,14 @@ def prove_consistency(app: App, old: str, new: str, as_json: bool) -> None:
 )
 @pass_app
 def checkpoint(app: App, key: str | None, as_json: bool) -> None:
-    """Sign (origin, size, root) of the committed ledger and print the signed checkpoint JSON."""
+    """Sign (origin, size, root) of the committed ledger; print it as JSON with its C2SP signed note."""
     signer = app.node.keyring.signer_for(key, "operator")
-    emit_json(app.node.ledger.checkpoint(signer).to_dict())
+    cp = app.node.ledger.checkpoint(signer)
+    emit_json({**cp.to_dict(), "note": cp.note({signer.key_id: signer.info.public_key})})
 
 
 @ledger.command("cosign")
-@click.option("--key", required=True, help="Your board key (the witness).")
+@click.option("--key", required=True, help="Your witness key (named a witness in the board's trust policy).")
 @click.option(
     "--against",
     "against_file",
@@ -337,9 +388,9 @@ def checkpoint(app: App, key: str | None, as_json: bool) -> None:
 @pass_app
 def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None:
     """Witness the latest signed checkpoint: check it extends the last one you saw, then co-sign it."""
-    signer = app.node.keyring.signer_for(key, "board")
+    signer = app.node.keyring.signer_for(key, "witness")
     last = load_checkpoint_file(against_file) if against_file else None
-    state = witness_state_path(app.node.home.root / "witness", signer.name)
+    state = witness_state_path(app.node.ledger.origin, signer.key_id)
     result = cosign_checkpoint(app.node.ledger, signer, last_seen=last, state_file=state)
     if as_json:
         emit_json(result)
@@ -354,6 +405,20 @@ def cosign(app: App, key: str, against_file: Path | None, as_json: bool) -> None
         )
         + f"; {len(result['cosignatures'])} cosignature(s) on it"
     )
+
+
+@ledger.command("add-cosignature")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def add_cosignature(app: App, file: Path) -> None:
+    """Store a witness's cosignature (opal witness cosign --file … --out FILE) next to its checkpoint."""
+    try:
+        cs = Cosignature.from_dict(json.loads(file.read_text()))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{file} is not a cosignature JSON file ({exc})") from None
+    check_cosignature(cs, app.node.ledger.authority())
+    app.node.ledger.add_cosignature(cs)
+    console.print(f"stored the cosignature of size {cs.size} by witness {cs.witness[:16]}")
 
 
 @ledger.command("export")

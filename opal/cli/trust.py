@@ -27,8 +27,14 @@ def _spec_options(fn: Any) -> Any:
         click.option(
             "--approvals", type=int, default=None, help="Reviewer approvals a bundle needs (k of n; default 2)."
         ),
-        click.option("--statistician", multiple=True, help="Statistician key name (repeat; default: keyring roles)."),
-        click.option("--operator", multiple=True, help="Operator key name (repeat; default: keyring roles)."),
+        click.option("--statistician", multiple=True,
+                     help="Statistician key name (repeat; default: the keyring's statistician keys)."),
+        click.option("--operator", multiple=True,
+                     help="Operator (log) key name (repeat; default: the keyring's operator keys)."),
+        click.option("--witness", multiple=True,
+                     help="Witness key name (repeat; default: the keyring's witness keys)."),
+        click.option("--witnesses", type=int, default=None,
+                     help="Witness cosignatures an audit requires (default 1 if any witness, else 0)."),
         click.option("--lifetime-days", type=int, default=None, help="Longest an approval stays valid (default 90)."),
         click.option("--author-may-approve/--author-may-not-approve", default=None,
                      help="Whether an author may approve their own bundle (default: may not)."),
@@ -40,6 +46,7 @@ def _spec_options(fn: Any) -> Any:
 
 def _spec(spec_file: Path | None, board: tuple[str, ...], threshold: int | None, reviewer: tuple[str, ...],
           approvals: int | None, statistician: tuple[str, ...], operator: tuple[str, ...],
+          witness: tuple[str, ...], witnesses: int | None,
           lifetime_days: int | None, author_may_approve: bool | None) -> dict[str, Any]:
     from opal.trust.governance import read_policy_spec
 
@@ -51,6 +58,8 @@ def _spec(spec_file: Path | None, board: tuple[str, ...], threshold: int | None,
         "approvals": approvals,
         "statistician": statistician or None,
         "operator": operator or None,
+        "witness": witness or None,
+        "witnesses": witnesses,
         "approval_lifetime_days": lifetime_days,
         "author_may_approve": author_may_approve,
     }
@@ -120,7 +129,8 @@ def show(app: App, as_json: bool) -> None:
             console.print(f"  {role}: {', '.join(names)}")
     else:
         console.print(
-            "roles: as recorded in the keyring (opal keys list); install a signed policy with opal trust init"
+            "no board-signed trust policy: nobody holds a role and worker runs are refused; "
+            "the board installs one with opal trust init --board KEY"
         )
 
 
@@ -136,7 +146,7 @@ def history(app: App, as_json: bool) -> None:
         emit_json(items)
         return
     if not items:
-        console.print("no signed trust policy installed; the built-in default applies")
+        console.print("no board-signed trust policy installed; nobody holds a role")
     for item in items:
         console.print(f"v{item['version']}  {item['installed']}  digest {item['digest'][:16]}…  "
                       f"{len(item['policy']['signatures'])} signature(s)")

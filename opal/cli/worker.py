@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from opal.cli._app import App, console, emit_json, pass_app
+from opal.cli._app import App, console, emit_json, err_console, pass_app
 
 
 @click.group("worker")
@@ -25,7 +25,16 @@ def worker() -> None:
 def start(app: App, dataset: str, key: str | None, concurrency: int, run_timeout: float | None,
           no_recover: bool, loglevel: str) -> None:
     """Serve DATASET's run queue (foreground; stop with Ctrl-C or SIGTERM)."""
+    from opal.trust.governance import require_board_policy
     from opal.worker.service import start_worker
+
+    require_board_policy(app.node)
+    plaintext = app.node.keyring.plaintext_keys()
+    if plaintext:
+        err_console.print(
+            f"warning: private key(s) {', '.join(plaintext)} are stored unencrypted on a node that serves "
+            "real data; set OPAL_PASSPHRASE and create new keys (they are then encrypted at rest)"
+        )
 
     start_worker(app.node, dataset=dataset, key=key, concurrency=concurrency, loglevel=loglevel,
                  timeout=run_timeout, recover_at_start=not no_recover)

@@ -3,10 +3,16 @@
 JSON Lines, one object per line:
 
 1. ``{"kind": "checkpoint", "format", "origin", "range": [A, B], "checkpoint",
-   "cosignatures"}`` — the signed checkpoint every proof leads to;
-2. ``{"kind": "key", "index", "entry", "proof"}`` — every ``key_added`` and
-   ``key_revoked`` entry the checkpoint covers, so signatures can be checked;
+   "cosignatures", "leaves"}`` — the signed checkpoint every proof leads to,
+   and every leaf hash it covers (base64 of the concatenated 32-byte hashes),
+   so an auditor can prove consistency from any earlier size it holds;
+2. ``{"kind": "key", "index", "entry", "proof"}`` — every ``trust_policy``,
+   ``key_added`` and ``key_revoked`` entry the checkpoint covers, so roles and
+   signatures can be checked;
 3. ``{"kind": "entry", "index", "entry", "proof"}`` — entries A … B-1.
+
+With the board-signed trust policy (``--policy``) the auditor takes the log
+keys, the witness keys and the witness threshold from it, not from the file.
 
 ``entry`` is the stored bytes as a string (exact; its leaf hash is
 recomputed), ``proof`` the RFC 9162 inclusion proof (hex) in the checkpoint.
@@ -14,21 +20,28 @@ recomputed), ``proof`` the RFC 9162 inclusion proof (hex) in the checkpoint.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+from opal.canonical import canonical_json, sha256_hex
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
+from opal.ledger.audit_state import AuditState
 from opal.ledger.log import Ledger
 from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.verify import (
-    KeyState,
+    Authority,
     check_checkpoint_signature,
     check_cosignature,
     check_entry,
     check_equivocation,
 )
+from opal.trust.keys import verify_note_signature
+from opal.trust.policy import TrustPolicy
 
 __all__ = [
     "FORMAT",
@@ -89,6 +102,9 @@ def check_proven_item(item: dict[str, Any], cp: Checkpoint) -> tuple[int, bytes]
     return index, raw
 
 
+KEY_TYPES = ("trust_policy", "key_added", "key_revoked")
+
+
 def check_signed_checkpoint(
     cp: Checkpoint,
     cosignatures: list[Cosignature],
@@ -96,31 +112,82 @@ def check_signed_checkpoint(
     *,
     trusted_log_keys: set[str] | None,
     where: str,
-) -> KeyState:
+    policy: TrustPolicy | None = None,
+) -> Authority:
     """Offline trust in a checkpoint (exports and receipts): replay the proven
-    key entries, check the log-key pin, the checkpoint's signature and every
-    cosignature. Returns the key state for checking further entries.
+    entries (``key_items``: every policy and key entry, with any others, each
+    index once) in index order, check the checkpoint's signature and every
+    cosignature. Returns the authority for checking further entries.
+
+    With ``policy`` (the auditor's board-signed trust policy): the checkpoint
+    must be signed by one of its operator (log) keys and cosigned by at least
+    its witness threshold of its witness keys, and the log must record it.
 
     Raises:
         LedgerCorrupt: a proof or signature does not verify.
-        TrustError: the checkpoint's signer is not a pinned log key.
+        TrustError: the checkpoint's signer is not a trusted log key, or too few witnesses.
     """
-    keys = KeyState()
-    for index, raw in sorted((check_proven_item(i, cp) for i in key_items), key=lambda x: x[0]):
-        check_entry(index, raw, keys)
+    auth = Authority()
+    proven = dict(check_proven_item(i, cp) for i in key_items)
+    for index in sorted(proven):
+        check_entry(index, proven[index], auth)
+    if policy is not None:
+        _check_with_policy(cp, cosignatures, auth, policy, where=where)
+        return auth
     if trusted_log_keys is not None and cp.signer not in trusted_log_keys:
         # An explicit (even empty) pin fails closed: no trusted key, no trust.
         raise TrustError(
             f"the {where}'s checkpoint is signed by {cp.signer[:16]}, not a trusted log key"
         )
-    check_checkpoint_signature(cp, keys)
+    check_checkpoint_signature(cp, auth)
     for cs in cosignatures:
         if (cs.size, cs.root) != (cp.size, cp.root):
             raise LedgerCorrupt(
                 f"a cosignature in the {where} is for size {cs.size}, not the checkpoint's {cp.size}"
             )
-        check_cosignature(cs, keys)
-    return keys
+        check_cosignature(cs, auth)
+    return auth
+
+
+def _check_with_policy(
+    cp: Checkpoint, cosignatures: list[Cosignature], auth: Authority, policy: TrustPolicy, *, where: str
+) -> None:
+    if policy.digest not in {sha256_hex(canonical_json(e["signed"])) for e in auth.chain}:
+        raise LedgerCorrupt(
+            f"the {where}'s log does not record your {policy.label}; it is not the log the board governs "
+            "(or the policy was dropped from it)"
+        )
+    if cp.signer not in policy.role_keys("operator"):
+        raise LedgerCorrupt(
+            f"the {where}'s checkpoint is signed by {cp.signer[:16]}, not a log (operator) key of your {policy.label}"
+        )
+    try:
+        verify_note_signature(policy.keys[cp.signer], cp.body(), cp.signature, what="checkpoint")
+    except TrustError:
+        raise LedgerCorrupt(f"the {where}'s checkpoint signature by {cp.signer[:16]} does not verify") from None
+    witnesses = policy.role_keys("witness")
+    good: set[str] = set()
+    for cs in cosignatures:
+        if (cs.origin, cs.size, cs.root) != (cp.origin, cp.size, cp.root) or cs.witness not in witnesses:
+            continue
+        try:
+            verify_note_signature(policy.keys[cs.witness], cs.message(), cs.signature, what="cosignature")
+        except TrustError:
+            raise LedgerCorrupt(f"a cosignature in the {where} by witness {cs.witness[:16]} does not verify") from None
+        good.add(cs.witness)
+    if len(good) < policy.witness_threshold:
+        raise LedgerCorrupt(
+            f"the {where}'s checkpoint of size {cp.size} has {len(good)} valid witness cosignature(s), "
+            f"your {policy.label} needs {policy.witness_threshold}; ask the witnesses to cosign (opal witness cosign)"
+        )
+
+
+def load_policy_file(path: Path) -> TrustPolicy:
+    """The auditor's board-signed trust policy (``trust_policy.json``), checked against its own board."""
+    if not path.exists():
+        raise BadInputError(f"no trust policy file at {path}")
+    policy = TrustPolicy.load(path)
+    return policy
 
 
 def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, Any]]:
@@ -147,10 +214,11 @@ def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, An
         "range": [start, stop],
         "checkpoint": cp.to_dict(),
         "cosignatures": [c.to_dict() for c in ledger.cosignatures(size=cp.size)],
+        "leaves": base64.b64encode(b"".join(tree.leaf(i) for i in range(cp.size))).decode("ascii"),
     }
-    for kind_type in ("key_added", "key_revoked"):
-        for e in ledger.entries(type=kind_type, stop=cp.size):
-            yield proven_item("key", e.index, e.raw, tree, cp.size)
+    key_entries = [e for t in KEY_TYPES for e in ledger.entries(type=t, stop=cp.size)]
+    for e in sorted(key_entries, key=lambda e: e.index):
+        yield proven_item("key", e.index, e.raw, tree, cp.size)
     page = 10_000
     for lo in range(start, stop, page):
         for e in ledger.entries(start=lo, stop=min(stop, lo + page)):
@@ -162,8 +230,15 @@ def verify_export(
     *,
     trusted_log_keys: set[str] | None = None,
     against: Checkpoint | None = None,
+    policy: TrustPolicy | None = None,
+    state: Path | None = None,
 ) -> dict[str, Any]:
-    """Verify an export with no database: proofs, signatures, completeness of the range.
+    """Verify an export with no database: proofs, signatures, roles, completeness of the range.
+
+    ``policy``: the auditor's board-signed trust policy (log keys, witnesses and
+    their threshold come from it). ``state``: the auditor's state file; the
+    export must extend the tree recorded there (proved from the export's
+    leaves), and the new checkpoint is recorded.
 
     ``trusted_log_keys``: key ids allowed to sign the checkpoint (None: the
     operator keys the export itself proves to be in the log; an empty set
@@ -210,8 +285,43 @@ def verify_export(
         raise LedgerCorrupt(
             f"export range {start}:{stop} is outside its checkpoint of size {cp.size}"
         )
+    tree = _leaves_tree(header, cp)
+    held = AuditState.load(state) if state is not None else None
+    if held is not None:
+        if held.origin != cp.origin:
+            raise LedgerCorrupt(f"your audit state {state} is for log {held.origin!r}, the export is of {cp.origin!r}")
+        if tree is None:
+            raise BadInputError("this export carries no leaf hashes; export it again with this version of opal")
+        if held.size > cp.size:
+            raise LedgerCorrupt(
+                f"the export's checkpoint covers {cp.size} entries, fewer than {held.label} in your audit state; "
+                "the log was truncated or rolled back"
+            )
+        if tree.root(held.size).hex() != held.root:
+            raise LedgerCorrupt(
+                f"the export's log does not extend {held.label} in your audit state; history was rewritten (a fork)"
+            )
+    expected = start
+    for item in entry_items:
+        index = int(item.get("index", -1)) if isinstance(item.get("index"), int) else -1
+        if index != expected:
+            raise LedgerCorrupt(
+                f"ledger entry {expected} is missing from the export (found {index} in its place); "
+                "entries were deleted or reordered"
+            )
+        expected += 1
+    if expected != stop:
+        raise LedgerCorrupt(
+            f"ledger entry {expected} is missing from the export (range {start}:{stop}); it was truncated"
+        )
+    in_range = {int(i["index"]) for i in entry_items}
     keys = check_signed_checkpoint(
-        cp, cosignatures, key_items, trusted_log_keys=trusted_log_keys, where="export"
+        cp,
+        cosignatures,
+        [*entry_items, *(i for i in key_items if i.get("index") not in in_range)],
+        trusted_log_keys=trusted_log_keys,
+        where="export",
+        policy=policy,
     )
     if against is not None:
         check_equivocation(
@@ -227,20 +337,14 @@ def verify_export(
                 f"the held checkpoint has size {against.size}, the export's {cp.size}; check consistency online "
                 f"with opal ledger prove consistency {against.size} {cp.size}"
             )
-    expected = start
-    for item in entry_items:
-        index, raw = check_proven_item(item, cp)
-        if index != expected:
-            raise LedgerCorrupt(
-                f"ledger entry {expected} is missing from the export (found {index} in its place); "
-                "entries were deleted or reordered"
-            )
-        check_entry(index, raw, keys)
-        expected += 1
-    if expected != stop:
-        raise LedgerCorrupt(
-            f"ledger entry {expected} is missing from the export (range {start}:{stop}); it was truncated"
-        )
+    if state is not None:
+        AuditState.record(
+            origin=cp.origin,
+            size=cp.size,
+            root=cp.root,
+            resume={"authority": keys.to_state(), "runs_open": held.runs_open if held else {}},
+            checkpoint=cp.to_dict(),
+        ).save(state)
     return {
         "ok": True,
         "origin": cp.origin,
@@ -249,5 +353,48 @@ def verify_export(
         "checkpoint": {"size": cp.size, "root": cp.root, "signer": cp.signer},
         "cosignatures_checked": len(cosignatures),
         "keys_checked": len(key_items),
-        "log_key_pinned": trusted_log_keys is not None,
+        "log_key_pinned": trusted_log_keys is not None or policy is not None,
+        "policy": policy.label if policy is not None else None,
+        "state": {"path": str(state), "from_size": held.size if held else 0} if state is not None else None,
     }
+
+
+def export_checkpoint(lines: Iterable[str]) -> tuple[Checkpoint, merkle.MerkleTree]:
+    """The checkpoint of an export and the tree of its leaf hashes (checked against it).
+
+    Raises:
+        BadInputError: no header or no leaf hashes.
+        LedgerCorrupt: the leaf hashes do not lead to the checkpoint's root.
+    """
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            header = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            break
+        cp = Checkpoint.from_dict(header["checkpoint"])
+        tree = _leaves_tree(header, cp)
+        if tree is None:
+            raise BadInputError("this export carries no leaf hashes; export it again with this version of opal")
+        return cp, tree
+    raise BadInputError(f"not an OPAL ledger export (expected a {FORMAT} checkpoint header on the first line)")
+
+
+def _leaves_tree(header: dict[str, Any], cp: Checkpoint) -> merkle.MerkleTree | None:
+    """The tree of the export's leaf hashes, checked against its checkpoint; None if it has none."""
+    text = header.get("leaves")
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(str(text), validate=True)
+    except (ValueError, binascii.Error):
+        raise LedgerCorrupt("the export's leaf hashes are not base64") from None
+    if len(data) != cp.size * merkle.HASH_SIZE:
+        raise LedgerCorrupt(f"the export carries {len(data) // merkle.HASH_SIZE} leaf hashes, its checkpoint {cp.size}")
+    tree = merkle.MerkleTree(data[i : i + merkle.HASH_SIZE] for i in range(0, len(data), merkle.HASH_SIZE))
+    if tree.root().hex() != cp.root:
+        raise LedgerCorrupt("the export's leaf hashes do not lead to its checkpoint's root")
+    return tree

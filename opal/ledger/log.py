@@ -6,22 +6,30 @@ fields, and ``signature`` is the actor's Ed25519 signature over the canonical
 bytes of ``entry``. The leaf is SHA-256(0x00 ‖ stored bytes) (RFC 6962 §2.1).
 Entries never hold raw data values: only ids, digests, counts and reasons.
 
-Event types written across OPAL (``type`` → who signs, main body fields):
+Event types written across OPAL (``type`` → who signs, main body fields);
+``opal.ledger.verify.SIGNERS`` enforces the signers under the board-signed
+trust policy in force, and a key never vouches for itself:
 
-- ``key_added`` / ``key_revoked`` — the key itself (self-signed) or an
-  operator/board key; ``key_id``, ``public_key``, ``role`` / ``reason``.
-- ``trust_policy`` — board; the policy ``version`` and threshold.
-- ``bundle_submitted`` / ``bundle_approved`` / ``bundle_rejected`` /
-  ``bundle_revoked`` — author / reviewer / board; ``digest``, ``name``,
-  ``version``, the signed statement.
-- ``dataset_registered``, ``policy_changed`` — operator; dataset name, schema,
-  fingerprint, release policy.
-- ``run_requested`` (statistician), ``run_started``, ``run_finished``
-  (operator's worker) — ``run_id``, bundle ``digest``, dataset version,
-  ``epsilon_reserved`` / ``epsilon_spent``, ``outcome`` (released, refused,
-  failed) with ``reason``, ``result_digest``. Budget spending is recorded by
-  these run entries (ε reserved at start, spent or returned at the outcome);
-  the ``budget_events`` table is the same facts for fast queries.
+- ``trust_policy`` — recorded by a board or operator key; carries the whole
+  policy document, itself signed by the board's threshold.
+- ``key_added`` (a board key grants a role) / ``key_revoked`` (board or
+  operator) — ``key_id``, ``public_key``, ``role`` / ``reason``.
+- ``bundle_submitted`` (statistician) / ``bundle_approved`` /
+  ``bundle_rejected`` (reviewer) / ``bundle_revoked``, ``bundle_pinned``,
+  ``bundle_unpinned`` (board) — ``digest``, ``name``, ``version``, the signed
+  statement.
+- ``run_requested`` (statistician), ``run_started``, ``run_finished`` (the
+  node's operator key; a requester may sign the outcome ``cancelled``) —
+  ``run_id``, bundle ``digest``, dataset version, ``epsilon_reserved`` /
+  ``epsilon_spent``, ``outcome`` (released, refused, failed) with
+  ``reason``, ``result_digest``. Budget spending is recorded by these run
+  entries; the ``budget_events`` table is the same facts for fast queries.
+- ``dataset_registered``, ``policy_changed`` and any other type — operator.
+
+The ``type``, ``subject``, ``actor``, ``time`` and ``leaf_hash`` columns are an
+index: ``subject`` and the rest are in the signed entry, ``verify`` checks
+each column against it, and readers keep only entries whose signed fields
+match what they asked for.
 
 Storage (``opal.db``): SQLite WAL + ``synchronous=FULL`` + ``BEGIN IMMEDIATE``
 by default, PostgreSQL with a database-wide advisory write lock for several
@@ -32,16 +40,18 @@ either the whole entry or nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from opal.canonical import canonical_json
 from opal.db import Database
 from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
+from opal.ledger.audit_state import AuditState
 from opal.ledger.records import (
-    CHECKPOINT_DOMAIN,
     ENTRY_DOMAIN,
     ENTRY_VERSION,
     Checkpoint,
@@ -50,11 +60,10 @@ from opal.ledger.records import (
     VerifyReport,
     envelope,
 )
-from opal.ledger.verify import KeyState, verify_entries
+from opal.ledger.verify import Authority, RowSource, verify_entries
 from opal.trust.keys import utcnow
 
 __all__ = [
-    "CHECKPOINT_DOMAIN",
     "ENTRY_DOMAIN",
     "Checkpoint",
     "Cosignature",
@@ -74,7 +83,12 @@ class SignerLike(Protocol):  # structural: opal.trust.keyring.Signer
     @property
     def role(self) -> str: ...
 
+    @property
+    def public_key(self) -> str: ...
+
     def sign(self, domain: str, message: bytes) -> str: ...
+
+    def sign_note(self, message: bytes) -> str: ...
 
 
 class Ledger:
@@ -134,6 +148,7 @@ class Ledger:
             "v": ENTRY_VERSION,
             "index": index,
             "type": type,
+            "subject": subject,
             "time": utcnow(),
             "actor": signer.key_id,
             "actor_role": signer.role,
@@ -155,10 +170,11 @@ class Ledger:
             body=body,
             signature=signature,
             raw=raw,
+            subject=subject,
         )
 
     def checkpoint(self, signer: SignerLike) -> Checkpoint:
-        """Sign ``(origin, size, root)`` of what is committed now.
+        """Sign ``(origin, size, root)`` of what is committed now, as a C2SP tlog-checkpoint note.
 
         Called after the commit, so a checkpoint never covers an entry that is
         not durable. Before signing, the new tree is checked against the
@@ -186,7 +202,7 @@ class Ledger:
             size=size,
             root=root,
             signer=signer.key_id,
-            signature=signer.sign(CHECKPOINT_DOMAIN, statement.statement()),
+            signature=signer.sign_note(statement.body()),
             time=utcnow(),
         )
         with self.db.transaction() as tx:
@@ -273,7 +289,12 @@ class Ledger:
         stop: int | None = None,
     ) -> list[LedgerEntry]:
         """Entries matching every given filter, in index order. ``since``/``until`` compare
-        ISO-8601 UTC times (``until`` exclusive); ``start``/``stop`` are indexes (``stop`` exclusive)."""
+        ISO-8601 UTC times (``until`` exclusive); ``start``/``stop`` are indexes (``stop`` exclusive).
+
+        The columns only find candidates: each entry is parsed and kept only if its
+        signed fields match the filters, so a relabelled row never passes for another
+        type or subject (``verify`` names such rows).
+        """
         where, params = [], []
         for col, val, op in (
             ("type", type, "="),
@@ -293,7 +314,22 @@ class Ledger:
         sql += " ORDER BY idx"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [LedgerEntry.parse(bytes(r["entry"])) for r in self.db.query(sql, params)]
+        found = []
+        for r in self.db.query(sql, params):
+            try:
+                e = LedgerEntry.parse(bytes(r["entry"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # not an entry at all: verify names it
+            if (
+                (type is not None and e.type != type)
+                or (actor is not None and e.actor != actor)
+                or (subject is not None and e.subject != subject)
+                or (since is not None and e.time < since)
+                or (until is not None and e.time >= until)
+            ):
+                continue
+            found.append(e)
+        return found
 
     def entry(self, index: int) -> LedgerEntry:
         row = self.db.one("SELECT entry FROM ledger WHERE idx = ?", (int(index),))
@@ -342,32 +378,47 @@ class Ledger:
         row = self.db.one(sql + " ORDER BY size DESC, time DESC LIMIT 1", params)
         return Checkpoint.from_dict(dict(row)) if row else None
 
-    def key_state(self) -> KeyState:
-        """Keys added and revoked by the ledger's own entries (not yet verified: see verify)."""
-        state = KeyState()
-        for e in self.db.query(
-            "SELECT idx, entry FROM ledger WHERE type IN ('key_added', 'key_revoked') ORDER BY idx"
-        ):
-            parsed = LedgerEntry.parse(bytes(e["entry"]))
-            try:
-                state.apply(parsed.index, parsed.type, parsed.body)
-            except (ValueError, KeyError, TypeError):
-                raise LedgerCorrupt(
-                    f"ledger entry {parsed.index} ({parsed.type}) is malformed; run opal ledger verify"
-                ) from None
-        return state
+    def authority(self, *, stop: int | None = None) -> Authority:
+        """Roles replayed from the signed policy and key entries (each signature checked).
 
-    def _raw_rows(self, stop: int) -> Iterator[tuple[int, bytes]]:
-        # Keyset pages: bounded memory on large ledgers, on SQLite and PostgreSQL alike.
+        Raises:
+            LedgerCorrupt: one of them does not verify.
+        """
+        from opal.ledger.verify import check_entry
+
+        auth = Authority()
+        found = [e for t in ("trust_policy", "key_added", "key_revoked") for e in self.entries(type=t, stop=stop)]
+        for e in sorted(found, key=lambda e: e.index):
+            check_entry(e.index, e.raw, auth)
+        return auth
+
+    def _index_rows(self, stop: int) -> Iterator[tuple[int, str | None, str | None, str | None, str | None]]:
+        """``(idx, type, subject, actor, time)`` columns, checked by verify against the signed entries."""
         last = -1
         while True:
             rows = self.db.query(
-                "SELECT idx, entry FROM ledger WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?",
+                "SELECT idx, type, subject, actor, time FROM ledger WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?",
                 (last, stop, _PAGE),
             )
             for r in rows:
                 last = int(r["idx"])
-                yield last, bytes(r["entry"])
+                yield last, r["type"], r["subject"], r["actor"], r["time"]
+            if len(rows) < _PAGE:
+                return
+
+    def _raw_rows(self, stop: int, *, start: int = 0) -> Iterator[tuple[int, bytes, tuple[Any, ...]]]:
+        """``(idx, stored bytes, index columns)`` from ``start``; keyset pages: bounded memory
+        on large ledgers, on SQLite and PostgreSQL alike."""
+        last = start - 1
+        while True:
+            rows = self.db.query(
+                "SELECT idx, entry, type, subject, actor, time, leaf_hash FROM ledger "
+                "WHERE idx > ? AND idx < ? ORDER BY idx LIMIT ?",
+                (last, stop, _PAGE),
+            )
+            for r in rows:
+                last = int(r["idx"])
+                yield last, bytes(r["entry"]), (r["type"], r["subject"], r["actor"], r["time"], r["leaf_hash"])
             if len(rows) < _PAGE:
                 return
 
@@ -379,24 +430,58 @@ class Ledger:
         progress: Callable[[int, int], None] | None = None,
         against: Checkpoint | None = None,
         workers: int | None = None,
-        batch: bool = True,
+        state: Path | None = None,
+        full: bool = False,
     ) -> VerifyReport:
-        """Re-derive every leaf, the root and every signature (see ``opal.ledger.verify``).
+        """Re-derive every leaf, the root, every signature and every role (``opal.ledger.verify``).
+
+        With ``state`` (the auditor's own file, see ``opal.ledger.audit_state``):
+        prove the ledger extends the tree recorded there, check only the entries
+        after it, and record the new tree. ``full``: re-audit every entry (on
+        every core) and still demand the ledger extends the held tree.
 
         Raises:
-            LedgerCorrupt: naming the first bad entry or checkpoint.
+            LedgerCorrupt: naming the first bad entry or checkpoint, or the held checkpoint.
         """
+        held = AuditState.load(state) if state is not None else None
         checkpoints = self.checkpoints()
         cosignatures = self.cosignatures()
         row = self.db.one("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM ledger")
         total = int(row["n"]) if row else 0
+        start, tree, auth, runs_open = 0, None, None, None
+        if held is not None:
+            if held.origin != self.origin:
+                raise LedgerCorrupt(
+                    f"your audit state {state} is for log {held.origin!r}, this ledger calls itself "
+                    f"{self.origin!r}; the log's identity changed"
+                )
+        if held is not None and not full:
+            if total < held.size:
+                raise LedgerCorrupt(
+                    f"the ledger holds {total} entries, fewer than {held.label} in your audit state; "
+                    "it was truncated or rolled back to an older copy"
+                )
+            # The leaves already verified, as the index holds them: their root must be
+            # the one held, which proves them unchanged (RFC 9162 §2.1.4 from the held tree).
+            tree = merkle.MerkleTree.from_leaf_bytes(
+                self.db.joined_bytes("SELECT leaf_hash FROM ledger WHERE idx < ? ORDER BY idx", (held.size,))
+            )
+            if tree.size != held.size or tree.root().hex() != held.root:
+                raise LedgerCorrupt(
+                    f"the ledger's first {held.size} entries do not match {held.label} in your audit state; "
+                    "history was rewritten (a fork, or a restored copy with different entries)"
+                )
+            start, auth, runs_open = held.size, Authority.from_state(held.authority), held.runs_open
         # The type column is not signed: these only let workers start early.
         key_hints = [
             bytes(r["entry"])
-            for r in self.db.query("SELECT entry FROM ledger WHERE type = 'key_added' AND idx < ?", (total,))
+            for r in self.db.query(
+                "SELECT entry FROM ledger WHERE type IN ('key_added', 'trust_policy') AND idx < ?", (total,)
+            )
         ]
-        return verify_entries(
-            self._raw_rows(total),
+        resume: dict[str, Any] = {}
+        report = verify_entries(
+            self._raw_rows(total, start=start),
             checkpoints,
             cosignatures=cosignatures,
             against=against,
@@ -404,5 +489,25 @@ class Ledger:
             key_hints=key_hints,
             workers=workers,
             progress=progress,
-            batch=batch,
+            start=start,
+            tree=tree,
+            auth=auth,
+            runs_open=runs_open,
+            resume=resume,
+            held=(held.size, held.root, held.label) if held is not None and full else None,
+            source=RowSource(
+                path=str(self.db.path) if self.db.path is not None else None, url=self.db.url
+            ),
         )
+        if state is None:
+            return report
+        latest = max(checkpoints, key=lambda c: c.size, default=None)
+        AuditState.record(
+            origin=self.origin,
+            size=report.size,
+            root=report.root,
+            resume=resume,
+            checkpoint=latest.to_dict() if latest is not None else None,
+        ).save(state)
+        info = {"path": str(state), "from_size": held.size if held else 0, "recorded_size": report.size}
+        return dataclasses.replace(report, state=info)

@@ -78,6 +78,20 @@ class MerkleTree:
         self._levels: list[bytearray] = [bytearray()]
         self.extend(leaf_hashes)
 
+    @classmethod
+    def from_leaf_bytes(cls, data: bytes) -> MerkleTree:
+        """The tree of leaf hashes given as one buffer of concatenated 32-byte hashes.
+
+        Raises:
+            BadInputError: the buffer is not a whole number of hashes.
+        """
+        if len(data) % HASH_SIZE:
+            raise BadInputError(f"leaf hashes must be {HASH_SIZE} bytes each, found {len(data)} bytes in all")
+        tree = cls()
+        tree._levels[0] += data
+        tree._fill_levels()
+        return tree
+
     @property
     def size(self) -> int:
         """The number of leaves."""

@@ -13,13 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
-from opal.ledger.export import check_proven_item, check_signed_checkpoint, proven_item
+from opal.ledger.export import KEY_TYPES, check_proven_item, check_signed_checkpoint, proven_item
 from opal.ledger.log import Ledger
 from opal.ledger.records import Checkpoint, Cosignature, LedgerEntry
-from opal.ledger.verify import (
-    check_entry,
-    check_equivocation,
-)
+from opal.ledger.verify import check_equivocation
 
 __all__ = ["RECEIPT_FORMAT", "make_receipt", "verify_receipt"]
 
@@ -48,7 +45,7 @@ def make_receipt(ledger: Ledger, index: int) -> dict[str, Any]:
     related: list[LedgerEntry] = []
     run_id = entry.body.get("run_id")
     if entry.type in _RUN_TYPES and run_id is not None:
-        subject = _subject(ledger, index)
+        subject = entry.subject
         for t in _RUN_TYPES:
             for e in ledger.entries(type=t, subject=subject, stop=cp.size):
                 if e.body.get("run_id") == run_id and e.index != index:
@@ -57,20 +54,10 @@ def make_receipt(ledger: Ledger, index: int) -> dict[str, Any]:
         for e in ledger.entries(type="bundle_approved", stop=cp.size):
             if e.body.get("digest") in digests:
                 related.append(e)
-    signers = {entry.actor, cp.signer, *(e.actor for e in related)}
     cosignatures = ledger.cosignatures(size=cp.size)
-    signers |= {c.witness for c in cosignatures}
-    all_key_entries = [
-        e for t in ("key_added", "key_revoked") for e in ledger.entries(type=t, stop=cp.size)
-    ]
-    # Close over the keys that signed the key entries too (an imported key's
-    # key_added is signed by the operator who imported it).
-    while True:
-        key_entries = [e for e in all_key_entries if str(e.body.get("key_id")) in signers]
-        more = {e.actor for e in key_entries} - signers
-        if not more:
-            break
-        signers |= more
+    # Roles come from the board: every policy and key entry the checkpoint covers.
+    key_entries = [e for t in KEY_TYPES for e in ledger.entries(type=t, stop=cp.size)]
+    related = [e for e in related if e.type not in KEY_TYPES]
     return {
         "format": RECEIPT_FORMAT,
         "entry": proven_item("entry", entry.index, entry.raw, tree, cp.size),
@@ -85,11 +72,6 @@ def make_receipt(ledger: Ledger, index: int) -> dict[str, Any]:
         "checkpoint": cp.to_dict(),
         "cosignatures": [c.to_dict() for c in cosignatures],
     }
-
-
-def _subject(ledger: Ledger, index: int) -> str | None:
-    row = ledger.db.one("SELECT subject FROM ledger WHERE idx = ?", (index,))
-    return row["subject"] if row else None
 
 
 def verify_receipt(
@@ -125,13 +107,19 @@ def verify_receipt(
         key_items = list(receipt.get("keys", []))
     except (KeyError, TypeError, AttributeError):
         raise BadInputError("a receipt needs entry, related, keys and checkpoint") from None
-    keys = check_signed_checkpoint(
-        cp, cosignatures, key_items, trusted_log_keys=trusted_log_keys, where="receipt"
+    proven = [check_proven_item(i, cp) for i in items]
+    indexes = {index for index, _ in proven}
+    auth = check_signed_checkpoint(
+        cp,
+        cosignatures,
+        [*items, *(i for i in key_items if i.get("index") not in indexes)],
+        trusted_log_keys=trusted_log_keys,
+        where="receipt",
     )
     check_equivocation(
         [(cp.size, cp.root, cp.signer)] + [(c.size, c.root, c.witness) for c in cosignatures]
     )
-    entries = [check_entry(*check_proven_item(i, cp), keys) for i in items]
+    entries = [LedgerEntry.parse(raw) for _, raw in proven]
     if result_digest is None:
         return
     main, related = entries[0], entries[1:]
@@ -160,7 +148,10 @@ def verify_receipt(
         and e.body.get("digest") == digest
         and e.index < started[0].index
     ]
-    if not approvals:
+    needed = auth.policy.threshold if auth.policy is not None else 1
+    distinct = {e.actor for e in approvals}
+    if len(distinct) < needed:
         raise TrustError(
-            f"the receipt shows no approval of bundle {digest[:16]}… before run {run_id} started"
+            f"the receipt shows {len(distinct)} reviewer approval(s) of bundle {digest[:16]}… before run {run_id} "
+            f"started; the trust policy needs {needed}"
         )

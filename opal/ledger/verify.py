@@ -1,32 +1,35 @@
-"""Re-derive a ledger from its bytes: every leaf, the root, every signature.
+"""Re-derive a ledger from its bytes: every leaf, the root, every signature, every role.
 
 The rules a ledger must satisfy, checked in index order so the first bad
 entry is the one named:
 
 1. entries are numbered 0, 1, 2, … with no gap (deletion, reordering) and each
    entry names its own index (an entry moved elsewhere);
-2. the stored bytes are canonical JSON (RFC 8785) of ``{"entry", "signature"}``;
-3. the signer's public key was added by an earlier (or the same, self-signed)
-   ``key_added`` entry, was not revoked by an earlier ``key_revoked`` entry,
-   and has the role the entry claims;
-4. the Ed25519 signature over the canonical ``entry`` verifies;
+2. the stored bytes are canonical JSON (RFC 8785) of ``{"entry", "signature"}``,
+   the signature has its one base64 spelling, and the database's index columns
+   (type, subject, actor, time, leaf hash) equal the signed entry: they are an
+   index, never an authority;
+3. roles come only from the board: the first entry is a ``trust_policy`` signed
+   by its board's threshold, each later one by the threshold of the old and
+   the new board (TUF §5.3.4-5.3.5); a ``key_added`` entry is signed by a board
+   key of the policy in force, never by the key it adds. Each entry type has
+   the roles that may sign it (``SIGNERS``), and the signer must hold one of
+   them under the policy in force, unrevoked;
+4. the Ed25519 signature over the canonical ``entry`` verifies (OpenSSL);
 5. run entries follow their lifecycle (requested → started → one outcome);
-6. every stored checkpoint and cosignature is signed by a known key and its
-   root equals the root recomputed from the leaves; two signed checkpoints of
-   the same size with different roots are equivocation;
-7. a checkpoint the auditor holds (``against``) is consistent with the ledger
-   now: an RFC 9162 §2.1.4 consistency proof from it to the current tree
-   verifies (a truncated or forked ledger fails here).
+6. every stored checkpoint is signed by a log (operator) key and every
+   cosignature by a witness key of the policy, and its root equals the root
+   recomputed from the leaves; two signed checkpoints of the same size with
+   different roots are equivocation;
+7. a checkpoint the auditor holds (``against``, or the auditor's state file)
+   is consistent with the ledger now: an RFC 9162 §2.1.4 consistency proof
+   from it to the current tree verifies (rollback, truncation, rewrite, fork).
 
-Cost: one Ed25519 verify in OpenSSL is 60-80 µs; checking a chunk's
-signatures as one batch (:mod:`opal.trust.ed25519_batch`) costs about 7 µs a
-signature, and parsing and hashing an entry about 12 µs. On large ledgers,
-pool workers take chunks of consecutive entries and check everything that
-needs no earlier entry (rules 2 and 4, the leaf hashes); the main process
-reads the rows and replays what the workers found, in index order, for the
-rules that need earlier entries (1, 3, 5), about 3.5 µs an entry. A batch
-that fails is re-checked one signature at a time with OpenSSL, so the entry
-named is always the first one OpenSSL rejects.
+Cost: one Ed25519 verification in OpenSSL is 60-80 µs, parsing and hashing an
+entry about 12 µs. Pool workers (one per core) take chunks of consecutive
+entries and check everything that needs no earlier entry (rules 2 and 4, the
+leaf hashes); the main process replays what they found, in index order, for
+the rules that need earlier entries (1, 3, 5), a few µs an entry.
 """
 
 from __future__ import annotations
@@ -44,11 +47,9 @@ from multiprocessing import get_context
 from typing import Any, NamedTuple
 
 from opal.canonical import parse_canonical
-from opal.errors import LedgerCorrupt, TrustError
+from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.records import (
-    CHECKPOINT_DOMAIN,
-    COSIGN_DOMAIN,
     ENTRY_DOMAIN,
     ENTRY_VERSION,
     Checkpoint,
@@ -57,11 +58,21 @@ from opal.ledger.records import (
     VerifyReport,
     signed_part,
 )
-from opal.trust import ed25519_batch
-from opal.trust.keys import first_invalid_signature, key_id_of, verify_signature
+from opal.trust.keys import (
+    ROLES,
+    check_public_key,
+    decode_signature,
+    first_invalid_signature,
+    key_id_of,
+    verify_note_signature,
+    verify_signature,
+)
+from opal.trust.policy import TrustPolicy, verify_rotation
 
 __all__ = [
-    "KeyState",
+    "SIGNERS",
+    "Authority",
+    "RowSource",
     "check_against",
     "check_checkpoint_signature",
     "check_cosignature",
@@ -72,11 +83,28 @@ __all__ = [
 ]
 
 # Below this many entries a process pool costs more than it saves.
-POOL_MIN_ENTRIES = 20_000
+POOL_MIN_ENTRIES = 5_000
 _CHUNK = 2048
-_ENTRY_KEYS = {"v", "index", "type", "time", "actor", "actor_role", "body"}
+_ENTRY_KEYS = {"v", "index", "type", "subject", "time", "actor", "actor_role", "body"}
 _RUN_TYPES = ("run_requested", "run_started", "run_finished")
 _MALFORMED = "is not a well-formed canonical entry"
+_DETAIL_TYPES = ("trust_policy", "key_added", "key_revoked")
+
+# Rule 3: who may sign which entry type (the roles of the policy in force).
+# Any type not listed is the node's own record: its log (operator) keys sign it.
+SIGNERS: Mapping[str, tuple[str, ...]] = {
+    "trust_policy": ("board", "operator"),  # the body carries the board's threshold signatures
+    "key_added": ("board",),
+    "key_revoked": ("board", "operator"),
+    "bundle_submitted": ("statistician",),
+    "run_requested": ("statistician",),
+    "bundle_approved": ("reviewer",),
+    "bundle_rejected": ("reviewer",),
+    "bundle_revoked": ("board",),
+    "bundle_pinned": ("board",),
+    "bundle_unpinned": ("board",),
+}
+_LOG_ROLES = ("operator",)
 
 
 class _Bad(Exception):
@@ -91,51 +119,163 @@ def _bad(index: int, message: str) -> _Bad:
 
 
 @dataclass
-class KeyState:
-    """Which keys the ledger has added and revoked, replayed entry by entry."""
+class Authority:
+    """Who holds which role, replayed entry by entry from signed content only.
 
-    keys: dict[str, tuple[str, str, int]] = field(
-        default_factory=dict
-    )  # key_id -> (public hex, role, added at)
-    revoked: dict[str, int] = field(default_factory=dict)  # key_id -> index of its revocation
+    ``policy`` is the board-signed trust policy in force; ``granted`` the keys a
+    board key added by a ``key_added`` entry under it; ``revoked`` the index of
+    each key's revocation; ``ever`` every role a key held at some point (for
+    checkpoints and cosignatures, which are not entries).
+    """
 
-    def apply(self, index: int, type_: str, body: Any) -> None:
-        """Record a key_added / key_revoked entry; raise ValueError if its body is malformed."""
-        if type_ == "key_added":
-            key_id, public, role = str(body["key_id"]), str(body["public_key"]), str(body["role"])
-            raw = bytes.fromhex(public)
-            if len(raw) != 32 or key_id_of(raw) != key_id:
-                raise ValueError("key_id is not the SHA-256 of the public key")
-            self.keys.setdefault(key_id, (public, role, index))
-        elif type_ == "key_revoked":
-            self.revoked.setdefault(str(body["key_id"]), index)
+    policy: TrustPolicy | None = None
+    publics: dict[str, str] = field(default_factory=dict)  # key id -> public key hex
+    granted: dict[str, set[str]] = field(default_factory=dict)  # key id -> roles a board key gave it
+    revoked: dict[str, int] = field(default_factory=dict)
+    ever: dict[str, set[str]] = field(default_factory=dict)
+    policy_at: int | None = None
+    chain: list[Any] = field(default_factory=list)  # every policy envelope installed, in order
 
-    def signer(self, key_id: str, *, at: int, what: str, roles: Sequence[str] | None = None) -> str:
-        """The public key (hex) of ``key_id`` usable at index ``at``; raise LedgerCorrupt if not."""
-        found = self.keys.get(key_id)
-        if found is None:
+    @classmethod
+    def from_policy(cls, policy: TrustPolicy) -> Authority:
+        """An authority that starts from a policy the auditor holds (offline audits)."""
+        auth = cls()
+        auth._install(policy, -1)
+        return auth
+
+    def roles_of(self, key_id: str) -> set[str]:
+        if self.policy is None:
+            return set()
+        return set(self.policy.roles_of(key_id)) | self.granted.get(key_id, set())
+
+    def _install(self, policy: TrustPolicy, index: int) -> None:
+        self.policy = policy
+        self.policy_at = index
+        self.publics.update(policy.keys)
+        for key_id in policy.keys:
+            self.ever.setdefault(key_id, set()).update(policy.roles_of(key_id))
+
+    def usable(self, key_id: str, *, at: int, what: str, roles: Sequence[str]) -> str:
+        """The public key (hex) of ``key_id`` if it holds one of ``roles`` at index ``at``; raise LedgerCorrupt."""
+        label = self.policy.label if self.policy is not None else "no trust policy"
+        if self.policy is None:
             raise LedgerCorrupt(
-                f"{what} is signed by unknown key {key_id[:16]}; no key_added entry names it"
-            )
-        public, role, added = found
-        if added > at:
-            raise LedgerCorrupt(
-                f"{what} is signed by key {key_id[:16]}, added only later at entry {added}"
+                f"{what} is signed before any board-signed trust policy; roles come only from the board"
             )
         when = self.revoked.get(key_id)
         if when is not None and when < at:
             raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]}, revoked at entry {when}")
-        if roles is not None and role not in roles:
+        held = self.roles_of(key_id)
+        if not held & set(roles):
             raise LedgerCorrupt(
-                f"{what} is signed by key {key_id[:16]} with role {role!r}; expected {' or '.join(roles)}"
+                f"{what} is signed by key {key_id[:16]} holding {', '.join(sorted(held)) or 'no role'} in the "
+                f"{label}; only a {' or '.join(roles)} key may sign it"
             )
+        return self.publics[key_id]
+
+    def ever_held(self, key_id: str, role: str, *, before: int, what: str) -> str:
+        """For checkpoints and cosignatures: ``key_id`` held ``role`` and was not revoked before ``before``."""
+        if role not in self.ever.get(key_id, set()):
+            raise LedgerCorrupt(
+                f"{what} is signed by key {key_id[:16]}, which no board-signed trust policy names as a {role} key"
+            )
+        when = self.revoked.get(key_id)
+        if when is not None and when < before:
+            raise LedgerCorrupt(f"{what} is signed by key {key_id[:16]}, revoked at entry {when}")
+        return self.publics[key_id]
+
+    def admit(
+        self, idx: int, type_: str, actor: str, claimed: str, detail: Any, *, cancelled: bool = False
+    ) -> str:
+        """Rule 3 for one entry; update the state; return the signer's public key hex. Raises _Bad."""
+        what = f"ledger entry {idx} ({type_})"
+        if type_ == "trust_policy":
+            try:
+                envelope = detail["policy"]
+                new = verify_rotation(self.policy, envelope)
+            except (TrustError, BadInputError) as exc:
+                raise _bad(idx, f"(trust_policy) is not a board-signed next policy version: {exc.message}") from None
+            except (KeyError, TypeError):
+                raise _bad(idx, "(trust_policy) carries no policy document") from None
+            if detail.get("version") != new.version:
+                raise _bad(idx, f"(trust_policy) says version {detail.get('version')} but carries v{new.version}")
+            # recorded by a board or log key of the new policy or of the one it replaces
+            held = set(new.roles_of(actor)) | self.roles_of(actor)
+            if not held & set(SIGNERS["trust_policy"]):
+                raise _bad(idx, "(trust_policy) is recorded by a key that is neither board nor operator (new or old)")
+            if claimed not in held:
+                raise _bad(idx, f"claims role {claimed!r} but key {actor[:16]} holds {', '.join(sorted(held))}")
+            self._install(new, idx)
+            self.chain.append(envelope)
+            return self.publics[actor]
+        try:
+            roles = ("operator", "statistician") if cancelled else SIGNERS.get(type_, _LOG_ROLES)
+            public = self.usable(actor, at=idx, what=what, roles=roles)
+        except LedgerCorrupt as exc:
+            raise _Bad(idx, exc.message) from None
+        held = self.roles_of(actor)
+        if claimed not in held:
+            raise _bad(idx, f"claims role {claimed!r} but key {actor[:16]} holds {', '.join(sorted(held))}")
+        if type_ == "key_added":
+            try:
+                key_id, hex_key, role = str(detail["key_id"]), str(detail["public_key"]), str(detail["role"])
+                raw = bytes.fromhex(hex_key)
+            except (KeyError, TypeError, ValueError):
+                raise _bad(idx, "(key_added) is malformed") from None
+            if key_id == actor:
+                raise _bad(idx, "(key_added) is signed by the key it adds; a key never vouches for itself")
+            if key_id_of(raw) != key_id:
+                raise _bad(idx, "(key_added) key_id is not the SHA-256 of the public key")
+            try:
+                check_public_key(raw, what="the added key")
+            except TrustError as exc:
+                raise _bad(idx, f"(key_added): {exc.message}") from None
+            if role not in ROLES:
+                raise _bad(idx, f"(key_added) names unknown role {role!r}")
+            if self.publics.get(key_id, hex_key) != hex_key:
+                raise _bad(idx, "(key_added) gives a known key id another public key")
+            self.publics[key_id] = hex_key
+            self.granted.setdefault(key_id, set()).add(role)
+            self.ever.setdefault(key_id, set()).add(role)
+        elif type_ == "key_revoked":
+            try:
+                self.revoked.setdefault(str(detail["key_id"]), idx)
+            except (KeyError, TypeError):
+                raise _bad(idx, "(key_revoked) is malformed") from None
         return public
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            k: {"public_key": p, "role": r, "added_at": a, "revoked_at": self.revoked.get(k)}
-            for k, (p, r, a) in self.keys.items()
+            k: {"public_key": p, "roles": sorted(self.ever.get(k, set())), "revoked_at": self.revoked.get(k)}
+            for k, p in self.publics.items()
         }
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume the in-order replay later (the auditor's state file)."""
+        return {
+            "chain": self.chain,
+            "policy_at": self.policy_at,
+            "publics": self.publics,
+            "granted": {k: sorted(v) for k, v in self.granted.items()},
+            "revoked": self.revoked,
+            "ever": {k: sorted(v) for k, v in self.ever.items()},
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Authority:
+        """Rebuild from :meth:`to_state` (re-checking the policy chain's board signatures)."""
+        auth = cls()
+        policy: TrustPolicy | None = None
+        for envelope in data.get("chain", []):
+            policy = verify_rotation(policy, envelope)
+        auth.policy = policy
+        auth.chain = list(data.get("chain", []))
+        auth.policy_at = data.get("policy_at")
+        auth.publics = {str(k): str(v) for k, v in data.get("publics", {}).items()}
+        auth.granted = {str(k): set(v) for k, v in data.get("granted", {}).items()}
+        auth.revoked = {str(k): int(v) for k, v in data.get("revoked", {}).items()}
+        auth.ever = {str(k): set(v) for k, v in data.get("ever", {}).items()}
+        return auth
 
 
 class _Seen(NamedTuple):
@@ -144,18 +284,23 @@ class _Seen(NamedTuple):
     type: str
     actor: str
     role: str
-    detail: Any  # the body of a key entry, the run_id of a run entry, else None
+    detail: Any  # the body of a policy or key entry, the run_id of a run entry, else None
     # (signed bytes, signature) when the worker did not hold the signer's key
     # and left the signature check to the in-order pass.
     unsigned: tuple[bytes, str] | None = None
     # (_ENCODING or _SIGNATURE, message): the worker rejects the entry, but
-    # rules 3 come first for it, so the in-order pass decides which is named.
+    # rule 3 comes first for it, so the in-order pass decides which is named.
     fault: tuple[int, str] | None = None
+    # the stored leaf_hash column differs from the bytes: named after the signature
+    index_fault: str | None = None
+    # a requester may sign the outcome "cancelled" of its own queued run (opal runs cancel)
+    cancelled: bool = False
 
 
-# Where a worker's finding falls among one entry's checks: the shape (rule 2)
-# before its key (rule 3), the envelope after it, the signature (rule 4) last.
 _ENCODING, _SIGNATURE = 1, 2
+
+# (type, subject, actor, time, leaf hash) as the database's index columns hold them
+Columns = tuple[Any, Any, Any, Any, Any]
 
 
 class _Checked(NamedTuple):
@@ -166,15 +311,31 @@ class _Checked(NamedTuple):
     misshapen: tuple[int, str] | None  # (index, message): the entry after ``seen`` breaks rule 2
 
 
+def _check_columns(idx: int, e: Mapping[str, Any], leaf: bytes, columns: Columns, names: Sequence[str]) -> None:
+    stored = dict(zip(("type", "subject", "actor", "time", "leaf_hash"), columns, strict=True))
+    signed = {"type": e["type"], "subject": e["subject"], "actor": e["actor"], "time": e["time"], "leaf_hash": leaf}
+    for name in names:
+        value = stored[name]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = bytes(value)
+        if value != signed[name]:
+            shown = value.hex()[:16] if isinstance(value, bytes) else repr(value)
+            expected = signed[name].hex()[:16] if isinstance(signed[name], bytes) else repr(signed[name])
+            raise _bad(
+                idx,
+                f"has {name} column {shown} but its signed entry says {expected}; "
+                "the database index was edited",
+            )
+
+
 def _examine(
-    idx: int, raw: bytes, publics: Mapping[str, bytes], names: dict[str, str]
-) -> tuple[_Seen, tuple[bytes, str, bytes, str] | None]:
+    idx: int, raw: bytes, columns: Columns | None, publics: Mapping[str, bytes], names: dict[str, str]
+) -> tuple[_Seen, tuple[bytes, str, bytes, str] | None, bytes]:
     """Rule 2 for one entry, and what rule 4 must check: everything that needs no
     earlier entry. Raises _Bad.
 
-    Returns what was seen and, when the worker holds the signer's key, the
-    signature check to make: ``(public key, domain, signed bytes, signature)``.
-    ``names`` keeps one object per distinct type, actor and role string.
+    Returns what was seen, the signature check to make when the worker holds the
+    signer's key ``(public key, domain, signed bytes, signature)``, and the leaf.
     """
     try:
         doc = parse_canonical(raw)
@@ -185,67 +346,84 @@ def _examine(
             raise TypeError("wrong types")
         if not all(isinstance(e[k], str) for k in ("type", "time", "actor", "actor_role")):
             raise TypeError("wrong types")
+        if e["subject"] is not None and not isinstance(e["subject"], str):
+            raise TypeError("wrong types")
     except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nesting too deep
         raise _bad(idx, _MALFORMED) from None
     if e["index"] != idx:
         raise _bad(idx, f"claims index {e['index']}; entries were moved")
     if e["v"] != ENTRY_VERSION:
         raise _bad(idx, f"has format version {e['v']}, expected {ENTRY_VERSION}")
+    leaf = hashlib.sha256(b"\x00" + raw).digest()
+    index_fault = None
+    if columns is not None:
+        if tuple(columns[:4]) != (e["type"], e["subject"], e["actor"], e["time"]):
+            _check_columns(idx, e, leaf, columns, ("type", "subject", "actor", "time"))
+        if bytes(columns[4]) != leaf:
+            try:
+                _check_columns(idx, e, leaf, columns, ("leaf_hash",))
+            except _Bad as bad:
+                index_fault = bad.message
     type_, actor, role, body = e["type"], e["actor"], e["actor_role"], e["body"]
-    detail = (
-        body
-        if type_ in ("key_added", "key_revoked")
-        else str(body.get("run_id"))
-        if type_ in _RUN_TYPES
-        else None
-    )
+    detail = body if type_ in _DETAIL_TYPES else str(body.get("run_id")) if type_ in _RUN_TYPES else None
     seen = _Seen(
-        names.setdefault(type_, type_), names.setdefault(actor, actor), names.setdefault(role, role), detail
+        names.setdefault(type_, type_),
+        names.setdefault(actor, actor),
+        names.setdefault(role, role),
+        detail,
+        index_fault=index_fault,
+        cancelled=type_ == "run_finished" and body.get("outcome") == "cancelled",
     )
-    # A signature that is not ASCII cannot be base64, nor sliced out below.
     part = signed_part(raw, signature) if signature.isascii() else None
     if part is None:
-        return seen._replace(fault=(_ENCODING, f"ledger entry {idx} {_MALFORMED}")), None
+        return seen._replace(fault=(_ENCODING, f"ledger entry {idx} {_MALFORMED}")), None, leaf
+    try:
+        decode_signature(signature)
+    except TrustError as exc:
+        return seen._replace(fault=(_ENCODING, f"ledger entry {idx} ({type_}): {exc.message}")), None, leaf
+    # (verify_signature_raw decodes it again: the same strict rule, kept in one place)
     public = publics.get(actor)
     if public is None:
-        return seen._replace(unsigned=(part, signature)), None
-    return seen, (public, ENTRY_DOMAIN, part, signature)
+        return seen._replace(unsigned=(part, signature)), None, leaf
+    return seen, (public, ENTRY_DOMAIN, part, signature), leaf
 
 
 def _unverified(idx: int, type_: str) -> str:
     return f"ledger entry {idx} ({type_}): signature does not verify"
 
 
-def _check_chunk(rows: Sequence[tuple[int, bytes]], publics: Mapping[str, bytes], batch: bool = True) -> _Checked:
+Row = tuple[int, bytes] | tuple[int, bytes, Columns]
+
+
+def _check_chunk(rows: Sequence[Row], publics: Mapping[str, bytes]) -> _Checked:
     """Rules 2 and 4 and the leaf hashes of consecutive entries; runs in pool workers.
 
     ``publics`` maps key ids to raw public keys; an entry by a key not in it
-    comes back with its signature unchecked (``_Seen.unsigned``). The
-    signatures are checked together once the chunk is read
-    (:func:`first_invalid_signature`), and the answer stops at the first
-    entry that fails any check.
+    comes back with its signature unchecked (``_Seen.unsigned``). The answer
+    stops at the first entry that fails any check.
     """
     seen: list[_Seen] = []
     leaves: list[bytes] = []
     misshapen: tuple[int, str] | None = None
     checks: list[tuple[bytes, str, bytes, str]] = []
     checked_at: list[int] = []  # the position in ``seen`` of each of ``checks``
-    sha256 = hashlib.sha256
     names: dict[str, str] = {}  # so that each is pickled once per chunk
-    for idx, raw in rows:
+    for row in rows:
+        idx, raw = row[0], row[1]
+        columns = row[2] if len(row) > 2 else None
         try:
-            found, check = _examine(idx, raw, publics, names)
+            found, check, leaf = _examine(idx, raw, columns, publics, names)
         except _Bad as bad:
             misshapen = (bad.index, bad.message)
             break
         seen.append(found)
         if found.fault is not None:
             break
-        leaves.append(sha256(b"\x00" + raw).digest())
+        leaves.append(leaf)
         if check is not None:
             checked_at.append(len(seen) - 1)
             checks.append(check)
-    first = first_invalid_signature(checks, batch=batch)
+    first = first_invalid_signature(checks)
     if first is not None:  # it comes before whatever stopped the loop
         position = checked_at[first]
         found = seen[position]
@@ -255,33 +433,67 @@ def _check_chunk(rows: Sequence[tuple[int, bytes]], publics: Mapping[str, bytes]
     return _Checked(seen, leaves, misshapen)
 
 
-def _replay_keys(idx: int, seen: _Seen, keys: KeyState) -> None:
-    """Rules 3 and 4 for an entry a worker passed on, in index order, updating ``keys``.
+@dataclass(frozen=True)
+class RowSource:
+    """Where pool workers read their own rows (so the main process neither reads nor pickles
+    entries): a SQLite file or a PostgreSQL URL."""
 
-    The worker checked the signature against the key its actor id names; the
-    key state decides here whether that key may sign at ``idx``. Raises _Bad.
-    """
-    type_, actor = seen.type, seen.actor
-    if type_ == "key_added":
-        try:
-            keys.apply(idx, type_, seen.detail)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _bad(idx, f"(key_added) is malformed: {exc}") from None
-    try:
-        public = keys.signer(actor, at=idx, what=f"ledger entry {idx} ({type_})")
-    except LedgerCorrupt as exc:
-        raise _Bad(idx, exc.message) from None
-    role = keys.keys[actor][1]
-    if role != seen.role:
-        raise _bad(idx, f"claims role {seen.role!r} but key {actor[:16]} has role {role!r}")
+    path: str | None
+    url: str | None
+
+
+_OPEN: dict[tuple[int, RowSource], Any] = {}
+
+
+def _fetch(source: RowSource, start: int, stop: int) -> list[Row]:
+    from pathlib import Path
+
+    from opal.db import Database
+
+    key = (os.getpid(), source)
+    db = _OPEN.get(key)
+    if db is None:
+        db = _OPEN[key] = Database(Path(source.path) if source.path else None, url=source.url or "")
+    return [
+        (int(r["idx"]), bytes(r["entry"]), (r["type"], r["subject"], r["actor"], r["time"], r["leaf_hash"]))
+        for r in db.query(
+            "SELECT idx, entry, type, subject, actor, time, leaf_hash FROM ledger WHERE idx >= ? AND idx < ? "
+            "ORDER BY idx",
+            (start, stop),
+        )
+    ]
+
+
+def _check_range(source: RowSource, start: int, stop: int, publics: Mapping[str, bytes]) -> _Checked:
+    """A worker reads entries ``start`` … ``stop - 1`` itself and checks them (rules 1, 2, 4)."""
+    rows = _fetch(source, start, stop)
+    missing: int | None = None
+    for position, row in enumerate(rows, start=start):
+        if row[0] != position:
+            missing, found = position, row[0]
+            rows = rows[: position - start]
+            break
+    else:
+        if len(rows) < stop - start:
+            missing, found = start + len(rows), None
+    checked = _check_chunk(rows, publics) if rows else _Checked([], [], None)
+    faulted = checked.misshapen is not None or len(checked.seen) < len(rows) or any(
+        s.fault is not None for s in checked.seen
+    )
+    if missing is None or faulted:
+        return checked
+    if found is None:
+        later = _fetch(source, missing, missing + 1)
+        found = later[0][0] if later else None
+    where = f"the next stored index is {found}" if found is not None else "no entry follows"
+    message = f"ledger entry {missing} is missing ({where}); entries were deleted or reordered"
+    return checked._replace(misshapen=(missing, message))
+
+
+def _replay(idx: int, seen: _Seen, auth: Authority) -> None:
+    """Rules 3 and 4 for an entry a worker passed on, in index order, updating ``auth``. Raises _Bad."""
     fault = seen.fault
-    if fault is not None and fault[0] == _ENCODING:
-        raise _Bad(idx, fault[1])
-    if type_ == "key_revoked":
-        try:
-            keys.apply(idx, type_, seen.detail)
-        except (KeyError, TypeError):
-            raise _bad(idx, "(key_revoked) is malformed") from None
+    public = auth.admit(idx, seen.type, seen.actor, seen.role, seen.detail, cancelled=seen.cancelled)
     if fault is not None:
         raise _Bad(idx, fault[1])
     if seen.unsigned is not None:
@@ -289,38 +501,49 @@ def _replay_keys(idx: int, seen: _Seen, keys: KeyState) -> None:
         try:
             verify_signature(public, ENTRY_DOMAIN, part, signature)
         except TrustError:
-            raise _Bad(idx, _unverified(idx, type_)) from None
+            raise _Bad(idx, _unverified(idx, seen.type)) from None
+    if seen.index_fault is not None:
+        raise _Bad(idx, seen.index_fault)
 
 
-def check_entry(idx: int, raw: bytes, keys: KeyState) -> LedgerEntry:
-    """Check one entry on its own (rules 2-4), updating ``keys``; used offline on
+def check_entry(idx: int, raw: bytes, auth: Authority) -> LedgerEntry:
+    """Check one entry on its own (rules 2-4), updating ``auth``; used offline on
     exports and receipts. Raises LedgerCorrupt."""
     checked = _check_chunk([(idx, raw)], {})
     try:
         if checked.misshapen is not None:
             raise _Bad(*checked.misshapen)
-        _replay_keys(idx, checked.seen[0], keys)
+        _replay(idx, checked.seen[0], auth)
     except _Bad as bad:
         raise LedgerCorrupt(bad.message) from None
     return LedgerEntry.parse(raw)
 
 
 def self_certified_keys(raws: Iterable[bytes]) -> dict[str, bytes]:
-    """key id -> raw public key, from entries that may be ``key_added`` ones.
+    """key id -> raw public key, from entries that may be ``key_added`` or ``trust_policy`` ones.
 
     Only pairs where the id is the SHA-256 of the key are kept, so whatever
     the entries are, a worker never checks a signature against a key other
-    than the one its signer's id names; anything else is skipped, not judged.
+    than the one its signer's id names; they decide nothing (rule 3 does).
     """
     found: dict[str, bytes] = {}
     for raw in raws:
         try:
             body = json.loads(raw)["entry"]["body"]
-            key_id, public = body["key_id"], bytes.fromhex(body["public_key"])
-        except (ValueError, KeyError, TypeError, RecursionError):
+            pairs = (
+                [(k, v["public_key"]) for k, v in body["policy"]["signed"]["keys"].items()]
+                if "policy" in body
+                else [(body["key_id"], body["public_key"])]
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue
-        if len(public) == 32 and key_id_of(public) == key_id:
-            found[key_id] = public
+        for key_id, public_hex in pairs:
+            try:
+                public = bytes.fromhex(str(public_hex))
+            except ValueError:
+                continue
+            if len(public) == 32 and key_id_of(public) == key_id:
+                found[str(key_id)] = public
     return found
 
 
@@ -334,20 +557,20 @@ def _mp_context() -> Any:
         return get_context("spawn")
 
 
-def check_checkpoint_signature(cp: Checkpoint, keys: KeyState, *, what: str | None = None) -> None:
+def check_checkpoint_signature(cp: Checkpoint, auth: Authority, *, what: str | None = None) -> None:
     what = what or f"checkpoint at size {cp.size}"
-    public = keys.signer(cp.signer, at=cp.size - 1, what=what, roles=("operator",))
+    public = auth.ever_held(cp.signer, "operator", before=cp.size, what=what)
     try:
-        verify_signature(public, CHECKPOINT_DOMAIN, cp.statement(), cp.signature)
+        verify_note_signature(public, cp.body(), cp.signature, what="checkpoint")
     except TrustError:
         raise LedgerCorrupt(f"{what}: signature by {cp.signer[:16]} does not verify") from None
 
 
-def check_cosignature(cs: Cosignature, keys: KeyState) -> None:
+def check_cosignature(cs: Cosignature, auth: Authority) -> None:
     what = f"cosignature of size {cs.size} by witness {cs.witness[:16]}"
-    public = keys.signer(cs.witness, at=cs.size - 1, what=what, roles=("board",))
+    public = auth.ever_held(cs.witness, "witness", before=cs.size, what=what)
     try:
-        verify_signature(public, COSIGN_DOMAIN, cs.statement(), cs.signature)
+        verify_note_signature(public, cs.message(), cs.signature, what="cosignature")
     except TrustError:
         raise LedgerCorrupt(f"{what}: signature does not verify") from None
 
@@ -372,11 +595,22 @@ class _InOrder:
     """The in-order pass: rules 1, 3 and 5 over what the workers found, chunk
     after chunk, and the Merkle tree of the leaves so far."""
 
-    def __init__(self, publics: dict[str, bytes], progress: Callable[[int, int], None] | None, total: int) -> None:
-        self.keys = KeyState()
-        self.tree = merkle.MerkleTree()
-        self.runs_open: dict[str, str] = {}
+    def __init__(
+        self,
+        publics: dict[str, bytes],
+        progress: Callable[[int, int], None] | None,
+        total: int,
+        *,
+        start: int = 0,
+        tree: merkle.MerkleTree | None = None,
+        auth: Authority | None = None,
+        runs_open: Mapping[str, str] | None = None,
+    ) -> None:
+        self.auth = auth or Authority()
+        self.tree = tree or merkle.MerkleTree()
+        self.runs_open: dict[str, str] = dict(runs_open or {})
         self.runs = 0
+        self.start = start
         # Keys handed to the workers with each chunk; replaced, never mutated,
         # because a chunk already submitted may not be pickled yet.
         self.publics = publics
@@ -386,18 +620,20 @@ class _InOrder:
     def replay(self, first: int, checked: _Checked) -> None:
         """Take a worker's answer for the chunk starting at index ``first``; raise _Bad."""
         for idx, seen in enumerate(checked.seen, start=first):
-            _replay_keys(idx, seen, self.keys)
+            _replay(idx, seen, self.auth)
             type_ = seen.type
-            if type_ == "key_added":
-                key_id = str(seen.detail["key_id"])
-                if key_id not in self.publics:
-                    self.publics = {**self.publics, key_id: bytes.fromhex(self.keys.keys[key_id][0])}
+            if type_ in ("key_added", "trust_policy"):
+                fresh = {k: bytes.fromhex(v) for k, v in self.auth.publics.items() if k not in self.publics}
+                if fresh:
+                    self.publics = {**self.publics, **fresh}
             elif type_ == "run_requested":
                 self.runs_open[seen.detail] = "requested"
             elif type_ in ("run_started", "run_finished"):
                 run_id = seen.detail
                 if run_id not in self.runs_open:
-                    raise _bad(idx, f"({type_}) is for run {run_id} that was never requested")
+                    # an incremental audit holds only the runs still open at its last checkpoint
+                    before = " (or finished before your last audit)" if self.start else ""
+                    raise _bad(idx, f"({type_}) is for run {run_id} that was never requested{before}")
                 if self.runs_open[run_id] == "finished":
                     raise _bad(idx, f"({type_}): run {run_id} already has an outcome")
                 if type_ == "run_finished":
@@ -411,7 +647,7 @@ class _InOrder:
 
 
 def verify_entries(
-    rows: Iterable[tuple[int, bytes]],
+    rows: Iterable[Row],
     checkpoints: Sequence[Checkpoint],
     *,
     cosignatures: Sequence[Cosignature] = (),
@@ -420,62 +656,107 @@ def verify_entries(
     key_hints: Iterable[bytes] = (),
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    batch: bool = True,
+    start: int = 0,
+    tree: merkle.MerkleTree | None = None,
+    auth: Authority | None = None,
+    runs_open: Mapping[str, str] | None = None,
+    resume: dict[str, Any] | None = None,
+    held: tuple[int, str, str] | None = None,
+    source: RowSource | None = None,
 ) -> VerifyReport:
     """Check rules 1-7 (module docstring); raise LedgerCorrupt naming the first bad entry.
 
-    ``rows`` are ``(index, stored bytes)`` in index order. ``key_hints``: the
-    stored bytes of entries that are probably ``key_added`` ones, so workers
-    can check signatures before the entries that add their keys are replayed
-    (see :func:`self_certified_keys`; they decide nothing). ``workers``:
-    processes checking entries (default: one per core for large ledgers,
-    0 = check inline). ``batch``: check each chunk's signatures together
-    (:mod:`opal.trust.ed25519_batch`) when the extension is built; False checks
-    each one with OpenSSL.
+    ``rows`` are ``(index, stored bytes[, index columns])`` in index order from
+    ``start``. ``key_hints``: the stored bytes of entries that are probably
+    ``key_added`` or ``trust_policy`` ones, so workers can check signatures
+    before the entries that add their keys are replayed (see
+    :func:`self_certified_keys`; they decide nothing). ``workers``: processes
+    checking entries (default: one per core for large ledgers, 0 = inline).
+    ``start``, ``tree``, ``auth``: resume an audit whose first ``start``
+    entries were verified before (the auditor's state): the tree of their
+    leaves, the authority replayed over them and the runs still open.
+    ``resume``: filled with what a later audit needs to resume from here.
+    ``held``: ``(size, root hex, label)`` of a tree the auditor verified
+    before; the ledger must extend it (a full re-audit from a held state).
+    ``source``: with a pool, workers read their rows from there (``rows`` is
+    then not read at all).
     """
     started = time.perf_counter()
     if total is None:
         rows = list(rows)
-        total = len(rows)
+        total = start + len(rows)
+    todo = total - start
     if workers is None:
-        workers = (os.cpu_count() or 1) if total >= POOL_MIN_ENTRIES else 0
-    state = _InOrder(self_certified_keys(key_hints), progress, total)
+        workers = (os.cpu_count() or 1) if todo >= POOL_MIN_ENTRIES else 0
+    hints = self_certified_keys(key_hints)
+    if auth is not None:
+        hints.update({k: bytes.fromhex(v) for k, v in auth.publics.items()})
+    state = _InOrder(hints, progress, total, start=start, tree=tree, auth=auth, runs_open=runs_open)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 0 else None
     # Chunks in flight, oldest first, with their rows in case a worker dies.
-    pending: deque[tuple[Future[_Checked], list[tuple[int, bytes]]]] = deque()
+    pending: deque[tuple[Future[_Checked], list[Row]]] = deque()
 
     def finish_oldest() -> None:
         future, chunk = pending.popleft()
         try:
             checked = future.result()
         except BrokenProcessPool:  # a worker died (OOM, signal): check its chunk here
-            checked = _check_chunk(chunk, state.publics, batch)
+            checked = _check_chunk(chunk, state.publics)
         state.replay(chunk[0][0], checked)
 
-    def submit(chunk: list[tuple[int, bytes]]) -> None:
+    def submit(chunk: list[Row]) -> None:
         if pool is not None:
             while len(pending) >= 2 * workers:
                 finish_oldest()
             try:
-                pending.append((pool.submit(_check_chunk, chunk, state.publics, batch), chunk))
+                pending.append((pool.submit(_check_chunk, chunk, state.publics), chunk))
                 return
             except BrokenProcessPool:  # check the rest here, still in index order
                 while pending:
                     finish_oldest()
-        state.replay(chunk[0][0], _check_chunk(chunk, state.publics, batch))
+        state.replay(chunk[0][0], _check_chunk(chunk, state.publics))
 
+    def finish_oldest_range() -> None:
+        future, (a, b) = ranges.popleft()
+        try:
+            checked = future.result()
+        except BrokenProcessPool:  # a worker died (OOM, signal): check its range here
+            assert source is not None
+            checked = _check_range(source, a, b, state.publics)
+        state.replay(a, checked)
+
+    ranges: deque[tuple[Future[_Checked], tuple[int, int]]] = deque()
+    if pool is not None and source is not None:
+        try:
+            for a in range(start, total, _CHUNK):
+                b = min(total, a + _CHUNK)
+                while len(ranges) >= 2 * workers:
+                    finish_oldest_range()
+                try:
+                    ranges.append((pool.submit(_check_range, source, a, b, state.publics), (a, b)))
+                except BrokenProcessPool:
+                    while ranges:
+                        finish_oldest_range()
+                    state.replay(a, _check_range(source, a, b, state.publics))
+            while ranges:
+                finish_oldest_range()
+        except _Bad as bad:
+            raise LedgerCorrupt(bad.message) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        rows = ()
     gap: _Bad | None = None
     try:
-        chunk: list[tuple[int, bytes]] = []
-        for position, (idx, raw) in enumerate(rows):
+        chunk: list[Row] = []
+        for position, row in enumerate(rows, start=start):
+            idx = row[0]
             if idx != position:
-                # Named once every entry before it has been checked.
                 gap = _bad(
                     position,
                     f"is missing (the next stored index is {idx}); entries were deleted or reordered",
                 )
                 break
-            chunk.append((idx, raw))
+            chunk.append(row)
             if len(chunk) == _CHUNK:
                 submit(chunk)
                 chunk = []
@@ -490,7 +771,7 @@ def verify_entries(
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    tree, keys = state.tree, state.keys
+    tree, auth_ = state.tree, state.auth
     size = tree.size
     if size != total:
         raise LedgerCorrupt(
@@ -498,32 +779,49 @@ def verify_entries(
         )
     if progress is not None:
         progress(size, total)
-    _check_against_tree(tree, keys, checkpoints, cosignatures)
-    against_report = check_against(tree, keys, against) if against is not None else None
+    if held is not None:
+        held_size, held_root, label = held
+        if held_size > size:
+            raise LedgerCorrupt(
+                f"the ledger holds {size} entries, fewer than {label} in your audit state; "
+                "it was truncated or rolled back to an older copy"
+            )
+        if tree.root(held_size).hex() != held_root:
+            raise LedgerCorrupt(
+                f"the ledger's first {held_size} entries do not match {label} in your audit state; "
+                "history was rewritten (a fork, or a restored copy with different entries)"
+            )
+    _check_against_tree(tree, auth_, checkpoints, cosignatures)
+    against_report = check_against(tree, auth_, against) if against is not None else None
+    if resume is not None:
+        resume.update(
+            authority=auth_.to_state(),
+            runs_open={k: v for k, v in state.runs_open.items() if v != "finished"},
+        )
     return VerifyReport(
         size=size,
         root=tree.root().hex(),
-        signatures=size + len(checkpoints) + len(cosignatures),
-        keys=len(keys.keys),
+        signatures=todo + len(checkpoints) + len(cosignatures),
+        keys=len(auth_.publics),
         checkpoints=len(checkpoints),
         cosignatures=len(cosignatures),
         runs=state.runs,
         against=against_report,
         seconds=time.perf_counter() - started,
-        signature_check="batch" if batch and ed25519_batch.available() else "one-by-one",
+        workers=workers,
     )
 
 
 def _check_against_tree(
     tree: merkle.MerkleTree,
-    keys: KeyState,
+    auth: Authority,
     checkpoints: Sequence[Checkpoint],
     cosignatures: Sequence[Cosignature],
 ) -> None:
     for cp in checkpoints:
-        check_checkpoint_signature(cp, keys)
+        check_checkpoint_signature(cp, auth)
     for cs in cosignatures:
-        check_cosignature(cs, keys)
+        check_cosignature(cs, auth)
     check_equivocation(
         [(cp.size, cp.root, cp.signer) for cp in checkpoints]
         + [(cs.size, cs.root, cs.witness) for cs in cosignatures]
@@ -541,13 +839,17 @@ def _check_against_tree(
             )
 
 
-def check_against(tree: merkle.MerkleTree, keys: KeyState, held: Checkpoint) -> dict[str, Any]:
-    """Check that a checkpoint the auditor holds is a prefix of ``tree`` (RFC 9162 §2.1.4)."""
-    check_checkpoint_signature(held, keys, what=f"the held checkpoint (size {held.size})")
+def check_against(tree: merkle.MerkleTree, auth: Authority | None, held: Checkpoint) -> dict[str, Any]:
+    """Check that a checkpoint the auditor holds is a prefix of ``tree`` (RFC 9162 §2.1.4).
+
+    ``auth`` None: the auditor verified the held checkpoint when it was recorded.
+    """
+    if auth is not None:
+        check_checkpoint_signature(held, auth, what=f"the held checkpoint (size {held.size})")
     if held.size > tree.size:
         raise LedgerCorrupt(
-            f"the held checkpoint covers {held.size} entries but the ledger holds only {tree.size}; "
-            "the ledger was truncated or rolled back"
+            f"the held checkpoint of size {held.size} (root {held.root[:16]}…) covers more entries than the "
+            f"ledger holds ({tree.size}); the ledger was truncated or rolled back"
         )
     proof = tree.consistency_proof(held.size)
     try:
@@ -560,7 +862,7 @@ def check_against(tree: merkle.MerkleTree, keys: KeyState, held: Checkpoint) -> 
         )
     except LedgerCorrupt as exc:
         raise LedgerCorrupt(
-            f"the ledger does not extend the held checkpoint of size {held.size}: {exc.message}; "
-            "history was rewritten (a fork, or a restored backup with different entries)"
+            f"the ledger does not extend the held checkpoint of size {held.size} (root {held.root[:16]}…): "
+            f"{exc.message}; history was rewritten (a fork, or a restored backup with different entries)"
         ) from None
     return {"size": held.size, "root": held.root, "consistent": True, "proof_length": len(proof)}

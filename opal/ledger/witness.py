@@ -9,6 +9,8 @@ before, and two checkpoints of one size with different roots are equivocation.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,15 +19,70 @@ from typing import Any
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
 from opal.ledger import merkle
 from opal.ledger.log import Ledger, SignerLike
-from opal.ledger.records import COSIGN_DOMAIN, Checkpoint, Cosignature
+from opal.ledger.records import Checkpoint, Cosignature
 from opal.ledger.verify import check_checkpoint_signature, check_equivocation
 from opal.trust.keys import utcnow
 
-__all__ = ["cosign", "load_checkpoint_file", "witness_state_path"]
+__all__ = ["cosign", "cosign_export", "load_checkpoint_file", "witness_state_path"]
 
 
-def witness_state_path(state_dir: Path, witness_name: str) -> Path:
-    return state_dir / f"{witness_name}.json"
+def witness_state_path(origin: str, witness_key_id: str, *, root: Path | None = None) -> Path:
+    """The witness's memory of ``origin``: under ``root`` (the witness's own home, ``opal witness``)
+    or the user's configuration directory (``$XDG_CONFIG_HOME/opal/witness/``), never in the node's
+    OPAL_HOME, so the operator cannot delete it to make the witness cosign a fork as its "first"."""
+    if root is None:
+        base = os.environ.get("XDG_CONFIG_HOME")
+        root = (Path(base) if base else Path.home() / ".config") / "opal" / "witness"
+    name = hashlib.sha256(f"{origin}\n{witness_key_id}".encode()).hexdigest()[:24]
+    return root / f"{name}.json"
+
+
+def cosign_export(lines: list[str], witness: SignerLike, *, state_file: Path) -> dict[str, Any]:
+    """Witness a log from its export (another machine: no access to the node's database).
+
+    Verifies the export offline (proofs, signatures, roles, its leaf hashes), proves
+    its checkpoint extends the last one this witness saw (state_file), and signs a
+    tlog-cosignature/v1 the operator adds with ``opal ledger cosignature add``.
+
+    Raises:
+        LedgerCorrupt: the export does not verify or does not extend the last checkpoint seen.
+        BadInputError: not an export, or an export without leaf hashes.
+    """
+    from opal.ledger.export import export_checkpoint, verify_export
+
+    verify_export(lines)
+    current, tree = export_checkpoint(lines)
+    last_seen = load_checkpoint_file(state_file) if state_file.exists() else None
+    consistency: dict[str, Any] | None = None
+    if last_seen is not None:
+        if last_seen.origin != current.origin:
+            raise BadInputError(
+                f"the last seen checkpoint is of log {last_seen.origin!r}, this export is of {current.origin!r}"
+            )
+        if last_seen.size > current.size or tree.root(last_seen.size).hex() != last_seen.root:
+            raise LedgerCorrupt(
+                f"checkpoint {current.size} does not extend the one this witness saw ({last_seen.size}); "
+                "refusing to cosign"
+            )
+        consistency = {"from_size": last_seen.size, "to_size": current.size}
+    cs = _sign(current, witness)
+    _remember(state_file, current)
+    return {"checkpoint": current.to_dict(), "cosignature": cs.to_dict(), "consistency": consistency}
+
+
+def _sign(current: Checkpoint, witness: SignerLike) -> Cosignature:
+    unsigned = Cosignature(
+        origin=current.origin, size=current.size, root=current.root, witness=witness.key_id,
+        signature="", time=utcnow()[:19] + "Z",  # tlog-cosignature/v1 signs whole seconds
+    )
+    return dataclasses.replace(unsigned, signature=witness.sign_note(unsigned.message()))
+
+
+def _remember(state_file: Path, current: Checkpoint) -> None:
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current.to_dict(), indent=2))
+    os.replace(tmp, state_file)
 
 
 def load_checkpoint_file(path: Path) -> Checkpoint:
@@ -62,14 +119,14 @@ def cosign(
         TrustError: the witness key is not a board key.
         LedgerCorrupt: signatures, roots or consistency do not hold, or equivocation.
     """
-    if witness.role != "board":
-        raise TrustError(f"witnessing needs a board key; this key has role {witness.role!r}")
     current = ledger.latest_checkpoint()
     if current is None:
         raise BadInputError(
             "the ledger has no signed checkpoint yet; sign one with opal ledger checkpoint"
         )
-    keys = ledger.key_state()
+    keys = ledger.authority()
+    if "witness" not in keys.ever.get(witness.key_id, set()):
+        raise TrustError("this key is not a witness key of the board's trust policy; the board names witnesses")
     check_checkpoint_signature(current, keys)
     check_equivocation(
         [(cp.size, cp.root, cp.signer) for cp in ledger.checkpoints()]
@@ -122,23 +179,17 @@ def cosign(
             "to_size": current.size,
             "proof": [p.hex() for p in proof],
         }
-    cs = Cosignature(
-        origin=current.origin,
-        size=current.size,
-        root=current.root,
-        witness=witness.key_id,
-        signature=witness.sign(COSIGN_DOMAIN, current.statement()),
-        time=utcnow(),
-    )
+    cs = _sign(current, witness)
     ledger.add_cosignature(cs)
     if state_file is not None:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current.to_dict(), indent=2))
-        os.replace(tmp, state_file)
+        _remember(state_file, current)
+    all_cosignatures = ledger.cosignatures(size=current.size)
+    publics = {**keys.publics, witness.key_id: witness.public_key}
+    known = [c for c in all_cosignatures if c.witness in publics]
     return {
         "checkpoint": current.to_dict(),
         "cosignature": cs.to_dict(),
-        "cosignatures": [c.to_dict() for c in ledger.cosignatures(size=current.size)],
+        "cosignatures": [c.to_dict() for c in all_cosignatures],
         "consistency": consistency,
+        "note": current.note(publics, known),
     }

@@ -85,12 +85,14 @@ def verify_request(node: Node, record: RunRecord) -> None:
     _, entry = request_entry(node, record.run_id)
     body = dict(entry.body)
     signature = str(body.pop("request_signature", ""))
-    requester = node.keyring.by_id(str(body.get("requester")))
-    if not requester:
-        raise TrustError(f"run {record.run_id} was requested by an unknown key")
-    verify_signature(requester[0].public_key, _domain(), canonical_json(body), signature)
-    if requester[0].revoked:
-        raise TrustError(f"requester key {requester[0].name!r} was revoked on {requester[0].revoked_at}")
+    from opal.trust.review import key_for_role
+
+    requester = str(body.get("requester"))
+    if requester != entry.actor:
+        raise TrustError(f"run {record.run_id}: the request names another requester than the key that signed it")
+    # roles come from the board: the requester must be a statistician of the policy in force
+    public = key_for_role(node, requester, "statistician", what=f"run {record.run_id}")
+    verify_signature(public, _domain(), canonical_json(body), signature)
     signed = (body.get("digest"), body.get("dataset"), body.get("epsilon"), body.get("params"))
     if signed != (record.digest, record.dataset, record.epsilon, record.params):
         raise TrustError(f"run {record.run_id}: the stored request differs from the signed one")

@@ -1,18 +1,17 @@
 """Installing and rotating the board-signed trust policy on a node.
 
-Bootstrap (fails closed, simple path still works):
+Bootstrap (fails closed):
 
-* No policy installed and none ever recorded in the ledger: the built-in
-  default applies (2 reviewer approvals, roles from the keyring, no board).
+* No policy recorded in the ledger: nobody holds any role; worker runs are
+  refused (``require_board_policy``).
 * ``opal trust init --board B... --threshold K --reviewer R...`` writes
   version 1, signed by a threshold of its own board keys.
 * Every later version goes through ``install``: exactly previous + 1, signed
   by a threshold of the old board and of the new one (TUF §5.3.4–5.3.5).
-* Every installed version is stored in the node database, copied to
-  ``OPAL_HOME/governance/`` and recorded as a ``trust_policy`` ledger entry.
-  The node re-checks the whole chain each time it reads the policy, and a
-  ledger entry for a version the store no longer holds is an error, not a
-  quiet fall-back to an older or default policy.
+* Every installed version is recorded as a ``trust_policy`` ledger entry that
+  carries the whole signed document; that signed entry is the authority. The
+  ``trust_policies`` table and ``OPAL_HOME/governance/`` hold copies for
+  reading. The node re-checks the whole chain each time it reads the policy.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "policy_in_force",
+    "require_board_policy",
+    "granted_roles",
     "policy_history",
     "draft_policy",
     "sign_policy",
@@ -48,25 +49,26 @@ POLICY_FILE = "trust_policy.json"
 _HISTORY_DIR = "trust_policy.history"
 
 
-def _ledger_max_version(node: Node) -> int:
-    versions = [int(e.body.get("version", 0)) for e in node.ledger.entries(type="trust_policy")]
-    return max(versions, default=0)
-
-
 def policy_in_force(node: Node) -> TrustPolicy:
-    """The trust policy this node must apply now, after re-checking every version's signatures.
+    """The trust policy this node must apply now: the chain of ``trust_policy``
+    ledger entries (their signed bodies), every version's board signatures re-checked.
 
-    Raises TrustError if the stored chain is broken or shorter than the ledger says.
+    Without one, the built-in default, under which nobody holds any role.
+    Raises TrustError if the recorded chain is broken.
     """
-    ensure_trust_tables(node.db)
-    rows = node.db.query("SELECT version, document FROM trust_policies ORDER BY version")
-    recorded = _ledger_max_version(node)
-    if not rows:
-        if recorded:
+    policy: TrustPolicy | None = None
+    for entry in node.ledger.entries(type="trust_policy"):
+        try:
+            policy = verify_rotation(policy, entry.body["policy"])
+        except (KeyError, TypeError):
             raise TrustError(
-                f"the ledger records trust policy v{recorded} but this node holds none; "
-                "reinstall the policy files with opal trust apply FILE"
-            )
+                f"ledger entry {entry.index} (trust_policy) carries no policy; run opal ledger verify"
+            ) from None
+        except TrustError as exc:
+            raise TrustError(
+                f"ledger entry {entry.index} (trust_policy): {exc.message}; run opal ledger verify"
+            ) from None
+    if policy is None:
         if (node.home.governance_dir / POLICY_FILE).exists():
             # fail closed: a policy file nobody installed must not be ignored silently
             raise TrustError(
@@ -74,32 +76,51 @@ def policy_in_force(node: Node) -> TrustPolicy:
                 "install it with opal trust apply FILE or remove it"
             )
         return TrustPolicy()
-    policy: TrustPolicy | None = None
-    for row in rows:
-        try:
-            envelope = json.loads(row["document"])
-        except json.JSONDecodeError:
-            raise TrustError(f"stored trust policy v{row['version']} is not valid JSON") from None
-        policy = verify_rotation(policy, envelope)
-    assert policy is not None
-    if policy.version < recorded:
+    return policy
+
+
+def require_board_policy(node: Node) -> TrustPolicy:
+    """The board-signed policy in force; raise TrustError (exit 6) if the node has none.
+
+    A node must not run anything on real data unless a board, not the operator
+    alone, decided who may approve and run.
+    """
+    policy = policy_in_force(node)
+    if not policy.signed:
         raise TrustError(
-            f"trust policy v{policy.version} is installed but the ledger records v{recorded}; "
-            "a newer policy was removed (rollback); reinstall it with opal trust apply FILE"
+            "no board-signed trust policy is installed on this node; the board installs one with "
+            "opal trust init --board KEY (or opal trust apply FILE)"
         )
     return policy
 
 
+def granted_roles(node: Node, policy: TrustPolicy) -> dict[str, tuple[str, set[str]]]:
+    """Keys a board key of ``policy`` added to the ledger (``key_added`` signed by it), not revoked:
+    key id -> (public key hex, roles)."""
+    board = policy.role_keys("board")
+    found: dict[str, tuple[str, set[str]]] = {}
+    for entry in node.ledger.entries(type="key_added"):
+        body = entry.body
+        key_id = str(body.get("key_id"))
+        if entry.actor not in board or entry.actor == key_id:
+            continue  # only the board vouches; a key never vouches for itself
+        public, roles = found.get(key_id, (str(body.get("public_key")), set()))
+        roles.add(str(body.get("role")))
+        found[key_id] = (public, roles)
+    revoked = {str(e.body.get("key_id")) for e in node.ledger.entries(type="key_revoked")}
+    return {k: v for k, v in found.items() if k not in revoked}
+
+
 def policy_history(node: Node) -> list[dict[str, Any]]:
-    ensure_trust_tables(node.db)
     return [
         {
-            "version": r["version"],
-            "digest": r["digest"],
-            "installed": r["installed"],
-            "policy": json.loads(r["document"]),
+            "version": e.body.get("version"),
+            "digest": e.body.get("digest"),
+            "installed": e.time,
+            "index": e.index,
+            "policy": e.body.get("policy"),
         }
-        for r in node.db.query("SELECT * FROM trust_policies ORDER BY version")
+        for e in node.ledger.entries(type="trust_policy")
     ]
 
 
@@ -122,6 +143,7 @@ def _spec_of(policy: TrustPolicy) -> dict[str, Any]:
     }
     spec["threshold"] = policy.board_threshold
     spec["approvals"] = policy.threshold
+    spec["witnesses"] = policy.witness_threshold
     spec["approval_lifetime_days"] = policy.approval_lifetime_days
     spec["author_may_approve"] = policy.author_may_approve
     return spec
@@ -136,6 +158,8 @@ def draft_policy(
     approvals: int | None = None,
     statistician: Sequence[str] | None = None,
     operator: Sequence[str] | None = None,
+    witness: Sequence[str] | None = None,
+    witnesses: int | None = None,
     approval_lifetime_days: int | None = None,
     author_may_approve: bool | None = None,
     base: dict[str, Any] | None = None,
@@ -143,7 +167,9 @@ def draft_policy(
     """An unsigned envelope for the next policy version.
 
     Fields not given are taken from ``base`` (a spec file), then from the policy
-    in force. Keys are named as in the keyring and must hold that role there.
+    in force; a role still not given lists the keyring's unrevoked keys labelled
+    with it (the board sees and signs the result). Keys are named as in the
+    keyring and must be labelled with that role there.
     """
     current = policy_in_force(node)
     spec: dict[str, Any] = (
@@ -158,27 +184,31 @@ def draft_policy(
     spec.update(base or {})
     given = {
         "board": board, "threshold": threshold, "reviewer": reviewer, "approvals": approvals,
-        "statistician": statistician, "operator": operator,
+        "statistician": statistician, "operator": operator, "witness": witness, "witnesses": witnesses,
         "approval_lifetime_days": approval_lifetime_days, "author_may_approve": author_may_approve,
     }
     spec.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items() if v is not None})
     unknown = sorted(set(spec) - set(given))
     if unknown:
         raise BadInputError(f"unknown trust policy spec field(s): {', '.join(unknown)}")
+    for role in ("board", "reviewer", "statistician", "operator", "witness"):
+        if spec.get(role) is None:
+            spec[role] = [
+                k.name for k in node.keyring.all() if k.role == role and not node.keyring.revoked_at(k.key_id)
+            ]
     for needed in ("board", "reviewer"):
         if not spec.get(needed):
             raise BadInputError(f"the trust policy needs at least one {needed} key (--{needed} NAME)")
     keys: dict[str, dict[str, str]] = {}
     roles: dict[str, dict[str, Any]] = {}
-    for role in ("board", "reviewer", "statistician", "operator"):
-        names = spec.get(role)
-        if names is None:
-            continue  # role left open: keyring roles apply to it
+    for role in ("board", "reviewer", "statistician", "operator", "witness"):
+        names = spec.get(role) or []
         ids: list[str] = []
         for name in names:
             info = node.keyring.get(str(name))
-            if info.revoked:
-                raise BadInputError(f"key {name!r} was revoked on {info.revoked_at}; it cannot hold a role")
+            revoked = node.keyring.revoked_at(info.key_id)
+            if revoked:
+                raise BadInputError(f"key {name!r} was revoked on {revoked}; it cannot hold a role")
             if info.role != role:
                 raise BadInputError(f"key {name!r} has role {info.role!r} in the keyring; a {role} key is needed")
             if info.key_id in ids:
@@ -189,6 +219,7 @@ def draft_policy(
     board_n = len(roles["board"]["keyids"])
     roles["board"]["threshold"] = _int(spec.get("threshold"), board_n // 2 + 1, "threshold")
     roles["reviewer"]["threshold"] = _int(spec.get("approvals"), 2, "approvals")
+    roles["witness"]["threshold"] = _int(spec.get("witnesses"), 1 if roles["witness"]["keyids"] else 0, "witnesses")
     signed = {
         "_type": POLICY_TYPE,
         "version": (current.version if current.signed else 0) + 1,
@@ -244,11 +275,17 @@ def install_policy(node: Node, envelope: dict[str, Any], *, signer: Signer) -> T
     ensure_trust_tables(node.db)
     previous = policy_in_force(node)
     policy = verify_rotation(previous, envelope)
+    recorders = policy.role_keys("board") | policy.role_keys("operator")
+    recorders |= previous.role_keys("board") | previous.role_keys("operator")
+    if signer.key_id not in recorders:
+        raise TrustError(
+            f"key {signer.name!r} is neither a board nor an operator key of trust policy v{policy.version} "
+            "or the one before; record the policy with one of those keys (--key NAME)"
+        )
     document = json.dumps(envelope, indent=2, sort_keys=True)
     digest = sha256_hex(canonical_json(envelope["signed"]))
     with node.db.transaction() as tx:
-        if tx.execute("SELECT 1 FROM trust_policies WHERE version = ?", (policy.version,)).fetchone():
-            raise TrustError(f"trust policy v{policy.version} was installed concurrently; retry")
+        tx.execute("DELETE FROM trust_policies WHERE version = ?", (policy.version,))
         tx.execute(
             "INSERT INTO trust_policies(version, digest, document, installed) VALUES (?,?,?,?)",
             (policy.version, digest, document, utcnow()),

@@ -1,7 +1,14 @@
-"""The node's keyring: public key records in the database, private keys on disk."""
+"""The node's keyring: public key records in the database, private keys on disk.
+
+The ``role`` recorded here is a label for choosing keys on this node, never an
+authority: a key holds a role only if the board-signed trust policy names it,
+or a board key added it to the ledger (``key_added`` signed by the board).
+A key never vouches for itself.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +22,13 @@ from opal.home import Home
 from opal.trust.keys import (
     KeyInfo,
     check_name,
+    check_public_key,
     check_role,
     generate_private_key,
+    is_plaintext,
     key_id_of,
     load_private_key,
+    private_key_path,
     public_raw,
     sign_bytes,
     utcnow,
@@ -50,8 +60,20 @@ class Signer:
     def role(self) -> str:
         return self.info.role
 
+    @property
+    def public_key(self) -> str:
+        return self.info.public_key
+
     def sign(self, domain: str, message: bytes) -> str:
         return sign_bytes(self._private, domain, message)
+
+    def sign_note(self, message: bytes) -> str:
+        """A C2SP signed-note signature (base64) over a checkpoint or cosignature message.
+
+        Only those two messages are ever passed: both start with text no other
+        OPAL signature covers (every other one is domain-tagged ``opal-v1:``).
+        """
+        return base64.b64encode(self._private.sign(message)).decode()
 
     def __repr__(self) -> str:  # never show key material
         return f"Signer({self.info.name!r}, role={self.info.role!r})"
@@ -62,10 +84,13 @@ class Keyring:
         self.home = home
         self.db = db
 
-    def _pem(self, name: str) -> Path:
-        return self.home.keys_dir / f"{name}.pem"
+    def _private_path(self, name: str) -> Path:
+        return private_key_path(self.home.keys_dir, name)
 
-    def new(self, name: str, role: str, ledger: Ledger) -> KeyInfo:
+    def new(self, name: str, role: str, ledger: Ledger, *, by: Signer | None = None) -> KeyInfo:
+        """Create a key pair. With ``by`` (a board key) the key's role is recorded in the
+        ledger under the board's signature; without, it holds a role only once the
+        board's trust policy names it."""
         check_name(name)
         check_role(role)
         if self.find(name) is not None:
@@ -75,8 +100,9 @@ class Keyring:
         info = KeyInfo(
             name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow()
         )
-        write_private_key(self._pem(name), private)
-        self._record(info, Signer(info, private), ledger)
+        self.home.keys_dir.mkdir(parents=True, exist_ok=True)
+        write_private_key(self.home.keys_dir, name, private)
+        self._record(info, ledger, by=by)
         return info
 
     def import_public(
@@ -94,43 +120,38 @@ class Keyring:
             ) from None
         check_name(name)
         check_role(role)
-        if len(raw) != 32:
-            raise BadInputError(f"public_key must be 32 bytes of hex, found {len(raw)} bytes")
+        try:
+            check_public_key(raw)
+        except TrustError as exc:
+            raise BadInputError(f"cannot import {name!r}: {exc.message}") from None
         if self.find(name) is not None:
             raise BadInputError(f"a key named {name!r} exists already; use --as NAME")
         key_id = key_id_of(raw)
         for known in self.by_id(key_id):
-            # one key, one role: a second name must not smuggle in a second role
+            # one key, one label: a second name must not smuggle in a second role
             if known.role != role:
                 raise BadInputError(
                     f"this key is already known as {known.name!r} with role {known.role!r}; "
                     f"it cannot also be a {role} key"
                 )
-        revoked = self.revoked_at(key_id)
+        revoked = self.revoked_at(key_id, ledger)
         if revoked:
             raise TrustError(f"this key was revoked on {revoked}; a revoked key cannot be imported again")
-        info = KeyInfo(name=name, key_id=key_id_of(raw), role=role, public_key=public_key, created=utcnow())
-        self._record(info, None, ledger, recorder=by)
+        info = KeyInfo(name=name, key_id=key_id, role=role, public_key=public_key, created=utcnow())
+        self._record(info, ledger, by=by)
         return info
 
-    def _record(self, info: KeyInfo, signer: Signer | None, ledger: Ledger, *, recorder: Signer | None = None) -> None:
-        if signer is None and recorder is None:
-            # imported keys are recorded by the node's operator (or, failing that, its board key)
-            try:
-                recorder = self.default_signer("operator")
-            except BadInputError:
-                recorder = self.default_signer("board")
+    def _record(self, info: KeyInfo, ledger: Ledger, *, by: Signer | None) -> None:
+        if by is not None and by.key_id == info.key_id:
+            raise TrustError("a key cannot vouch for itself; a board key records it")
         with self.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO keys(name, key_id, role, public_key, created) VALUES (?,?,?,?,?)",
                 (info.name, info.key_id, info.role, info.public_key, info.created),
             )
-            body = {"name": info.name, "role": info.role, "key_id": info.key_id, "public_key": info.public_key}
-            # A new key's own entry is self-signed: it proves possession of the
-            # private key. Imported keys are recorded by the node's operator.
-            actor = signer or recorder
-            assert actor is not None
-            ledger.append_in(tx, type="key_added", body=body, signer=actor, subject=info.key_id)
+            if by is not None:
+                body = {"name": info.name, "role": info.role, "key_id": info.key_id, "public_key": info.public_key}
+                ledger.append_in(tx, type="key_added", body=body, signer=by, subject=info.key_id)
 
     def find(self, name: str) -> KeyInfo | None:
         row = self.db.one("SELECT * FROM keys WHERE name = ?", (name,))
@@ -148,34 +169,41 @@ class Keyring:
     def all(self) -> list[KeyInfo]:
         return [KeyInfo.from_dict(dict(r)) for r in self.db.query("SELECT * FROM keys ORDER BY created, name")]
 
-    def revoked_at(self, key_id: str) -> str | None:
-        """When ``key_id`` was revoked under any name, from the keyring or the ledger; None if never.
+    def revoked_at(self, key_id: str, ledger: Ledger | None = None) -> str | None:
+        """When ``key_id`` was revoked, read from the signed ``key_revoked`` entries; None if never.
 
-        The ledger is read too, so clearing a keyring row does not un-revoke a key.
+        The keyring's ``revoked_at`` column is an index only: clearing it does not un-revoke a key.
         """
-        row = self.db.one(
-            "SELECT MIN(revoked_at) AS at FROM keys WHERE key_id = ? AND revoked_at IS NOT NULL", (key_id,)
-        )
-        if row is not None and row["at"]:
-            return str(row["at"])
-        entry = self.db.one(
-            "SELECT time FROM ledger WHERE type = 'key_revoked' AND subject = ? ORDER BY idx LIMIT 1", (key_id,)
-        )
-        return str(entry["time"]) if entry is not None else None
+        if ledger is None:
+            from opal.ledger import Ledger as _Ledger
+
+            ledger = _Ledger(self.db)
+        # not filtered by the subject column: an edited index must not hide a revocation
+        for entry in ledger.entries(type="key_revoked"):
+            if entry.body.get("key_id") == key_id:
+                return entry.time
+        return None
 
     def holds_private(self, name: str) -> bool:
-        return self._pem(name).exists()
+        return self._private_path(name).exists()
+
+    def plaintext_keys(self) -> list[str]:
+        """Names of the private keys on this node stored without encryption."""
+        held = [k.name for k in self.all() if self.holds_private(k.name)]
+        return sorted(name for name in held if is_plaintext(self._private_path(name)))
 
     def signer(self, name: str) -> Signer:
         info = self.get(name)
-        revoked = info.revoked_at or self.revoked_at(info.key_id)
+        revoked = self.revoked_at(info.key_id)
         if revoked:
             raise TrustError(f"key {name!r} was revoked on {revoked}; use an unrevoked key")
-        return Signer(info, load_private_key(self._pem(name)))
+        return Signer(info, load_private_key(self._private_path(name)))
 
     def default_signer(self, *roles: str) -> Signer:
         """The node's only unrevoked private key with one of ``roles``; ambiguity is an error."""
-        candidates = [k for k in self.all() if k.role in roles and not k.revoked and self.holds_private(k.name)]
+        candidates = [
+            k for k in self.all() if k.role in roles and self.holds_private(k.name) and not self.revoked_at(k.key_id)
+        ]
         if not candidates:
             raise BadInputError(
                 f"this node holds no {' or '.join(roles)} key; create one with "
@@ -198,8 +226,9 @@ class Keyring:
 
     def revoke(self, name: str, reason: str, *, by: Signer, ledger: Ledger) -> KeyInfo:
         info = self.get(name)
-        if info.revoked:
-            raise BadInputError(f"key {name!r} was already revoked on {info.revoked_at}")
+        already = self.revoked_at(info.key_id, ledger)
+        if already:
+            raise BadInputError(f"key {name!r} was already revoked on {already}")
         when = utcnow()
         with self.db.transaction() as tx:
             tx.execute(

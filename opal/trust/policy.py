@@ -4,14 +4,18 @@ A signed policy is a TUF-root-like document::
 
     {"signed": {"_type": "opal/trust-policy", "version": N, "keys": {...},
                 "roles": {"board": {"keyids": [...], "threshold": K},
-                          "reviewer": {"keyids": [...], "threshold": k}, ...},
+                          "reviewer": {"keyids": [...], "threshold": k},
+                          "statistician": {"keyids": [...]},
+                          "operator": {"keyids": [...]},      # the node's log keys
+                          "witness": {"keyids": [...], "threshold": w}},
                 "approval_lifetime_days": D, "author_may_approve": false},
      "signatures": [{"keyid": ..., "sig": ...}]}
 
 Version 1 must carry a threshold of its own board's signatures; version N+1
 a threshold of version N's board *and* of its own (TUF spec §5.3.4–5.3.5).
-While no signed policy is installed, the built-in default applies: 2 reviewer
-approvals, roles as recorded in the keyring, no board.
+Roles come from here only. While no signed policy is installed nobody holds
+any role (the built-in default fails closed): nothing can be submitted,
+approved or run until a board installs one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from opal.canonical import canonical_json, sha256_hex
 from opal.errors import BadInputError, TrustError
-from opal.trust.keys import ROLES, key_id_of, verify_signature
+from opal.trust.keys import ROLES, check_public_key, key_id_of, verify_signature
 
 __all__ = [
     "TrustPolicy",
@@ -49,7 +53,8 @@ class TrustPolicy:
     approval_lifetime_days: int = 90
     author_may_approve: bool = False
     board_threshold: int = 1
-    # role -> key ids; None means "roles as recorded in the keyring" (built-in default only)
+    witness_threshold: int = 0
+    # role -> key ids; None for the built-in default, under which nobody holds a role
     roles: Mapping[str, frozenset[str]] | None = None
     keys: Mapping[str, str] = field(default_factory=dict)   # key id -> public key hex
     names: Mapping[str, str] = field(default_factory=dict)  # key id -> name, for messages
@@ -68,14 +73,18 @@ class TrustPolicy:
 
     @property
     def label(self) -> str:
-        return f"trust policy v{self.version}" if self.signed else "built-in default trust policy"
+        return f"trust policy v{self.version}" if self.signed else "built-in default trust policy (no board)"
 
-    def role_keys(self, role: str) -> frozenset[str] | None:
-        """Key ids holding ``role``, or None when the keyring decides (default policy,
-        or a signed policy that leaves the role open)."""
+    def role_keys(self, role: str) -> frozenset[str]:
+        """Key ids the policy names for ``role``; empty (fail closed) when it names none."""
         if self.roles is None:
-            return None
-        return self.roles.get(role)
+            return frozenset()
+        return self.roles.get(role, frozenset())
+
+    def roles_of(self, key_id: str) -> frozenset[str]:
+        if self.roles is None:
+            return frozenset()
+        return frozenset(role for role, ids in self.roles.items() if key_id in ids)
 
     @classmethod
     def from_signed(cls, signed: Mapping[str, Any]) -> TrustPolicy:
@@ -88,6 +97,7 @@ class TrustPolicy:
             approval_lifetime_days=int(signed["approval_lifetime_days"]),
             author_may_approve=bool(signed["author_may_approve"]),
             board_threshold=int(roles["board"]["threshold"]),
+            witness_threshold=int(roles.get("witness", {}).get("threshold", 0)),
             roles=MappingProxyType({r: frozenset(v["keyids"]) for r, v in roles.items()}),
             keys=MappingProxyType({k: v["public_key"] for k, v in signed["keys"].items()}),
             names=MappingProxyType({k: v.get("name", k[:12]) for k, v in signed["keys"].items()}),
@@ -103,10 +113,11 @@ class TrustPolicy:
             "approval_lifetime_days": self.approval_lifetime_days,
             "author_may_approve": self.author_may_approve,
             "board_threshold": self.board_threshold if self.signed else None,
+            "witness_threshold": self.witness_threshold if self.signed else None,
             "roles": (
                 {r: sorted(self.names.get(k, k[:12]) for k in ids) for r, ids in self.roles.items()}
                 if self.roles is not None
-                else "from the keyring"
+                else "none (no board-signed policy installed)"
             ),
         }
 
@@ -163,6 +174,10 @@ def check_policy_body(signed: Mapping[str, Any]) -> None:
             raise _fail(f"key {key_id[:12]} has no hex public_key") from None
         if len(raw) != 32 or key_id_of(raw) != key_id:
             raise _fail(f"key id {key_id[:12]} is not the SHA-256 of its public key")
+        try:
+            check_public_key(raw, what=f"key {key_id[:12]}")
+        except TrustError as exc:
+            raise _fail(exc.message) from None
     roles = signed.get("roles")
     if not isinstance(roles, Mapping):
         raise _fail("roles must be an object")
@@ -177,8 +192,12 @@ def check_policy_body(signed: Mapping[str, Any]) -> None:
         if len(set(spec["keyids"])) != len(spec["keyids"]):
             raise _fail(f"role {role} lists a key twice")
     # Empty board or reviewer sets fail closed: nobody could ever approve or rotate.
-    for role in ("board", "reviewer"):
+    for role in ("board", "reviewer", "witness"):
         spec = roles.get(role)
+        if role == "witness" and (spec is None or not spec["keyids"]):
+            if spec is not None and spec.get("threshold", 0) != 0:
+                raise _fail("witness threshold must be 0 when the policy names no witness")
+            continue
         if spec is None or not spec["keyids"]:
             raise _fail(f"role {role} needs at least one key")
         threshold = spec.get("threshold")
@@ -195,7 +214,7 @@ def verify_policy_signatures(envelope: Mapping[str, Any], trusted: TrustPolicy, 
     Signatures are counted by distinct key id; a key outside the board, a bad or
     duplicate signature adds nothing.
     """
-    board = trusted.role_keys("board") or frozenset()
+    board = trusted.role_keys("board")
     message = canonical_json(dict(envelope["signed"]))
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list):

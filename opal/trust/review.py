@@ -3,7 +3,9 @@
 An approval is an in-toto-style signed statement over the bundle digest:
 subject (name@version, sha256 digest), reviewer key, verdict, time, expiry.
 Approvals count by distinct key id, only from keys holding the reviewer role
-in the trust policy in force (``opal.trust.governance.policy_in_force``).
+in the board-signed trust policy in force (``opal.trust.governance``), and
+only from the signed ledger entries: the ``approvals``, ``bundles`` and
+``bundle_pins`` tables are copies for listing, never read to decide.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from opal.bundle.registry import Bundle
 from opal.canonical import canonical_json
 from opal.errors import BadInputError, TrustError
 from opal.trust._tables import ensure_trust_tables
-from opal.trust.governance import policy_in_force
-from opal.trust.keys import key_id_of, utcnow, verify_signature
+from opal.trust.governance import granted_roles, policy_in_force, require_board_policy
+from opal.trust.keys import utcnow, verify_signature
 from opal.trust.policy import TrustPolicy
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ __all__ = [
     "review_view",
     "approval_status",
     "Approval",
+    "key_for_role",
     "SUBMISSION_DOMAIN",
     "APPROVAL_DOMAIN",
     "PIN_DOMAIN",
@@ -72,25 +75,18 @@ def _parse_time(text: str) -> datetime:
 
 
 def _holds(node: Node, policy: TrustPolicy, key_id: str, role: str) -> bool:
-    """Roles in a signed policy override keyring roles; a role it leaves open falls back to the keyring."""
-    ids = policy.role_keys(role)
-    if ids is not None:
-        return key_id in ids
-    rows = node.keyring.by_id(key_id)
-    # one key under two names with two roles is ambiguous: it holds neither
-    return bool(rows) and all(r.role == role for r in rows)
+    """Roles come from the board only: the signed policy, or a board-signed ``key_added``."""
+    if key_id in policy.role_keys(role):
+        return True
+    granted = granted_roles(node, policy).get(key_id)
+    return granted is not None and role in granted[1]
 
 
 def _public_key(node: Node, policy: TrustPolicy, key_id: str) -> str | None:
     if key_id in policy.keys:
         return policy.keys[key_id]
-    for info in node.keyring.by_id(key_id):
-        try:
-            if key_id_of(bytes.fromhex(info.public_key)) == key_id:  # a keyring row edited to another key
-                return info.public_key
-        except ValueError:
-            continue
-    return None
+    granted = granted_roles(node, policy).get(key_id)
+    return granted[0] if granted is not None else None
 
 
 def _label(node: Node, policy: TrustPolicy, key_id: str) -> str:
@@ -98,6 +94,23 @@ def _label(node: Node, policy: TrustPolicy, key_id: str) -> str:
         return policy.names[key_id]
     rows = node.keyring.by_id(key_id)
     return "/".join(r.name for r in rows) if rows else key_id[:12]
+
+
+def key_for_role(node: Node, key_id: str, role: str, *, what: str) -> str:
+    """The public key (hex) of ``key_id`` if the board made it a ``role`` key and it is unrevoked.
+
+    Raises:
+        TrustError: no board-signed policy, the key holds no such role, or it was revoked.
+    """
+    policy = require_board_policy(node)
+    label = _label(node, policy, key_id)
+    public = _public_key(node, policy, key_id)
+    if public is None or not _holds(node, policy, key_id, role):
+        raise TrustError(f"{what}: key {label} is not a {role} key in the {policy.label}")
+    revoked = node.keyring.revoked_at(key_id, node.ledger)
+    if revoked:
+        raise TrustError(f"{what}: key {label} was revoked on {revoked}")
+    return public
 
 
 def _require_role(node: Node, policy: TrustPolicy, signer: Signer, role: str, what: str) -> None:
@@ -110,7 +123,7 @@ def _require_role(node: Node, policy: TrustPolicy, signer: Signer, role: str, wh
 
 def submit(node: Node, bundle: Bundle, *, signer: Signer) -> None:
     """Store the bundle by digest with the author's signature and record it in the ledger."""
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     _require_role(node, policy, signer, "statistician", "submitting a bundle")
     existing = node.db.one("SELECT digest FROM bundles WHERE digest = ?", (bundle.digest,))
     if existing is not None:
@@ -211,14 +224,20 @@ def _bundle_row(node: Node, digest: str) -> Any:
 
 
 def _revocation(node: Node, row: Any) -> str | None:
-    """Why ``row``'s bundle is revoked, or None. The ledger is read too, so clearing
-    the bundles row does not un-revoke it."""
-    if row["revoked_at"]:
-        return f"revoked on {row['revoked_at']} ({row['revoke_reason']})"
-    entry = node.db.one(
-        "SELECT time FROM ledger WHERE type = 'bundle_revoked' AND subject = ? ORDER BY idx LIMIT 1", (row["digest"],)
-    )
-    return f"revoked on {entry['time']} (see the ledger)" if entry is not None else None
+    """Why ``row``'s bundle is revoked, or None, from the signed ``bundle_revoked`` entries
+    (the bundles table's revoked_at is a copy: clearing it un-revokes nothing)."""
+    for entry in node.ledger.entries(type="bundle_revoked"):
+        if entry.body.get("digest") == row["digest"]:
+            return f"revoked on {entry.time} ({entry.body.get('reason')})"
+    return None
+
+
+def _submission(node: Node, row: Any) -> Any:
+    """The signed ``bundle_submitted`` entry of ``row``'s bundle, or None."""
+    for entry in node.ledger.entries(type="bundle_submitted"):
+        if entry.body.get("digest") == row["digest"]:
+            return entry
+    return None
 
 
 def approve(
@@ -235,7 +254,7 @@ def approve(
         raise BadInputError(f"verdict must be approve or reject, found {verdict!r}")
     row = _bundle_row(node, digest)
     node.registry.load(digest)  # a reviewer signs only bytes that still hash to the digest
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     _require_role(node, policy, signer, "reviewer", "approving a bundle")
     if signer.key_id == row["author"] and not policy.author_may_approve:
         raise TrustError(
@@ -285,6 +304,17 @@ def approve(
     return approval
 
 
+def _verdict_entries(node: Node, row: Any) -> list[Any]:
+    """The signed approve/reject entries for ``row``'s bundle, in ledger order."""
+    found = [
+        e
+        for t in ("bundle_approved", "bundle_rejected")
+        for e in node.ledger.entries(type=t)
+        if e.body.get("digest") == row["digest"]
+    ]
+    return sorted(found, key=lambda e: e.index)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApprovalStatus:
     """Which keys' approvals of one bundle count under a policy, and why the others do not."""
@@ -304,19 +334,20 @@ def approval_status(
     digest, name, version = row["digest"], row["name"], row["version"]
     problems: list[str] = []
     latest: dict[str, Approval] = {}
-    for a in node.db.query("SELECT * FROM approvals WHERE digest = ?", (digest,)):
-        key_id = str(a["key_id"])
+    submission = _submission(node, row)
+    author = submission.actor if submission is not None else None
+    for a in _verdict_entries(node, row):
+        key_id = a.actor
         label = _label(node, policy, key_id)
         try:
             public = _public_key(node, policy, key_id)
             if public is None:
-                raise TrustError(f"approval by unknown key {label}")
+                raise TrustError(f"approval by {label} does not count: no board-signed role names that key")
+            statement = a.body.get("statement")
+            if not isinstance(statement, dict):
+                raise TrustError(f"approval by {label} carries no statement")
             try:
-                statement = json.loads(a["statement"])
-            except (TypeError, ValueError):
-                raise TrustError(f"approval by {label} is not JSON") from None
-            try:
-                verify_signature(public, APPROVAL_DOMAIN, canonical_json(statement), str(a["signature"]))
+                verify_signature(public, APPROVAL_DOMAIN, canonical_json(statement), str(a.body.get("signature")))
             except TrustError as exc:
                 raise TrustError(f"approval by {label} does not count: {exc.message}") from None
             approval = Approval.from_statement(statement)
@@ -327,6 +358,8 @@ def approval_status(
                 raise TrustError(f"approval by {label} names {approval.name}@{approval.version}, not {name}@{version}")
             if approval.reviewer != key_id:
                 raise TrustError(f"approval by {label} names another reviewer")
+            if (approval.verdict == "approve") != (a.type == "bundle_approved"):
+                raise TrustError(f"approval by {label} is recorded as {a.type} but says {approval.verdict}")
             _parse_time(approval.time)
             _parse_time(approval.expires)
         except TrustError as exc:
@@ -345,11 +378,11 @@ def approval_status(
         if not _holds(node, policy, key_id, "reviewer"):
             problems.append(f"approval by {label} does not count: it is not a reviewer key in the {policy.label}")
             continue
-        revoked = node.keyring.revoked_at(key_id)
+        revoked = node.keyring.revoked_at(key_id, node.ledger)
         if revoked:
             problems.append(f"approval by {label} does not count: key revoked on {revoked}")
             continue
-        if key_id == row["author"] and not policy.author_may_approve:
+        if key_id == author and not policy.author_may_approve:
             problems.append(f"approval by {label} does not count: authors may not approve their own bundle")
             continue
         signed_at = _parse_time(approval.time)
@@ -375,10 +408,11 @@ def revoke_bundle(node: Node, digest: str, *, reason: str, signer: Signer) -> No
     if not reason.strip():
         raise BadInputError("--reason is required: say why the bundle is revoked")
     row = _bundle_row(node, digest)
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     _require_role(node, policy, signer, "board", "revoking a bundle")
-    if row["revoked_at"]:
-        raise BadInputError(f"{row['name']}@{row['version']} was revoked already on {row['revoked_at']}")
+    already = _revocation(node, row)
+    if already:
+        raise BadInputError(f"{row['name']}@{row['version']} was {already}")
     when = utcnow()
     with node.db.transaction() as tx:
         tx.execute("UPDATE bundles SET revoked_at = ?, revoke_reason = ? WHERE digest = ?", (when, reason, digest))
@@ -401,7 +435,7 @@ def pin_version(node: Node, name: str, version: str, *, signer: Signer, reason: 
     row = node.db.one("SELECT * FROM bundles WHERE name = ? AND version = ?", (name, version))
     if row is None:
         raise BadInputError(f"no submitted algorithm {name}@{version}; see opal algo list")
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     _require_role(node, policy, signer, "board", "pinning a version")
     statement = _pin_statement(name, version, utcnow())
     signature = signer.sign(PIN_DOMAIN, canonical_json(statement))
@@ -429,9 +463,9 @@ def pin_version(node: Node, name: str, version: str, *, signer: Signer, reason: 
 
 def unpin(node: Node, name: str, *, signer: Signer) -> None:
     ensure_trust_tables(node.db)
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     _require_role(node, policy, signer, "board", "unpinning")
-    if node.db.one("SELECT 1 FROM bundle_pins WHERE name = ?", (name,)) is None:
+    if _pinned_version(node, policy, name) == (None, None):
         raise BadInputError(f"{name} is not pinned")
     with node.db.transaction() as tx:
         tx.execute("DELETE FROM bundle_pins WHERE name = ?", (name,))
@@ -439,33 +473,38 @@ def unpin(node: Node, name: str, *, signer: Signer) -> None:
 
 
 def _pinned_version(node: Node, policy: TrustPolicy, name: str) -> tuple[str | None, str | None]:
-    """(pinned version, None) for a valid board pin, (None, why not) otherwise."""
-    ensure_trust_tables(node.db)
-    row = node.db.one("SELECT * FROM bundle_pins WHERE name = ?", (name,))
-    if row is None:
+    """(pinned version, None) for a valid board pin, (None, why not) otherwise; read from
+    the signed ``bundle_pinned`` / ``bundle_unpinned`` entries (the latest stands)."""
+    entries = sorted(
+        [e for t in ("bundle_pinned", "bundle_unpinned") for e in node.ledger.entries(type=t)],
+        key=lambda e: e.index,
+    )
+    entries = [e for e in entries if e.body.get("name") == name]
+    if not entries or entries[-1].type == "bundle_unpinned":
         return None, None
-    key_id = str(row["key_id"])
+    pin = entries[-1]
+    key_id = pin.actor
     label = _label(node, policy, key_id)
     try:
-        statement = json.loads(row["statement"])
+        statement = pin.body.get("statement")
         public = _public_key(node, policy, key_id)
-        if public is None:
-            raise TrustError(f"pin by unknown key {label}")
-        verify_signature(public, PIN_DOMAIN, canonical_json(statement), str(row["signature"]))
+        if public is None or not isinstance(statement, dict):
+            raise TrustError(f"pin by {label} does not count: no board-signed role names that key")
+        verify_signature(public, PIN_DOMAIN, canonical_json(statement), str(pin.body.get("signature")))
         if (
             statement.get("_type") != PIN_TYPE
             or statement.get("name") != name
-            or statement.get("version") != row["version"]
+            or statement.get("version") != pin.body.get("version")
         ):
             raise TrustError(f"pin by {label} does not match its statement")
         if not _holds(node, policy, key_id, "board"):
             raise TrustError(f"pin by {label} does not count: not a board key in the {policy.label}")
-        revoked = node.keyring.revoked_at(key_id)
+        revoked = node.keyring.revoked_at(key_id, node.ledger)
         if revoked:
             raise TrustError(f"pin by {label} does not count: key revoked on {revoked}")
     except (TrustError, ValueError) as exc:
         return None, str(exc)
-    return str(row["version"]), None
+    return str(pin.body.get("version")), None
 
 
 # -- the worker's check --------------------------------------------------------------
@@ -484,7 +523,7 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
     if row is None:
         raise TrustError(f"bundle {digest[:12]} was never submitted to this node; it may not run")
     ref = f"{row['name']}@{row['version']}"
-    policy = policy_in_force(node)
+    policy = require_board_policy(node)
     # 1. the exact bytes: the registry recomputes the digest from what it read
     bundle = node.registry.load(digest)
     if (bundle.manifest.name, bundle.manifest.version) != (row["name"], row["version"]):
@@ -494,15 +533,18 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
     revoked = _revocation(node, row)
     if revoked:
         raise TrustError(f"bundle {ref} was {revoked}; it may not run")
-    # 2a. author signature
-    author = str(row["author"])
+    # 2a. author signature, from the signed submission entry
+    submission = _submission(node, row)
+    if submission is None:
+        raise TrustError(f"the ledger records no submission of {ref} ({digest[:12]}); it may not run")
+    author = submission.actor
     author_label = _label(node, policy, author)
     public = _public_key(node, policy, author)
     if public is None:
         raise TrustError(f"author key {author_label} of {ref} is unknown to this node; import it with opal keys import")
     if not _holds(node, policy, author, "statistician"):
         raise TrustError(f"author key {author_label} of {ref} is not a statistician key in the {policy.label}")
-    author_revoked = node.keyring.revoked_at(author)
+    author_revoked = node.keyring.revoked_at(author, node.ledger)
     if author_revoked:
         raise TrustError(f"author key {author_label} of {ref} was revoked on {author_revoked}")
     try:
@@ -510,7 +552,7 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
             public,
             SUBMISSION_DOMAIN,
             _submission_statement(digest, row["name"], row["version"], author),
-            str(row["signature"]),
+            str(submission.body.get("signature")),
         )
     except TrustError as exc:
         raise TrustError(f"author signature on {ref} by {author_label} is invalid: {exc.message}") from None
@@ -581,19 +623,18 @@ def review_view(node: Node, digest: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     status = approval_status(node, policy, row, now=now)
     verdicts = []
-    for a in node.db.query("SELECT * FROM approvals WHERE digest = ? ORDER BY time", (digest,)):
-        try:
-            statement = json.loads(a["statement"])
-        except (TypeError, ValueError):
-            statement = {}
+    for a in _verdict_entries(node, row):
+        statement = a.body.get("statement") if isinstance(a.body.get("statement"), dict) else {}
+        verdict = "approve" if a.type == "bundle_approved" else "reject"
         verdicts.append({
-            "reviewer": _label(node, policy, str(a["key_id"])),
-            "key_id": a["key_id"],
-            "verdict": a["verdict"],
-            "time": a["time"],
+            "reviewer": _label(node, policy, a.actor),
+            "key_id": a.actor,
+            "verdict": verdict,
+            "time": statement.get("time", a.time),
             "expires": statement.get("expires"),
             "comment": statement.get("comment", ""),
-            "counts": a["key_id"] in status.valid and a["verdict"] == "approve",
+            "counts": a.actor in status.valid and verdict == "approve",
+            "index": a.index,
         })
     from opal.bundle.digest import file_manifest
 

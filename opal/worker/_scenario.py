@@ -3,8 +3,9 @@ dataset, and an approved ``spin_count`` bundle (distinct subscribers per
 region, after an optional busy loop of ``spin`` iterations so fault tests can
 catch a run in the middle).
 
-Everything goes through the same library calls as the CLI: keys are recorded
-in the ledger, the bundle is submitted and approved by two reviewers.
+Everything goes through the same library calls as the CLI: a board key signs
+the trust policy naming every key's role, the bundle is submitted and approved
+by two reviewers.
 """
 
 from __future__ import annotations
@@ -85,11 +86,15 @@ def build(
     from opal.bundle.registry import Bundle
     from opal.data import catalog
     from opal.data.synth import synthesize
+    from opal.trust.governance import init_policy
     from opal.trust.review import approve, submit
 
     node = Node.open(home)
-    for name, role in (("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
+    for name, role in (
+        ("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer"), ("bea", "board"),
+    ):
         node.keyring.new(name, role, node.ledger)
+    init_policy(node, signers=[node.keyring.signer("bea")], board=["bea"])  # the board names every role
     data = home / "data" / "cdr.parquet"
     data.parent.mkdir(parents=True, exist_ok=True)
     synthesize(data, subscribers=subscribers, days=days, seed=seed)

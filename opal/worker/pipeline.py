@@ -53,6 +53,7 @@ from opal.errors import (
 from opal.release import budget
 from opal.runs.message import verify_request
 from opal.runs.records import TERMINAL_STATES, RunRecord, get_run, record_decisions
+from opal.trust.governance import require_board_policy
 from opal.trust.keys import utcnow
 from opal.trust.review import verify_for_run
 from opal.worker.liveness import is_alive, local_worker
@@ -144,6 +145,7 @@ def execute_run(
 
 
 def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+    require_board_policy(node)  # no run on real data unless a board decided who may approve and run
     verify_request(node, record)
     ds = catalog.get(node, record.dataset)
     # 1–2. exact bytes, signature, approvals, revocation, rollback

@@ -24,6 +24,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _approved(opal: Opal, world: Path, *, policy: Path | None = None) -> None:
     for name, role in (("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
         opal("keys", "new", name, "--role", role, check=True)
+    opal.board()
     extra = ["--policy", str(policy)] if policy else []
     opal("dataset", "register", "demo", str(world), "--key", "olga", *extra, check=True)
     opal("algo", "submit", str(ALGORITHMS / "population_density"), "--key", "sam", check=True)

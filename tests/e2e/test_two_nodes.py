@@ -24,9 +24,10 @@ def test_a_bundle_submitted_on_one_node_runs_on_another(tmp_path: Path, broker_u
     operator = Opal(home=tmp_path / "operator", broker_url=broker_url, extra_env=shared)
     try:
         operator("keys", "new", "olga", "--role", "operator", check=True)
-        operator("dataset", "register", "demo", str(data), "--key", "olga", check=True)
         for name, role in (("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
             analysts("keys", "new", name, "--role", role, check=True)
+        analysts.board()  # the board names every key of both nodes (one shared keyring table)
+        operator("dataset", "register", "demo", str(data), "--key", "olga", check=True)
         analysts("algo", "submit", str(ALGORITHMS / "population_density"), "--key", "sam", check=True)
         analysts("algo", "approve", "population_density", "--key", "rita", check=True)
         analysts("algo", "approve", "population_density", "--key", "ravi", check=True)
@@ -45,6 +46,6 @@ def test_a_bundle_submitted_on_one_node_runs_on_another(tmp_path: Path, broker_u
         roots = {json.loads(node("ledger", "verify", "--json", check=True).stdout)["root"] for node in (analysts, operator)}
         assert len(roots) == 1
         actors = {e["actor_role"] for e in analysts.json("ledger", "show")}
-        assert actors == {"operator", "statistician", "reviewer"}
+        assert actors == {"board", "operator", "statistician", "reviewer"}
     finally:
         operator.stop_workers()

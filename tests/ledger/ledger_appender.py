@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ledger_fixtures import add_key, make_signer
+from ledger_fixtures import make_signer
 
 from opal.db import Database
 from opal.ledger import Ledger
@@ -26,10 +26,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--forever", action="store_true")
     p.add_argument("--sleep", type=float, default=0.0, help="pause between commits")
+    p.add_argument("--seed", required=True, help="hex seed of this writer's operator key (named in the policy)")
     a = p.parse_args()
     ledger = Ledger(Database(Path(a.db) if a.db else None, url=a.url), origin="opal/test")
-    me = make_signer("w", "operator")
-    add_key(ledger, me)
+    me = make_signer("w", "operator", seed=bytes.fromhex(a.seed))
     done = 0
     while a.forever or done < a.n:
         if a.batch > 1:

@@ -9,14 +9,18 @@ from typing import Any
 
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opal.canonical import canonical_json, sha256_hex
 from opal.db import Database
 from opal.ledger import Ledger
 from opal.trust.keyring import Signer
 from opal.trust.keys import KeyInfo, generate_private_key, key_id_of, public_raw, utcnow
+from opal.trust.policy import POLICY_DOMAIN, POLICY_TYPE
 
 
-def make_signer(name: str, role: str) -> Signer:
-    private = generate_private_key()
+def make_signer(name: str, role: str, *, seed: bytes | None = None) -> Signer:
+    private = generate_private_key() if seed is None else Ed25519PrivateKey.from_private_bytes(seed)
     raw = public_raw(private)
     info = KeyInfo(
         name=name, key_id=key_id_of(raw), role=role, public_key=raw.hex(), created=utcnow()
@@ -24,14 +28,91 @@ def make_signer(name: str, role: str) -> Signer:
     return Signer(info, private)
 
 
+def policy_envelope(
+    board: list[Signer],
+    members: list[Signer],
+    *,
+    version: int = 1,
+    approvals: int = 1,
+    witnesses: int | None = None,
+    signers: list[Signer] | None = None,
+) -> dict[str, Any]:
+    """A trust policy naming ``board`` and each of ``members`` in its role, signed by ``signers`` (default: board)."""
+    everyone = {s.key_id: s for s in [*board, *members]}
+    roles: dict[str, dict[str, Any]] = {r: {"keyids": []} for r in ("board", "reviewer", "statistician", "operator", "witness")}
+    for s in board:
+        roles["board"]["keyids"].append(s.key_id)
+    for s in members:
+        if s.key_id not in roles[s.role]["keyids"]:
+            roles[s.role]["keyids"].append(s.key_id)
+    if not roles["reviewer"]["keyids"]:
+        roles["reviewer"]["keyids"].append(board[0].key_id)
+    for spec in roles.values():
+        spec["keyids"].sort()
+    roles["board"]["threshold"] = len(board) // 2 + 1
+    roles["reviewer"]["threshold"] = approvals
+    n_witness = len(roles["witness"]["keyids"])
+    roles["witness"]["threshold"] = n_witness if witnesses is None else witnesses
+    signed = {
+        "_type": POLICY_TYPE,
+        "version": version,
+        "created": utcnow(),
+        "keys": {k: {"name": s.name, "public_key": s.info.public_key} for k, s in everyone.items()},
+        "roles": roles,
+        "approval_lifetime_days": 90,
+        "author_may_approve": False,
+    }
+    message = canonical_json(signed)
+    sigs = [{"keyid": s.key_id, "sig": s.sign(POLICY_DOMAIN, message)} for s in (signers or board)]
+    return {"signed": signed, "signatures": sigs}
+
+
+def append_policy(ledger: Ledger, envelope: dict[str, Any], *, by: Signer) -> None:
+    version = envelope["signed"]["version"]
+    body = {
+        "version": version,
+        "digest": sha256_hex(canonical_json(envelope["signed"])),
+        "previous": version - 1,
+        "policy": envelope,
+    }
+    ledger.append(type="trust_policy", body=body, signer=by, subject="trust_policy")
+
+
+# The board of each test ledger (by database), so add_key works after reopen().
+_BOARDS: dict[str, Signer] = {}
+
+
+def _ledger_id(ledger: Ledger) -> str:
+    return str(getattr(ledger.db, "url", "") or "") + str(getattr(ledger.db, "path", ""))
+
+
+def install_board(ledger: Ledger, board: Signer, members: list[Signer], **kw: Any) -> None:
+    """Version 1 of the trust policy: ``board`` and ``members`` in their roles."""
+    append_policy(ledger, policy_envelope([board], members, **kw), by=board)
+    _BOARDS[_ledger_id(ledger)] = board
+
+
+def test_board(ledger: Ledger) -> Signer:
+    """This ledger's board key; installs a one-key board policy first if there is none yet."""
+    board = _BOARDS.get(_ledger_id(ledger))
+    if board is None or ledger.size() == 0:
+        board = make_signer("testboard", "board")
+        install_board(ledger, board, [])
+    return board
+
+
+test_board.__test__ = False  # type: ignore[attr-defined]
+
+
 def add_key(ledger: Ledger, signer: Signer, by: Signer | None = None) -> None:
+    """Grant ``signer`` its role: a key_added entry signed by the ledger's board (or ``by``)."""
     body = {
         "name": signer.name,
         "role": signer.role,
         "key_id": signer.key_id,
         "public_key": signer.info.public_key,
     }
-    ledger.append(type="key_added", body=body, signer=by or signer, subject=signer.key_id)
+    ledger.append(type="key_added", body=body, signer=by or test_board(ledger), subject=signer.key_id)
 
 
 def raw_conn(ledger: Ledger) -> sqlite3.Connection:
@@ -68,9 +149,14 @@ class Actors:
         self.reviewer = make_signer("rev1", "reviewer")
         self.stat = make_signer("stat1", "statistician")
 
+        self.witness = make_signer("wit1", "witness")
+
     def register(self, ledger: Ledger) -> None:
-        for s in (self.op, self.board, self.reviewer, self.stat):
-            add_key(ledger, s)
+        """Four entries: trust policy v1 by ``board`` (board and witness), then the board grants
+        the operator, reviewer and statistician their roles (board-signed key_added)."""
+        install_board(ledger, self.board, [self.witness])
+        for s in (self.op, self.reviewer, self.stat):
+            add_key(ledger, s, by=self.board)
 
 
 def populate(ledger: Ledger, actors: Actors, *, runs: int = 2) -> dict[str, Any]:

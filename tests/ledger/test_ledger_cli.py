@@ -17,8 +17,21 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("OPAL_DB_URL", raising=False)
     monkeypatch.delenv("OPAL_HOME", raising=False)
     h = tmp_path / "home"
-    for name, role in (("op", "operator"), ("board1", "board"), ("rev1", "reviewer")):
-        result = CliRunner().invoke(cli, ["--home", str(h), "keys", "new", name, "--role", role])
+    for args in (
+        ("op", "--role", "operator"),
+        ("board1", "--role", "board"),
+        ("rev1", "--role", "reviewer"),
+        ("wit1", "--role", "witness"),
+    ):
+        result = CliRunner().invoke(cli, ["--home", str(h), "keys", "new", *args])
+        assert result.exit_code == 0, result.output
+    # entry 0: the board's trust policy; entries 1 and 2: keys the board grants a role
+    for args in (
+        ("trust", "init", "--board", "board1", "--approvals", "1"),
+        ("keys", "new", "stat1", "--role", "statistician", "--key", "board1"),
+        ("keys", "new", "rev2", "--role", "reviewer", "--key", "board1"),
+    ):
+        result = CliRunner().invoke(cli, ["--home", str(h), *args])
         assert result.exit_code == 0, result.output
     return h
 
@@ -50,9 +63,9 @@ def test_verify_show_prove_checkpoint_json(home: Path, tmp_path: Path) -> None:
     code, out, _ = opal(home, "ledger", "verify", "--json")
     assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["size"] == 3
     code, out, _ = opal(home, "ledger", "show", "--type", "key_added", "--limit", "2", "--json")
-    assert code == 0 and [e["index"] for e in json.loads(out)] == [0, 1]
+    assert code == 0 and [e["index"] for e in json.loads(out)] == [1, 2]
     code, out, _ = opal(home, "ledger", "show", "--actor", "board1", "--json")
-    assert [e["index"] for e in json.loads(out)] == [1]
+    assert [e["index"] for e in json.loads(out)] == [0, 1, 2]
     code, out, _ = opal(home, "ledger", "prove", "inclusion", "1", "--json")
     proof = json.loads(out)
     assert code == 0 and proof["verified"] and proof["checkpoint"]["size"] == 3
@@ -66,7 +79,7 @@ def test_flipped_byte_exits_7_naming_the_entry(home: Path) -> None:
     conn = sqlite3.connect(str(home / "opal.db"))
     (raw,) = conn.execute("SELECT entry FROM ledger WHERE idx = 1").fetchone()
     conn.close()
-    tamper(home, "UPDATE ledger SET entry = ? WHERE idx = 1", (raw.replace(b"board1", b"board2"),))
+    tamper(home, "UPDATE ledger SET entry = ? WHERE idx = 1", (raw.replace(b"stat1", b"stat2"),))
     code, _, err = opal(home, "ledger", "verify")
     assert code == 7
     assert "ledger entry 1 (key_added)" in err and "Traceback" not in err
@@ -102,7 +115,7 @@ def test_export_verifies_offline_and_tampering_exits_7(home: Path, tmp_path: Pat
     assert code == 0 and json.loads(stdout)["entries_checked"] == 3
     assert not elsewhere.exists()
     lines = out.read_text().splitlines()
-    lines[-1] = lines[-1].replace("rev1", "rev2")
+    lines[-1] = lines[-1].replace("rev2", "rev3")
     out.write_text("\n".join(lines) + "\n")
     code, _, err = opal(elsewhere, "ledger", "verify", "--file", str(out))
     assert code == 7 and "ledger entry 2" in err
@@ -110,12 +123,12 @@ def test_export_verifies_offline_and_tampering_exits_7(home: Path, tmp_path: Pat
 
 def test_cosign_and_trace_cli(home: Path, tmp_path: Path) -> None:
     checkpoint(home, tmp_path, "a.json")
-    code, out, _ = opal(home, "ledger", "cosign", "--key", "board1", "--json")
+    code, out, _ = opal(home, "ledger", "cosign", "--key", "wit1", "--json")
     assert code == 0 and json.loads(out)["consistency"] is None
-    assert (home / "witness" / "board1.json").exists()
-    assert opal(home, "keys", "new", "stat1", "--role", "statistician")[0] == 0
+    assert not (home / "witness").exists()  # the witness's memory is not the operator's to edit
+    assert opal(home, "keys", "new", "stat9", "--role", "statistician", "--key", "board1")[0] == 0
     checkpoint(home, tmp_path, "b.json")
-    code, out, _ = opal(home, "ledger", "cosign", "--key", "board1", "--json")
+    code, out, _ = opal(home, "ledger", "cosign", "--key", "wit1", "--json")
     assert code == 0 and json.loads(out)["consistency"]["from_size"] == 3
     code, out, _ = opal(home, "ledger", "verify", "--json")
     assert json.loads(out)["cosignatures_checked"] == 2

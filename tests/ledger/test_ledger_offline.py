@@ -86,7 +86,7 @@ def test_receipt_without_approval_is_refused(ledger: Ledger, actors: Actors) -> 
     finished = facts["finished"][0]
     receipt = make_receipt(ledger, finished.index)
     receipt["related"] = [r for r in receipt["related"] if "bundle_approved" not in r["entry"]]
-    with pytest.raises(TrustError, match="no approval"):
+    with pytest.raises(TrustError, match="0 reviewer approval"):
         verify_receipt(receipt, result_digest=finished.body["result_digest"])
 
 
@@ -116,14 +116,14 @@ def test_witness_cosigns_only_consistent_checkpoints(tmp_path: Path, actors: Act
     populate(ledger, actors)
     ledger.checkpoint(actors.op)
     state = tmp_path / "witness" / "board1.json"
-    first = cosign(ledger, actors.board, state_file=state)
+    first = cosign(ledger, actors.witness, state_file=state)
     assert first["consistency"] is None
     ledger.db.close()
     shutil.copy(db_path, tmp_path / "backup.db")
     ledger = Ledger(Database(db_path, url=""), origin="opal/test")
     ledger.append(type="note", body={"n": 1}, signer=actors.op)
     ledger.checkpoint(actors.op)
-    second = cosign(ledger, actors.board, state_file=state)
+    second = cosign(ledger, actors.witness, state_file=state)
     assert second["consistency"]["from_size"] == 12 and second["consistency"]["to_size"] == 13
     assert len(ledger.verify().to_dict()) and ledger.verify().cosignatures == 2
     # The operator restores the backup and writes a different history.
@@ -135,7 +135,7 @@ def test_witness_cosigns_only_consistent_checkpoints(tmp_path: Path, actors: Act
     forked.append(type="note", body={"n": 2}, signer=actors.op)
     forked.checkpoint(actors.op)
     with pytest.raises(LedgerCorrupt, match="equivocation|does not extend"):
-        cosign(forked, actors.board, state_file=state)
+        cosign(forked, actors.witness, state_file=state)
 
 
 def test_trace_lists_the_lifecycle(ledger: Ledger, actors: Actors) -> None:
@@ -153,12 +153,12 @@ def test_trace_lists_the_lifecycle(ledger: Ledger, actors: Actors) -> None:
         trace(ledger, "nothing")
 
 
-def test_receipt_carries_the_key_that_imported_a_signer(ledger: Ledger, actors: Actors) -> None:
-    from ledger_fixtures import add_key
+def test_receipt_carries_the_board_grant_of_every_signer(ledger: Ledger, actors: Actors) -> None:
+    from ledger_fixtures import add_key, install_board
 
-    add_key(ledger, actors.op)
-    add_key(ledger, actors.stat)
-    add_key(ledger, actors.reviewer, by=actors.op)  # imported: its key_added is signed by op
+    install_board(ledger, actors.board, [])
+    for s in (actors.op, actors.stat, actors.reviewer):
+        add_key(ledger, s, by=actors.board)  # the board grants each role
     digest = "cd" * 32
     ledger.append(
         type="bundle_approved", body={"digest": digest}, signer=actors.reviewer, subject="x"

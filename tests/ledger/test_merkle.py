@@ -767,3 +767,14 @@ def test_timing_one_million_leaves(capsys: pytest.CaptureFixture[str]) -> None:
             f"consistency gen {cons_gen * 1e6:.0f} us / verify {cons_ver * 1e6:.0f} us, "
             f"append {append * 1e6:.1f} us"
         )
+
+
+def test_tree_from_concatenated_leaf_bytes_equals_the_tree_from_the_list() -> None:
+    from opal.errors import BadInputError as _Bad
+    from opal.ledger.merkle import MerkleTree, leaf_hash
+
+    leaves = [leaf_hash(bytes([i])) for i in range(37)]
+    assert MerkleTree.from_leaf_bytes(b"".join(leaves)).root() == MerkleTree(leaves).root()
+    assert MerkleTree.from_leaf_bytes(b"".join(leaves)).root(20) == MerkleTree(leaves[:20]).root()
+    with pytest.raises(_Bad):
+        MerkleTree.from_leaf_bytes(b"x" * 33)

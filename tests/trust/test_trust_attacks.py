@@ -76,7 +76,41 @@ def test_file_added_or_renamed_after_approval_is_refused(node: Node, tmp_path: P
 
 
 # 3. an approval of bundle A presented for bundle B
+def replay_approvals(node: Node, source: str, target: str, *, edit: bool = False) -> None:
+    """Record ``source``'s signed approvals again as approvals of ``target`` (each under its reviewer's key)."""
+    for e in node.ledger.entries(type="bundle_approved"):
+        if e.body["digest"] != source:
+            continue
+        statement = dict(e.body["statement"])
+        if edit:
+            statement["subject"] = {"name": "population_density@1.1.0", "digest": {"sha256": target}}
+        signer = next(node.keyring.signer(k.name) for k in node.keyring.by_id(e.actor))
+        node.ledger.append(
+            type="bundle_approved",
+            body={**e.body, "digest": target, "version": "1.1.0", "statement": statement},
+            signer=signer,
+            subject=e.subject,
+        )
+
+
 def test_approval_for_another_bundle_does_not_count(node: Node, tmp_path: Path) -> None:
+    a = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
+    b = submitted(node, tmp_path, "1.1.0", comment="bundle B")
+    replay_approvals(node, a, b)
+    message = refused(node, b)
+    assert "0 valid approval(s)" in message and f"is for bundle {a[:12]}, not {b[:12]}" in message
+
+
+def test_approval_statement_edited_to_name_another_bundle_does_not_verify(node: Node, tmp_path: Path) -> None:
+    a = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
+    b = submitted(node, tmp_path, "1.1.0", comment="bundle B")
+    replay_approvals(node, a, b, edit=True)
+    message = refused(node, b)
+    assert "0 valid approval(s)" in message and "signature does not verify" in message
+
+
+def test_rows_in_the_approvals_table_count_for_nothing(node: Node, tmp_path: Path) -> None:
+    """Approvals count only from the ledger: rows copied into the table by the operator do not."""
     a = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
     b = submitted(node, tmp_path, "1.1.0", comment="bundle B")
     with node.db.transaction() as tx:
@@ -85,23 +119,7 @@ def test_approval_for_another_bundle_does_not_count(node: Node, tmp_path: Path) 
                 "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
                 (b, row["key_id"], row["statement"], row["signature"], row["verdict"], row["time"]),
             )
-    message = refused(node, b)
-    assert "0 valid approval(s)" in message and f"is for bundle {a[:12]}, not {b[:12]}" in message
-
-
-def test_approval_statement_edited_to_name_another_bundle_does_not_verify(node: Node, tmp_path: Path) -> None:
-    a = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
-    b = submitted(node, tmp_path, "1.1.0", comment="bundle B")
-    with node.db.transaction() as tx:
-        for row in node.db.query("SELECT * FROM approvals WHERE digest = ?", (a,)):
-            statement = json.loads(row["statement"])
-            statement["subject"] = {"name": "population_density@1.1.0", "digest": {"sha256": b}}
-            tx.execute(
-                "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
-                (b, row["key_id"], json.dumps(statement), row["signature"], row["verdict"], row["time"]),
-            )
-    message = refused(node, b)
-    assert "0 valid approval(s)" in message and "signature does not verify" in message
+    assert "0 valid approval(s)" in refused(node, b)
 
 
 # 4. the same reviewer twice; one key under two names
@@ -123,7 +141,7 @@ def test_a_key_cannot_be_imported_under_a_second_role(node: Node) -> None:
         node.keyring.import_public(export, node.ledger, as_name="olga-reviewer")
 
 
-def test_a_key_recorded_with_two_roles_holds_neither(node: Node, tmp_path: Path) -> None:
+def test_a_keyring_row_cannot_give_a_key_a_second_role(node: Node, tmp_path: Path) -> None:
     olga = node.keyring.get("olga")
     with node.db.transaction() as tx:  # an attacker writing the keyring table directly
         tx.execute(
@@ -132,7 +150,7 @@ def test_a_key_recorded_with_two_roles_holds_neither(node: Node, tmp_path: Path)
         )
     digest = submitted(node, tmp_path, approvers=("rita",))
     forge_approval(node, digest, signer_name="olga")
-    assert "approval by olga/olga-rev does not count: it is not a reviewer key" in refused(node, digest)
+    assert "approval by olga does not count: it is not a reviewer key in the trust policy v1" in refused(node, digest)
 
 
 # 5. approvals by keys that are not reviewers
@@ -142,7 +160,7 @@ def test_approval_by_a_non_reviewer_does_not_count(node: Node, tmp_path: Path, w
     forge_approval(node, digest, signer_name=who)
     message = refused(node, digest)
     assert "1 valid approval(s)" in message
-    assert f"approval by {who} does not count: it is not a reviewer key in the built-in default trust policy" in message
+    assert f"approval by {who} does not count: it is not a reviewer key in the trust policy v1" in message
 
 
 def test_non_reviewer_and_author_cannot_sign_approvals(node: Node, tmp_path: Path) -> None:
@@ -203,12 +221,13 @@ def test_a_later_rejection_withdraws_the_approval(node: Node, tmp_path: Path) ->
 
 
 # 7. trust policy: roles in a signed policy override the keyring (threshold/jump tests: test_trust_policy_rotation.py)
-def test_signed_policy_roles_override_keyring_roles(node: Node, tmp_path: Path) -> None:
+def test_only_the_policy_reviewers_count_not_keyring_labels(tmp_path: Path) -> None:
+    node = make_node(tmp_path, policy=False)
     init_policy(node, signers=[node.keyring.signer("b1")], board=["b1"], threshold=1, reviewer=["rita", "ravi"], approvals=2)
     digest = submitted(node, tmp_path, approvers=("rita",))
     forge_approval(node, digest, signer_name="rex")  # a reviewer in the keyring, not in the policy
     message = refused(node, digest)
-    assert "approval by rex does not count: it is not a reviewer key in the trust policy v1" in message
+    assert "approval by rex does not count: no board-signed role names that key" in message
     approve(node, digest, signer=node.keyring.signer("ravi"))
     verify_for_run(node, digest)
 
@@ -242,10 +261,9 @@ def test_forged_pin_is_ignored(node: Node, tmp_path: Path) -> None:
     old = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
     submitted(node, tmp_path, "1.1.0", approvers=("rita", "ravi"), comment="v1.1")
     pin_version(node, "population_density", "1.1.0", signer=node.keyring.signer("b1"))
-    with node.db.transaction() as tx:
+    with node.db.transaction() as tx:  # the pins table is a copy: editing it moves nothing
         tx.execute("UPDATE bundle_pins SET version = '1.0.0'")
-    message = refused(node, old)
-    assert "rollback refused" in message and "pin by b1 does not match its statement" in message
+    assert "rollback refused" in refused(node, old)
 
 
 def test_revoking_the_newer_version_allows_the_older(node: Node, tmp_path: Path) -> None:
@@ -274,26 +292,24 @@ def test_bundle_revocation_in_the_ledger_survives_a_cleared_row(node: Node, tmp_
     assert "was revoked on" in refused(node, digest)
 
 
-# 10. forged and truncated signatures
-@pytest.mark.parametrize("kind", ["forged", "truncated"])
-def test_forged_or_truncated_author_signature_is_refused(node: Node, tmp_path: Path, kind: str) -> None:
+# 10. signatures in the node's tables decide nothing: the signed ledger entries do
+def test_author_signature_edited_in_the_bundles_table_changes_nothing(node: Node, tmp_path: Path) -> None:
     digest = submitted(node, tmp_path, approvers=("rita", "ravi"))
-    row = node.db.one("SELECT signature FROM bundles WHERE digest = ?", (digest,))
-    bad = forged_signature() if kind == "forged" else row["signature"][:44]
     with node.db.transaction() as tx:
-        tx.execute("UPDATE bundles SET signature = ? WHERE digest = ?", (bad, digest))
-    message = refused(node, digest)
-    assert "author signature on population_density@1.0.0 by sam is invalid" in message
-    assert ("does not verify" if kind == "forged" else "expected 64") in message
+        tx.execute("UPDATE bundles SET signature = ?, author = ? WHERE digest = ?",
+                   (forged_signature(), node.keyring.get("olga").key_id, digest))
+    verify_for_run(node, digest)
 
 
-@pytest.mark.parametrize("kind", ["forged", "truncated"])
-def test_forged_or_truncated_approval_signature_does_not_count(node: Node, tmp_path: Path, kind: str) -> None:
-    digest = submitted(node, tmp_path, approvers=("rita", "ravi"))
-    row = node.db.one("SELECT signature FROM approvals WHERE digest = ? AND key_id = ?", (digest, node.keyring.get("ravi").key_id))
-    bad = forged_signature() if kind == "forged" else row["signature"][:44]
-    with node.db.transaction() as tx:
-        tx.execute("UPDATE approvals SET signature = ? WHERE signature = ?", (bad, row["signature"]))
+def test_forged_approval_signature_in_the_ledger_does_not_count(node: Node, tmp_path: Path) -> None:
+    digest = submitted(node, tmp_path, approvers=("rita",))
+    entry = node.ledger.entries(type="bundle_approved")[-1]
+    node.ledger.append(
+        type="bundle_approved",
+        body={**entry.body, "signature": forged_signature()},
+        signer=node.keyring.signer("ravi"),
+        subject=entry.subject,
+    )
     message = refused(node, digest)
     assert "1 valid approval(s)" in message and "approval by ravi does not count: bundle-approval signature" in message
 
@@ -305,12 +321,12 @@ def test_bundle_row_relabelled_to_another_version_is_refused(node: Node, tmp_pat
     assert "declares population_density@1.0.0 but was submitted as population_density@9.0.0" in refused(node, digest)
 
 
-def test_keyring_row_edited_to_another_public_key_is_not_trusted(node: Node, tmp_path: Path) -> None:
+def test_keyring_row_edited_to_another_public_key_changes_nothing(node: Node, tmp_path: Path) -> None:
     digest = submitted(node, tmp_path, approvers=("rita", "ravi"))
     olga = node.keyring.get("olga")
     with node.db.transaction() as tx:
         tx.execute("UPDATE keys SET public_key = ? WHERE name = 'sam'", (olga.public_key,))
-    assert "author key sam of population_density@1.0.0 is unknown" in refused(node, digest)
+    verify_for_run(node, digest)  # public keys come from the board-signed policy
 
 
 def test_unknown_digest_is_refused(node: Node) -> None:

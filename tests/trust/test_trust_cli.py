@@ -39,11 +39,13 @@ def opal(tmp_path: Path) -> Opal:
     return run
 
 
-def cast(opal: Opal, *board: str) -> None:
+def cast(opal: Opal, *board: str, policy: bool = False) -> None:
     for name, role in [("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")]:
         opal("keys", "new", name, "--role", role)
     for name in board:
         opal("keys", "new", name, "--role", "board")
+    if policy:  # the board's step: every key above in its role
+        opal("trust", "init", *[a for b in board for a in ("--board", b)])
 
 
 def test_keys_new_list_export_import_revoke(opal: Opal, tmp_path: Path) -> None:
@@ -69,17 +71,32 @@ def test_keys_new_list_export_import_revoke(opal: Opal, tmp_path: Path) -> None:
 
 
 def test_keys_are_passphrase_encrypted_when_asked(opal: Opal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     monkeypatch.setenv("OPAL_PASSPHRASE", "correct horse")
     opal("keys", "new", "olga", "--role", "operator")
-    assert b"ENCRYPTED" in (tmp_path / "home" / "keys" / "olga.pem").read_bytes()
+    stored = tmp_path / "home" / "keys" / "olga.p12"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600 and not (tmp_path / "home" / "keys" / "olga.pem").exists()
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates(stored.read_bytes(), None)
+    assert pkcs12.load_key_and_certificates(stored.read_bytes(), b"correct horse")[0] is not None
+    # PBES2 with PBKDF2 at 600 000 iterations: the count is in the file's DER (INTEGER 0x0927c0)
+    assert b"\x02\x03\x09\x27\xc0" in stored.read_bytes()
     monkeypatch.setenv("OPAL_PASSPHRASE", "wrong")
     opal("keys", "new", "x", "--role", "reviewer")
     err = opal("keys", "revoke", "x", "--reason", "test", "--key", "olga", code=6).stderr
-    assert "wrong or missing passphrase" in err and "correct horse" not in err
+    assert "wrong passphrase" in err and "correct horse" not in err
+
+
+def test_an_empty_passphrase_is_refused_not_read_as_plaintext(opal: Opal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPAL_PASSPHRASE", "")
+    err = opal("keys", "new", "olga", "--role", "operator", code=2).stderr
+    assert "OPAL_PASSPHRASE is set but empty" in err
+    assert not list((tmp_path / "home" / "keys").glob("olga.*"))
 
 
 def test_review_approve_verify_and_the_attacks_through_the_cli(opal: Opal, tmp_path: Path) -> None:
-    cast(opal, "bea")
+    cast(opal, "bea", policy=True)
     opal("algo", "submit", str(bundle_folder(tmp_path, "1.0.0")), "--key", "sam")
     # unapproved
     assert "0 valid approval(s), the trust policy needs 2" in opal("algo", "verify", "population_density", code=6).stderr
@@ -131,7 +148,7 @@ def test_review_approve_verify_and_the_attacks_through_the_cli(opal: Opal, tmp_p
 def test_trust_init_show_propose_sign_apply(opal: Opal, tmp_path: Path) -> None:
     cast(opal, "b1", "b2", "b3")
     shown = json.loads(opal("trust", "show", "--json").stdout)
-    assert shown["signed"] is False and shown["approval_threshold"] == 2 and shown["roles"] == "from the keyring"
+    assert shown["signed"] is False and shown["roles"] == "none (no board-signed policy installed)"
     # fewer than the threshold of board signatures
     err = opal("trust", "init", "--board", "b1", "--board", "b2", "--board", "b3", "--threshold", "2",
                "--reviewer", "rita", "--reviewer", "ravi", "--key", "b1", code=6).stderr
@@ -180,6 +197,10 @@ def test_real_subprocess_refusal_is_exit_6_and_one_line(tmp_path: Path) -> None:
         "from opal.node import Node\n"
         "n = Node.open()\n"
         "n.keyring.new('sam', 'statistician', n.ledger)\n"
+        "n.keyring.new('bea', 'board', n.ledger)\n"
+        "n.keyring.new('rita', 'reviewer', n.ledger)\n"
+        "from opal.trust.governance import init_policy\n"
+        "init_policy(n, signers=[n.keyring.signer('bea')], board=['bea'], approvals=1)\n"
     )
     subprocess.run([sys.executable, "-c", script], env=env, check=True)
     proc = subprocess.run(
@@ -190,6 +211,6 @@ def test_real_subprocess_refusal_is_exit_6_and_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "opal", "algo", "verify", "population_density"], env=env, text=True, capture_output=True)
     assert proc.returncode == 6
     assert proc.stderr == (
-        "opal: error: bundle population_density@1.0.0 has 0 valid approval(s), the trust policy needs 2 "
-        "(built-in default trust policy)\n"
+        "opal: error: bundle population_density@1.0.0 has 0 valid approval(s), the trust policy needs 1 "
+        "(trust policy v1)\n"
     )

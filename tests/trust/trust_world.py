@@ -26,10 +26,17 @@ CAST = [
 ]
 
 
-def make_node(tmp_path: Path, *, board: int = 0) -> Node:
+def make_node(tmp_path: Path, *, board: int = 1, policy: bool = True) -> Node:
+    """A node with the CAST's keys and ``board`` board keys; with ``policy``, trust policy v1
+    signed by the board names every CAST key in its role (2 approvals, board threshold 1)."""
     node = Node.open(tmp_path / "home")
     for name, role in CAST + [(f"b{i}", "board") for i in range(1, board + 1)]:
         node.keyring.new(name, role, node.ledger)
+    if policy:
+        from opal.trust.governance import init_policy
+
+        boards = [f"b{i}" for i in range(1, board + 1)]
+        init_policy(node, signers=[node.keyring.signer(b) for b in boards], board=boards, threshold=1)
     return node
 
 
@@ -68,7 +75,8 @@ def forge_approval(
     expires: datetime | None = None,
     verdict: str = "approve",
 ) -> None:
-    """What an attacker with database access does: sign a statement with any key and insert the row."""
+    """What an attacker with the node does: sign a statement with any key it holds, insert the row
+    and record it in the ledger under that key's signature."""
     row = node.db.one("SELECT * FROM bundles WHERE digest = ?", (digest,))
     assert row is not None
     signer = node.keyring.signer(signer_name)
@@ -89,6 +97,19 @@ def forge_approval(
         tx.execute(
             "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
             (digest, signer.key_id, json.dumps(statement), signature, verdict, approval.time),
+        )
+        node.ledger.append_in(
+            tx,
+            type="bundle_approved" if verdict == "approve" else "bundle_rejected",
+            body={
+                "digest": digest,
+                "name": row["name"],
+                "version": row["version"],
+                "statement": statement,
+                "signature": signature,
+            },
+            signer=signer,
+            subject=row["name"],
         )
 
 
