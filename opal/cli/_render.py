@@ -12,7 +12,10 @@ __all__ = ["render_release", "parse_params"]
 
 
 def render_release(result: dict[str, Any], *, title: str = "released", max_rows: int = 40,
-                   cached_from: str | None = None) -> None:
+                   cached_from: str | None = None, local: bool = False) -> None:
+    """The released table and one line on what it cost. ``local``: an ``opal
+    algo test`` on the caller's own data, where ε is the noise level used and
+    nothing is spent."""
     table_doc = result.get("table") or {"columns": [], "rows": []}
     columns = list(table_doc.get("columns", []))
     rows = list(table_doc.get("rows", []))
@@ -23,8 +26,11 @@ def render_release(result: dict[str, Any], *, title: str = "released", max_rows:
         table.caption = f"… {len(rows) - max_rows} more (use --json for all)"
     console.print(table)
     mech = result.get("mechanism") or {}
-    spent = "0 (served from the cache)" if cached_from else result.get("epsilon", "?")
-    line = f"cells released: {result.get('cells_released', len(rows))}; ε spent {spent}"
+    if local:
+        cost = f"ε {result.get('epsilon', '?')} (noise as a run would add; nothing spent)"
+    else:
+        cost = "ε spent " + ("0 (served from the cache)" if cached_from else str(result.get("epsilon", "?")))
+    line = f"cells released: {result.get('cells_released', len(rows))}; {cost}"
     if "cells_suppressed" in result:
         line += f"; suppressed: {result['cells_suppressed']}"
     if mech.get("min_units_per_cell") is not None:

@@ -73,7 +73,7 @@ def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None,
     if as_json:
         emit_json(result)
         return
-    render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)")
+    render_release(result, title=f"{result['bundle']['name']} (local test, no budget spent)", local=True)
     # local data the caller already holds: what the gate dropped may be shown
     diagnostics = result.get("diagnostics") or {}
     if diagnostics.get("contributions_refused"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -429,15 +429,29 @@ def add_cosignature(app: App, file: Path) -> None:
     default=None,
     help="File (default: stdout).",
 )
+@click.option("--key", default=None,
+              help="Operator key that signs a checkpoint when none covers the range yet (default: this node's).")
 @pass_app
-def export(app: App, range_: str, out: Path | None) -> None:
+def export(app: App, range_: str, out: Path | None, key: str | None) -> None:
     """Write entries with inclusion proofs and the signed checkpoint (JSONL) for offline audit."""
     led = app.node.ledger
     start, stop = parse_range(range_, led.size())
-    lines = export_range(led, start, stop)
-    with open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout) as fh:
+    covered = led.latest_checkpoint(covering=stop - 1) if stop > 0 else led.latest_checkpoint()
+    signer = None if covered is not None else app.node.keyring.signer_for(key, "operator")
+    lines = export_range(led, start, stop, signer=signer)
+    if out is None:
         for item in lines:
-            fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+            sys.stdout.write(json.dumps(item, separators=(",", ":")) + "\n")
+        return
+    # All or nothing: a failed export leaves no partial or empty file behind.
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for item in lines:
+                fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 COMMANDS = [ledger]

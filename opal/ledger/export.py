@@ -25,7 +25,7 @@ import binascii
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opal.canonical import canonical_json, sha256_hex
 from opal.errors import BadInputError, LedgerCorrupt, TrustError
@@ -42,6 +42,9 @@ from opal.ledger.verify import (
 )
 from opal.trust.keys import verify_note_signature
 from opal.trust.policy import TrustPolicy
+
+if TYPE_CHECKING:
+    from opal.trust.keyring import Signer
 
 __all__ = [
     "FORMAT",
@@ -190,14 +193,21 @@ def load_policy_file(path: Path) -> TrustPolicy:
     return policy
 
 
-def export_range(ledger: Ledger, start: int, stop: int) -> Iterator[dict[str, Any]]:
-    """Yield the export lines for entries ``start`` … ``stop - 1``.
+def export_range(
+    ledger: Ledger, start: int, stop: int, *, signer: Signer | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the export lines for entries ``start`` … ``stop - 1``. When no
+    signed checkpoint covers them yet and ``signer`` (the node's log key) is
+    given, it signs one of the committed ledger first.
 
     Raises:
-        BadInputError: no signed checkpoint covers ``stop`` entries yet.
+        BadInputError: no signed checkpoint covers ``stop`` entries, and no signer.
         LedgerCorrupt: the checkpoint does not match the stored entries.
     """
     cp = ledger.latest_checkpoint(covering=stop - 1) if stop > 0 else ledger.latest_checkpoint()
+    if cp is None and signer is not None:
+        ledger.checkpoint(signer)
+        cp = ledger.latest_checkpoint(covering=stop - 1) if stop > 0 else ledger.latest_checkpoint()
     if cp is None:
         raise BadInputError(
             f"no signed checkpoint covers entries up to {stop}; sign one with opal ledger checkpoint"

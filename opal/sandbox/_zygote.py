@@ -192,27 +192,50 @@ def _make_read_only(frame: Any) -> None:
             flags.writeable = False
 
 
-def _load_table(path: str) -> Any:
+def _load_table(path: str) -> tuple[Any, int]:
+    """The table as a read-only DataFrame, and its size in memory (Arrow's count).
+
+    Parquet is read and converted one column at a time, each column's Arrow
+    buffers freed as it is converted and handed back to the OS, so the load
+    peaks near the size of the data rather than twice it (issue #17: a
+    worker's memory follows its data).
+    """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if path.endswith((".arrow", ".feather", ".ipc", ".arrows")):
-        source = pa.memory_map(path, "r")
-        try:
-            table = pa.ipc.open_file(source).read_all()
-        except pa.ArrowInvalid:
-            source = pa.memory_map(path, "r")
-            table = pa.ipc.open_stream(source).read_all()
-    elif path.lower().endswith(".csv"):
-        import pyarrow.csv as pcsv
+    pool = pa.default_memory_pool()
+    if path.endswith((".arrow", ".feather", ".ipc", ".arrows", ".csv", ".CSV")):
+        if path.lower().endswith(".csv"):
+            import pyarrow.csv as pcsv
 
-        # the same reader and type inference as registration (opal.data.catalog.read_schema)
-        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False))
+            # the same reader and type inference as registration (opal.data.catalog.read_schema)
+            table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False))
+        else:
+            source = pa.memory_map(path, "r")
+            try:
+                table = pa.ipc.open_file(source).read_all()
+            except pa.ArrowInvalid:
+                source = pa.memory_map(path, "r")
+                table = pa.ipc.open_stream(source).read_all()
+        nbytes = int(table.nbytes)
+        frame = table.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)
+        del table
     else:
-        table = pq.read_table(path, use_threads=False)
-    frame = table.to_pandas(split_blocks=True, use_threads=False)
+        parquet = pq.ParquetFile(path)
+        columns: dict[str, Any] = {}
+        nbytes = 0
+        for name in parquet.schema_arrow.names:
+            column = parquet.read(columns=[name], use_threads=False)
+            nbytes += int(column.nbytes)
+            columns[name] = column.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)[name]
+            del column
+            pool.release_unused()
+        frame = pd.DataFrame(columns, copy=False)
+        del columns
+    pool.release_unused()
     _make_read_only(frame)
-    return frame
+    return frame, nbytes
 
 
 def _probe(fn: Any) -> bool:
@@ -338,8 +361,10 @@ class Zygote:
         _preload_modules()
         _preload_time_zones()
         tables: dict[str, Any] = {}
+        table_bytes = 0
         for name, path in config["tables"].items():
-            tables[name] = _load_table(path)
+            tables[name], nbytes = _load_table(path)
+            table_bytes += nbytes
         # A trusted warm-up run loads every lazily imported path of the
         # libraries while this process may still read them.
         warm = {
@@ -357,7 +382,11 @@ class Zygote:
         gc.collect()
         gc.freeze()
         # Last: nothing the zygote allocates from now on is large.
-        self.heap = _warm.WarmHeap.create(int(config.get("warm_memory_bytes", 0)))
+        # Sized from the data: a small dataset's worker holds little.
+        warm_bytes = min(
+            int(config.get("warm_memory_bytes", 0)), int(float(config.get("warm_memory_ratio", 0)) * table_bytes)
+        )
+        self.heap = _warm.WarmHeap.create(warm_bytes)
         _protocol.send(
             self.sock,
             {

@@ -43,8 +43,11 @@ class Limits:
     max_open_files: int = 64
     max_threads: int = 64
     # Memory the zygote keeps touched and hands to each child (opal/sandbox/_warm.py);
-    # part of memory_bytes, held resident per dataset between runs; 0 = off.
+    # part of memory_bytes, held resident per dataset between runs: this
+    # fraction of the loaded tables' size, at most warm_memory_bytes (issue #17:
+    # a worker's memory follows its data); either 0 turns it off.
     warm_memory_bytes: int = 1 * 2**30
+    warm_memory_ratio: float = 0.5
     # Layers that must be active or the runtime refuses to start / run.
     require_layers: tuple[str, ...] = ()
 
@@ -61,9 +64,9 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadInputError(f"limit {f.name} must be a number, got {type(value).__name__}")
-            if f.name == "warm_memory_bytes":
+            if f.name in ("warm_memory_bytes", "warm_memory_ratio"):
                 if not math.isfinite(value) or value < 0:
-                    raise BadInputError(f"limit warm_memory_bytes must be 0 (off) or more, got {value}")
+                    raise BadInputError(f"limit {f.name} must be 0 (off) or more, got {value}")
                 continue
             if not math.isfinite(value) or value <= 0:
                 raise BadInputError(f"limit {f.name} must be positive, got {value}")

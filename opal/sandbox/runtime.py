@@ -156,6 +156,7 @@ class Runtime:
                     "op": "config",
                     "tables": self._tables,
                     "warm_memory_bytes": min(self.limits.warm_memory_bytes, self.limits.memory_bytes),
+                    "warm_memory_ratio": self.limits.warm_memory_ratio,
                 },
             )
             parent_sock.settimeout(_START_TIMEOUT)

@@ -134,3 +134,33 @@ def test_cosign_and_trace_cli(home: Path, tmp_path: Path) -> None:
     assert json.loads(out)["cosignatures_checked"] == 2
     code, _, _ = opal(home, "ledger", "trace", "nothing")
     assert code == 2
+
+
+def test_export_without_a_prior_checkpoint_signs_one_and_verifies_offline(tmp_path: Path, broker_url: str) -> None:
+    from tests.conftest import Opal
+
+    node = Opal(home=tmp_path / "node", broker_url=broker_url, extra_env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    node("keys", "new", "olga", "--role", "operator", check=True)
+    node("keys", "new", "rita", "--role", "reviewer", check=True)
+    node.board(approvals=1)
+    out = tmp_path / "export.jsonl"
+    proc = node("ledger", "export", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    policy = node.home / "governance" / "trust_policy.json"
+    auditor = Opal(home=tmp_path / "auditor", broker_url=broker_url,
+                   extra_env={"XDG_CONFIG_HOME": str(tmp_path / "auditor-cfg")})
+    checked = auditor("ledger", "verify", "--file", str(out), "--policy", str(policy))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_failed_export_leaves_no_file(tmp_path: Path, broker_url: str) -> None:
+    from tests.conftest import Opal
+
+    node = Opal(home=tmp_path / "node", broker_url=broker_url, extra_env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    node("keys", "new", "rita", "--role", "reviewer", check=True)
+    node("keys", "new", "bea", "--role", "board", check=True)
+    node("trust", "init", "--board", "bea", "--approvals", "1", check=True)   # no operator key: nobody can sign
+    out = tmp_path / "export.jsonl"
+    proc = node("ledger", "export", "--out", str(out))
+    assert proc.returncode in (2, 6) and "operator" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and list(tmp_path.glob(".export.jsonl*")) == []

@@ -85,7 +85,8 @@ def _alloc(mib: int) -> str:
 
 @needs_thp
 def test_the_memory_limit_counts_the_warm_block(cdr_path: Path) -> None:
-    limits = Limits(cpu_seconds=20, wall_seconds=30, memory_bytes=768 * 2**20, warm_memory_bytes=512 * 2**20)
+    limits = Limits(cpu_seconds=20, wall_seconds=30, memory_bytes=768 * 2**20, warm_memory_bytes=512 * 2**20,
+                    warm_memory_ratio=10**12)
     with Runtime(tables={"cdr": cdr_path}, limits=limits) as rt:
         assert rt.warm_memory_bytes == 512 * 2**20
         ok = rt.run(source=_alloc(400), entrypoint="contributions", params={})
@@ -102,9 +103,22 @@ def test_the_warm_block_is_capped_by_memory_bytes_and_can_be_turned_off(cdr_path
         assert rt.warm_memory_bytes == 0
         assert len(rt.run(source=_alloc(8), entrypoint="contributions", params={})) == 1
     if huge_pages_available():
-        limits = Limits(memory_bytes=256 * 2**20, warm_memory_bytes=2**30)
+        limits = Limits(memory_bytes=256 * 2**20, warm_memory_bytes=2**30, warm_memory_ratio=10**12)
         with Runtime(tables={"cdr": cdr_path}, limits=limits) as rt:
             assert rt.warm_memory_bytes == 256 * 2**20
+
+
+@needs_thp
+def test_the_warm_block_follows_the_size_of_the_data(cdr_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    in_memory = pq.read_table(cdr_path).nbytes
+    huge = 2 * 2**20                                       # the block is whole huge pages
+    ratio = (5.5 * huge) / in_memory                       # 5.5 huge pages' worth of this data
+    with Runtime(tables={"cdr": cdr_path}, limits=Limits(warm_memory_ratio=ratio)) as rt:
+        assert rt.warm_memory_bytes == 5 * huge
+    with Runtime(tables={"cdr": cdr_path}, limits=Limits(warm_memory_ratio=0)) as rt:
+        assert rt.warm_memory_bytes == 0
 
 
 def test_warm_memory_bytes_must_not_be_negative() -> None:

@@ -83,3 +83,6 @@ def test_algo_test_locality_flag_reports_the_probe(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "locality probe: unit-local: removing each of 50 sampled subscribers" in proc.stdout
+    # a local test spends nothing, and says so once, without contradicting itself
+    assert "(local test, no budget spent)" in proc.stdout
+    assert "ε 1.0 (noise as a run would add; nothing spent)" in proc.stdout and "ε spent" not in proc.stdout
