@@ -157,3 +157,46 @@ def test_a_failing_postgresql_read_names_no_value(node: Node, pg_table: str) -> 
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f"DROP VIEW IF EXISTS {view}")
+
+
+def test_a_csv_dataset_runs_end_to_end_through_a_worker(tmp_path: Path, broker_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CSV once registered fine and then failed every run (the sandbox read only Parquet).
+    import pyarrow.csv as pcsv
+
+    from opal.runs import request_run
+    from opal.runs.dispatch import dispatch, wait
+    from opal.worker._scenario import build
+    from tests.worker.workerkit import Workers
+
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    sc = build(tmp_path / "home", subscribers=300, days=1)
+    csv = sc.data.with_suffix(".csv")                         # beside the Parquet: same domains sidecar
+    pcsv.write_csv(pq.read_table(sc.data), csv)
+    catalog.register(sc.node, "calls", csv, schema="cdr", signer=sc.node.keyring.signer("olga"))
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url)
+    try:
+        workers.start("calls")
+        record = request_run(sc.node, algorithm="spin_count", dataset="calls", params={"tag": 1}, epsilon=1.0,
+                             signer=sc.node.keyring.signer("sam"))
+        dispatch(sc.node, record)
+        done = wait(sc.node, record.run_id, timeout=120)
+    finally:
+        workers.stop_all()
+    assert done.state == "released"
+    decisions = sc.node.db.one("SELECT record FROM run_decisions WHERE run_id = ?", (record.run_id,))
+    assert json.loads(decisions["record"])["run_outcome"]["outcome"] == "ok"   # the algorithm ran on the rows
+    frame = pq.read_table(sc.data).to_pandas()
+    truth = frame[["msisdn", "region"]].drop_duplicates().groupby("region").size()
+    table = done.result["table"]
+    rows = [dict(zip(table["columns"], row)) for row in table["rows"]]
+    # Each subscriber counts in one of its regions (max_groups_per_unit = 1), so a
+    # released count is at most its region's distinct subscribers, and all the
+    # counts add up to the 300 subscribers (up to noise; a suppressed cell holds
+    # at most its region's subscribers).
+    slack = 8 * max(row["noise_scale"] for row in rows)
+    for row in rows:
+        if not row["suppressed"]:
+            assert row["count"] <= truth[row["region"]] + slack, row
+    total = sum(row["count"] if not row["suppressed"] else truth[row["region"]] for row in rows)
+    assert abs(total - 300) <= slack * len(rows) ** 0.5 + sum(truth[r["region"]] for r in rows if r["suppressed"])
