@@ -34,8 +34,7 @@ def dispatch_many(node: Node, run_ids: Iterable[str]) -> int:
     """Publish the run message of every run in ``run_ids`` over one connection."""
     from kombu.exceptions import OperationalError
 
-    from opal.worker.celery import configure, queue_name
-    from opal.worker.tasks import RUN_TASK
+    from opal.worker.celery import RUN_TASK, configure, queue_name
 
     app = configure(node.home)
     amqp = app.amqp

@@ -32,6 +32,7 @@ from opal.home import Home
 
 __all__ = [
     "DEFAULT_RUN_TIMEOUT",
+    "RUN_TASK",
     "SANDBOX_WALL_SECONDS",
     "app",
     "broker_url",
@@ -41,6 +42,10 @@ __all__ = [
     "run_timeout",
     "settings",
 ]
+
+# The name of the one task (opal.worker.tasks); here so that a client sending
+# it does not import the worker's pipeline.
+RUN_TASK = "opal.run"
 
 # The sandbox wall limit of one run when neither the worker (--run-timeout)
 # nor OPAL_RUN_TIMEOUT says otherwise.

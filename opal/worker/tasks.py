@@ -20,12 +20,11 @@ from opal.errors import OpalError
 from opal.runs.message import check_message
 from opal.runs.records import TERMINAL_STATES
 from opal.worker import state
-from opal.worker.celery import app
+from opal.worker.celery import RUN_TASK, app
 from opal.worker.pipeline import execute_run
 
 __all__ = ["RUN_TASK", "run_task"]
 
-RUN_TASK = "opal.run"
 log = logging.getLogger("opal.worker")
 
 
