@@ -33,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/mypy opal
 
 clean:
-	rm -rf $(VENV) .opal-demo .pytest_cache *.egg-info
+	rm -rf $(VENV) .opal-demo .opal-demo-auditor.json .pytest_cache *.egg-info
