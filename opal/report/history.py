@@ -34,6 +34,10 @@ _BUNDLE_TYPES = (
 _KEY_TYPES = ("trust_policy", "key_added", "key_revoked")
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def refusal_cause(error_type: str | None, reason: str | None) -> str:
     """The board's category of a refused run: trust, budget, parameters or release policy."""
     if error_type == "TrustError":
@@ -191,13 +195,13 @@ class History:
     def _key_event(self, e: LedgerEntry) -> None:
         b = e.body
         if e.type == "trust_policy":
-            envelope = b.get("policy") if isinstance(b.get("policy"), dict) else {}
-            signed = envelope.get("signed") if isinstance(envelope.get("signed"), dict) else {}
-            keys = signed.get("keys") if isinstance(signed.get("keys"), dict) else {}
+            envelope = _obj(b.get("policy"))
+            signed = _obj(envelope.get("signed"))
+            keys = _obj(signed.get("keys"))
             for key_id, info in keys.items():
                 if isinstance(info, dict) and info.get("name"):
                     self.names[str(key_id)] = str(info["name"])
-            roles = signed.get("roles") if isinstance(signed.get("roles"), dict) else {}
+            roles = _obj(signed.get("roles"))
             self.policies.append(
                 {
                     "index": e.index,
@@ -261,7 +265,7 @@ class History:
         if e.type == "bundle_submitted":
             v["submitted"] = {"index": e.index, "time": e.time, "author": e.actor}
         elif e.type in ("bundle_approved", "bundle_rejected"):
-            statement = b.get("statement") if isinstance(b.get("statement"), dict) else {}
+            statement = _obj(b.get("statement"))
             v["reviews"].append(
                 {
                     "index": e.index,
