@@ -1,13 +1,15 @@
 """A scripted history with known numbers, through the real CLI, a real worker and a real Redis:
-two released runs (ε 0.5 and 0.25), a run refused on its parameters, the bundle revoked by the
+two released runs (ε 0.5 and 0.25), one through the Python client (ε 0.125), a run refused on its parameters, the bundle revoked by the
 board, a run refused for trust, a signed checkpoint and a witness's cosignature."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,18 @@ class Scenario:
     opal: Opal
     runs: dict[str, str]  # label -> run id
     keys: dict[str, str]  # name -> key id
+    client: dict[str, Any]  # what the Python client returned: run_id, table (records), receipt
+
+_CLIENT = """
+import json, sys
+from opal.client import Client
+client = Client(home=sys.argv[1])
+result = client.run("population_density", dataset="cdr", params={"start_day": 1, "end_day": 2},
+                    epsilon=0.125, key="sam")
+print(json.dumps({"run_id": result.run_id, "table": result.table.to_dict(orient="records"),
+                  "receipt": result.receipt, "budget": client.budget().to_dict(orient="records"),
+                  "runs": client.runs()["run_id"].tolist()}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +61,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Itera
 
         run("first", '{"start_day": 0, "end_day": 2}', "0.5")
         run("second", '{"start_day": 0, "end_day": 1}', "0.25")
+        proc = subprocess.run([sys.executable, "-c", _CLIENT, str(opal.home)], env=opal.env, text=True,
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        client = json.loads(proc.stdout)
+        runs["client"] = client["run_id"]
         run("bad_params", '{"start_day": "monday", "end_day": 1}', "0.5")
         opal("algo", "revoke", "population_density@1.0.0", "--reason", "double counts roamers", "--key", "bea",
              check=True)
@@ -55,6 +74,6 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Itera
         opal("ledger", "checkpoint", "--key", "olga", check=True)
         opal("ledger", "cosign", "--key", "wes", check=True)
         keys = {k["name"]: k["key_id"] for k in opal.json("keys", "list")}  # type: ignore[union-attr]
-        yield Scenario(opal=opal, runs=runs, keys=keys)
+        yield Scenario(opal=opal, runs=runs, keys=keys, client=client)
     finally:
         opal.stop_workers()

@@ -10,7 +10,7 @@ from tests.report.conftest import Scenario
 def test_ledger_show_names_algorithm_dataset_and_requester_of_run_entries(scenario: Scenario) -> None:
     text = scenario.opal("ledger", "show", "--type", "run_requested", check=True).stdout
     lines = [line for line in text.splitlines() if "run_requested" in line]
-    assert len(lines) == 4
+    assert len(lines) == 5
     for line in lines:
         assert "population_density@1.0.0" in line and " cdr " in line and "sam" in line
     first = scenario.runs["first"][:12]
@@ -39,6 +39,7 @@ def test_budget_history_lists_every_charge_with_running_total(scenario: Scenario
             for c in charges] == [  # type: ignore[union-attr]
         (scenario.runs["first"], 0.5, 0.5, "sam", "population_density@1.0.0", "released"),
         (scenario.runs["second"], 0.25, 0.75, "sam", "population_density@1.0.0", "released"),
+        (scenario.runs["client"], 0.125, 0.875, "sam", "population_density@1.0.0", "released"),
     ]
     assert all(c["requester"] == scenario.keys["sam"] for c in charges)  # type: ignore[union-attr]
     shown = json.loads(scenario.opal("budget", "show", "--dataset", "cdr", "--json", check=True).stdout)
@@ -49,6 +50,7 @@ def test_budget_history_table_is_as_wide_as_its_rows(scenario: Scenario) -> None
     text = scenario.opal("budget", "history", check=True).stdout
     row = next(line for line in text.splitlines() if scenario.runs["second"][:12] in line)
     assert "population_density@1.0.0" in row and "0.25" in row and "0.75" in row and "sam" in row
+    assert "  #  " in text.splitlines()[1] or "#" in text.splitlines()[1]
 
 
 def test_budget_history_of_unknown_dataset_is_bad_input(scenario: Scenario) -> None:
