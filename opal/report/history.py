@@ -143,7 +143,8 @@ class History:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> lifecycle
     policies: list[dict[str, Any]] = field(default_factory=list)
     keys: list[dict[str, Any]] = field(default_factory=list)  # key_added / key_revoked
-    growth: list[tuple[str, int]] = field(default_factory=list)  # (day, entries by its end)
+    times: list[str] = field(default_factory=list)  # each entry's signed time, by index
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # registrations and budgets
     checkpoints: list[Checkpoint] = field(default_factory=list)
     cosignatures: list[Cosignature] = field(default_factory=list)
     first_time: str | None = None
@@ -170,14 +171,15 @@ class History:
         """Fold signed entries (in index order) into the board's figures."""
         h = cls(checkpoints=list(checkpoints), cosignatures=list(cosignatures))
         finished: list[LedgerEntry] = []
-        per_day: dict[str, int] = {}
         for e in entries:
             h.size = max(h.size, e.index + 1)
-            per_day[e.time[:10]] = e.index + 1
+            h.times.append(e.time)
             if h.first_time is None:
                 h.first_time = e.time
             h.last_time = e.time
-            if e.type in _KEY_TYPES:
+            if e.type in ("dataset_registered", "policy_changed"):
+                h._dataset_event(e)
+            elif e.type in _KEY_TYPES:
                 h._key_event(e)
             elif e.type in _BUNDLE_TYPES:
                 h._bundle_event(e)
@@ -187,8 +189,14 @@ class History:
                 finished.append(e)
         for e in finished:  # a requester's name may be granted after the request
             h._finished(e)
-        h.growth = sorted(per_day.items())
         return h
+
+    def growth(self, points: int = 400) -> list[tuple[str, int]]:
+        """(time, entries so far) at about ``points`` evenly spaced entries, and the last."""
+        n = len(self.times)
+        step = max(1, n // points)
+        picks = [*range(step - 1, n, step), n - 1] if n else []
+        return [(self.times[i], i + 1) for i in sorted(set(picks))]
 
     # -- folding -------------------------------------------------------------
 
@@ -237,6 +245,16 @@ class History:
                 "by": e.actor,
             }
         )
+
+    def _dataset_event(self, e: LedgerEntry) -> None:
+        b = e.body
+        ds = self.datasets.setdefault(str(b.get("dataset")), {"registered": None, "total_epsilon": None,
+                                                               "shared_with": None, "versions": 0})
+        if e.type == "dataset_registered":
+            ds.update(registered=e.time, shared_with=b.get("budget_shared_with"))
+            ds["versions"] += 1
+        else:
+            ds["total_epsilon"] = _obj(b.get("policy")).get("total_epsilon")
 
     def _version(self, e: LedgerEntry) -> dict[str, Any]:
         b = e.body
@@ -381,5 +399,7 @@ class History:
             "runs_by_algorithm": self.runs_by_algorithm(),
             "versions": len(self.versions),
             "policies": len(self.policies),
+            "checkpoints": len(self.checkpoints),
+            "cosignatures": len(self.cosignatures),
         }
 
