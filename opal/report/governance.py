@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Coverage", "from_export", "from_node", "node_diffs", "render", "write_report"]
 
+_ROWS = 1_000  # newest rows per table on the page; the CLI lists every one
+_NOTES = 12  # who-spent-it labels per dataset on the budget plot (the newest)
 _OUTCOME_COLOURS = {
     "released": "#2a7d46",
     "refused": "#c5862b",
@@ -157,17 +159,35 @@ def from_export(path: Path, *, policy: TrustPolicy | None, state: Path | None = 
 # -- figures -------------------------------------------------------------------
 
 
+def _thin(n: int, points: int = 1_500) -> list[int]:
+    """Indexes of at most about ``points`` of ``n`` samples, evenly spaced, the last always kept
+    (a cumulative curve keeps its shape; the SVG stays small on large ledgers)."""
+    step = max(1, n // points)
+    return sorted({*range(0, n, step), n - 1}) if n else []
+
+
+def _dates(ax: Any) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator(maxticks=8)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
 def _budget_figure(h: History) -> str:
     if not h.charges:
         return "<p>No ε has been spent.</p>"
     fig, ax = figure(7.5, 3.2)
     for dataset in sorted({c.dataset for c in h.charges}):
-        charges = h.charges_of(dataset)
+        every = h.charges_of(dataset)
+        charges = [every[i] for i in _thin(len(every))]
         xs = [_time(c.time) for c in charges]
         ys = [c.total for c in charges]
         line = ax.step(xs, ys, where="post", label=f"{dataset}: ε spent")[0]
-        ax.plot(xs, ys, "o", color=line.get_color(), markersize=4)
-        for c, x, y in zip(charges, xs, ys, strict=True):
+        if len(every) <= 200:
+            ax.plot(xs, ys, "o", color=line.get_color(), markersize=4)
+        for c in every[-_NOTES:]:
+            x, y = _time(c.time), c.total
             ax.annotate(f"{c.requester_name} +{c.epsilon:g}", (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)
         total = h.datasets.get(dataset, {}).get("total_epsilon")
@@ -177,7 +197,7 @@ def _budget_figure(h: History) -> str:
     ax.set_ylabel("ε spent (cumulative)")
     ax.set_title("Privacy budget spent over time, per dataset")
     ax.legend(fontsize=8, loc="upper left")
-    fig.autofmt_xdate()
+    _dates(ax)
     return svg(fig, label="privacy budget over time")
 
 
@@ -185,19 +205,21 @@ def _runs_over_time_figure(h: History) -> str:
     if not h.runs:
         return "<p>No runs.</p>"
     fig, ax = figure(7.5, 3.2)
-    series: dict[tuple[str, str], list[datetime]] = {}
+    series: dict[tuple[str, str], list[str]] = {}
     for r in sorted(h.runs.values(), key=lambda r: r.requested_index):
-        series.setdefault((r.algorithm, r.outcome or "open"), []).append(_time(r.finished_at or r.requested_at))
+        series.setdefault((r.algorithm, r.outcome or "open"), []).append(r.finished_at or r.requested_at)
     markers = "os^Dv<>p*h"
     algorithms = sorted({a for a, _ in series})
-    for (algorithm, outcome), times in sorted(series.items()):
-        ax.step(times, range(1, len(times) + 1), where="post", color=_OUTCOME_COLOURS.get(outcome, "#333"),
-                marker=markers[algorithms.index(algorithm) % len(markers)], markersize=4,
-                label=f"{algorithm} {outcome}")
+    for (algorithm, outcome), stamps in sorted(series.items()):
+        picks = _thin(len(stamps))
+        ax.step([_time(stamps[i]) for i in picks], [i + 1 for i in picks], where="post",
+                color=_OUTCOME_COLOURS.get(outcome, "#333"),
+                marker=markers[algorithms.index(algorithm) % len(markers)] if len(stamps) <= 200 else None,
+                markersize=4, label=f"{algorithm} {outcome}")
     ax.set_ylabel("runs (cumulative)")
     ax.set_title("Runs per algorithm and outcome over time")
     ax.legend(fontsize=8, loc="upper left")
-    fig.autofmt_xdate()
+    _dates(ax)
     return svg(fig, label="runs per algorithm and outcome over time")
 
 
@@ -246,11 +268,17 @@ def _growth_figure(h: History) -> str:
                     textcoords="offset points", xytext=(-4, 6), ha="right", fontsize=7)
     ax.set_ylabel("ledger entries")
     ax.set_title("Ledger size over time, with signed checkpoints")
-    fig.autofmt_xdate()
+    _dates(ax)
     return svg(fig, label="ledger size over time")
 
 
 # -- page ----------------------------------------------------------------------
+
+
+def _newest_note(total: int, what: str, command: str) -> str:
+    if total <= _ROWS:
+        return ""
+    return f'<p class="meta">the newest {_ROWS:,} of {total:,} {what}; {command} --json lists every one</p>'
 
 
 def render(h: History, coverage: Coverage, *, diffs: dict[str, str] | None = None) -> str:
@@ -287,10 +315,11 @@ def render(h: History, coverage: Coverage, *, diffs: dict[str, str] | None = Non
     # budget
     parts.append("<h2>Privacy budget</h2>")
     parts.append(f"<figure>{_budget_figure(h)}</figure>")
+    parts.append(_newest_note(len(h.charges), "charges", "opal budget history"))
     parts.append(table(
         ["#", "time", "dataset", "requester", "algorithm", "run", "outcome", "ε", "running total"],
         [(c.index, c.time[:19], c.dataset, c.requester_name, c.algorithm, c.run_id[:12], c.outcome,
-          f"{c.epsilon:g}", f"{c.total:g}") for c in h.charges],
+          f"{c.epsilon:g}", f"{c.total:g}") for c in h.charges[-_ROWS:]],
         numeric=[0, 7, 8], css_id="charges",
     ))
     # runs
@@ -299,8 +328,8 @@ def render(h: History, coverage: Coverage, *, diffs: dict[str, str] | None = Non
                  f"<figure>{_outcome_bars(h)}</figure><figure>{_refusal_figure(h)}</figure></div>")
     parts.append(table(["cause", "refused runs"], list(h.refusals_by_cause().items()), numeric=[1],
                        css_id="refusals"))
-    runs = sorted(h.runs.values(), key=lambda r: r.requested_index)
-    parts.append("<details><summary>Every run</summary>" + table(
+    runs = sorted(h.runs.values(), key=lambda r: r.requested_index)[-_ROWS:]
+    parts.append("<details><summary>Runs</summary>" + _newest_note(len(h.runs), "runs", "opal ledger show") + table(
         ["requested", "run", "algorithm", "dataset", "requester", "ε asked", "outcome", "ε spent", "cause / reason"],
         [(r.requested_at[:19], r.run_id[:12], r.algorithm, r.dataset, name(r.requester), f"{r.epsilon:g}",
           r.outcome or "open", f"{r.epsilon_spent:g}", (f"{r.cause}: " if r.cause else "") + (r.reason or ""))

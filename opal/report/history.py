@@ -149,6 +149,7 @@ class History:
     cosignatures: list[Cosignature] = field(default_factory=list)
     first_time: str | None = None
     last_time: str | None = None
+    _spent: dict[str, int] = field(default_factory=dict, repr=False)  # running micro-ε per dataset
 
     def name(self, key_id: str) -> str:
         return self.names.get(key_id, key_id[:12])
@@ -339,8 +340,8 @@ class History:
         )
         self.runs[run_id] = fact
         if spent:
-            before = self.charges_of(fact.dataset)
-            total = (before[-1].total_micro if before else 0) + spent
+            total = self._spent.get(fact.dataset, 0) + spent
+            self._spent[fact.dataset] = total
             self.charges.append(
                 Charge(
                     index=e.index,
@@ -362,10 +363,7 @@ class History:
         return [c for c in self.charges if dataset is None or c.dataset == dataset]
 
     def spent_by_dataset(self) -> dict[str, float]:
-        totals: dict[str, int] = {}
-        for c in self.charges:
-            totals[c.dataset] = totals.get(c.dataset, 0) + c.epsilon_micro
-        return {d: m / MICRO for d, m in sorted(totals.items())}
+        return {d: m / MICRO for d, m in sorted(self._spent.items())}
 
     def outcomes(self) -> dict[str, int]:
         counts: dict[str, int] = {}
