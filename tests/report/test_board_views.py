@@ -56,3 +56,18 @@ def test_budget_history_table_is_as_wide_as_its_rows(scenario: Scenario) -> None
 def test_budget_history_of_unknown_dataset_is_bad_input(scenario: Scenario) -> None:
     proc = scenario.opal("budget", "history", "--dataset", "nope")
     assert proc.returncode == 2 and "no run on dataset 'nope'" in proc.stderr
+
+
+def test_budget_history_ignores_edited_database_copies(scenario: Scenario, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The runs and budget_events tables are copies: editing them changes no board figure."""
+    import shutil
+    import sqlite3
+
+    before = scenario.opal.json("budget", "history")
+    copy = tmp_path / "home"
+    shutil.copytree(scenario.opal.home, copy, ignore=shutil.ignore_patterns("*.log"))
+    with sqlite3.connect(str(copy / "opal.db")) as conn:
+        conn.execute("UPDATE runs SET requester = 'ravi', epsilon = 0.001, dataset = 'elsewhere'")
+        conn.execute("UPDATE budget_events SET epsilon = 1")
+    after = json.loads(scenario.opal("--home", str(copy), "budget", "history", "--json", check=True).stdout)
+    assert after == before
