@@ -338,6 +338,15 @@ def render(h: History, coverage: Coverage, *, diffs: dict[str, str] | None = Non
     ) + "</details>")
     # algorithms
     parts.append("<h2>Algorithm versions</h2>")
+    expiring = sorted(
+        (str(r["expires"]), f"{v['name']}@{v['version']}", name(r["reviewer"]))
+        for v in h.versions.values() if not v["revoked"]
+        for r in v["reviews"] if r["verdict"] == "approve" and r["expires"]
+    )
+    if expiring:
+        parts.append("<h3>Approvals that expire next (versions not revoked)</h3>")
+        parts.append(table(["expires", "version", "reviewer"], [(e[:19], n, who) for e, n, who in expiring[:10]],
+                           css_id="expiring"))
     for v in sorted(h.versions.values(), key=lambda v: (str(v["name"]), str(v["version"]))):
         sub = v["submitted"] or {}
         status = "revoked" if v["revoked"] else ("pinned" if any(p["until"] is None for p in v["pins"]) else "")

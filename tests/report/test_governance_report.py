@@ -66,6 +66,7 @@ def test_report_names_reviews_revocation_checkpoint_and_witness(
     size = int(checkpoints[-1][0])
     assert f"covers the signed checkpoint of size {size}" in page
     assert "diff summary: first version" in page
+    assert 'id="expiring"' not in page  # the only version is revoked: no approval of it is pending expiry
     assert [row[0] for row in _table(page, "policy")[1:]] == ["board", "operator", "reviewer", "statistician",
                                                               "witness"]
 
