@@ -1,10 +1,12 @@
 """A scripted history with known numbers, through the real CLI, a real worker and a real Redis:
-two released runs (ε 0.5 and 0.25), one through the Python client (ε 0.125), a run refused on its parameters, the bundle revoked by the
+two released runs (ε 0.5 and 0.25), one through the Python client (ε 0.125), on a dataset whose total budget is 1; a run refused
+for its budget (ε 0.5 > 0.125 left), a run refused on its parameters, the bundle revoked by the
 board, a run refused for trust, a signed checkpoint and a witness's cosignature."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ALGORITHMS, Opal
+from tests.conftest import ALGORITHMS, REPO, Opal
 
 
 @dataclass
@@ -46,7 +48,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Itera
         opal.board(board_key="bea")
         data = root / "cdr.parquet"
         opal("dataset", "synth", str(data), "--subscribers", "2000", "--days", "3", "--seed", "3", check=True)
-        opal("dataset", "register", "cdr", str(data), "--key", "olga", check=True)
+        policy = root / "release_policy.toml"
+        template = (REPO / "governance" / "release_policy.toml").read_text()
+        policy.write_text(re.sub(r"(?m)^total_epsilon = [0-9.]+", "total_epsilon = 1.0", template))
+        opal("dataset", "register", "cdr", str(data), "--key", "olga", "--policy", str(policy), check=True)
         opal("algo", "submit", str(ALGORITHMS / "population_density"), "--key", "sam", check=True)
         opal("algo", "approve", "population_density", "--key", "rita", "--comment", "one row per subscriber",
              check=True)
@@ -66,6 +71,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Itera
         assert proc.returncode == 0, proc.stderr
         client = json.loads(proc.stdout)
         runs["client"] = client["run_id"]
+        run("over_budget", '{"start_day": 1, "end_day": 2}', "0.5")  # not the cached twin of "first"
         run("bad_params", '{"start_day": "monday", "end_day": 1}', "0.5")
         opal("algo", "revoke", "population_density@1.0.0", "--reason", "double counts roamers", "--key", "bea",
              check=True)

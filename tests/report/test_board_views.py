@@ -10,7 +10,7 @@ from tests.report.conftest import Scenario
 def test_ledger_show_names_algorithm_dataset_and_requester_of_run_entries(scenario: Scenario) -> None:
     text = scenario.opal("ledger", "show", "--type", "run_requested", check=True).stdout
     lines = [line for line in text.splitlines() if "run_requested" in line]
-    assert len(lines) == 5
+    assert len(lines) == 6
     for line in lines:
         assert "population_density@1.0.0" in line and " cdr " in line and "sam" in line
     first = scenario.runs["first"][:12]

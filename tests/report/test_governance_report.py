@@ -11,10 +11,10 @@ import pytest
 from tests.report.conftest import Scenario
 
 FIGURES = {
-    "outcomes": {"refused": 2, "released": 3},
-    "refusals_by_cause": {"parameters": 1, "trust": 1},
+    "outcomes": {"refused": 3, "released": 3},
+    "refusals_by_cause": {"budget": 1, "parameters": 1, "trust": 1},
     "epsilon_spent": {"cdr": 0.875},
-    "runs_by_algorithm": {"population_density@1.0.0": {"refused": 2, "released": 3}},
+    "runs_by_algorithm": {"population_density@1.0.0": {"refused": 3, "released": 3}},
 }
 TABLES = ("outcomes", "epsilon-spent", "charges", "refusals", "runs", "checkpoints", "policy", "policy-history")
 
@@ -46,11 +46,11 @@ def export_file(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) ->
 def test_report_from_node_has_the_known_figures(node_report: tuple[dict[str, object], str]) -> None:
     summary, page = node_report
     assert {k: summary[k] for k in FIGURES} == FIGURES
-    assert _table(page, "outcomes")[1:] == [["refused", "2"], ["released", "3"]]
-    assert _table(page, "epsilon-spent")[1:] == [["cdr", "0.875", "10", "9.125"]]
+    assert _table(page, "outcomes")[1:] == [["refused", "3"], ["released", "3"]]
+    assert _table(page, "epsilon-spent")[1:] == [["cdr", "0.875", "1", "0.125"]]
     assert [row[3] for row in _table(page, "charges")[1:]] == ["sam", "sam", "sam"]
     assert [row[7:] for row in _table(page, "charges")[1:]] == [["0.5", "0.5"], ["0.25", "0.75"], ["0.125", "0.875"]]
-    assert _table(page, "refusals")[1:] == [["parameters", "1"], ["trust", "1"]]
+    assert _table(page, "refusals")[1:] == [["budget", "1"], ["parameters", "1"], ["trust", "1"]]
 
 
 def test_report_names_reviews_revocation_checkpoint_and_witness(

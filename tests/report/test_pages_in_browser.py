@@ -48,7 +48,7 @@ def test_report_renders_with_its_figures_no_console_error_and_no_request(report_
                   "runs per algorithm by outcome", "refusals by cause", "ledger size over time"):
         assert re.search(rf'<svg[^>]*data-figure="{label}"', dom), label
     # the figures match the ledger: runs per outcome, ε spent per dataset
-    assert re.search(r'<table id="outcomes">.*<td>refused</td><td class="num">2</td>.*'
+    assert re.search(r'<table id="outcomes">.*<td>refused</td><td class="num">3</td>.*'
                      r'<td>released</td><td class="num">3</td>', dom, re.S)
     assert '<td>cdr</td><td class="num">0.875</td>' in dom
     assert "sam +0.5" in dom and "sam +0.25" in dom and "sam +0.125" in dom  # who spent it, on the plot
