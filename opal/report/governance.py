@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger.records import Checkpoint, LedgerEntry
+from opal.release.policy import MICRO
 from opal.report.history import History
 from opal.report.html import esc, page, table
 from opal.report.plots import figure, svg
@@ -186,14 +187,22 @@ def _budget_figure(h: History) -> str:
         line = ax.step(xs, ys, where="post", label=f"{dataset}: ε spent")[0]
         if len(every) <= 200:
             ax.plot(xs, ys, "o", color=line.get_color(), markersize=4)
-        for c in every[-_NOTES:]:
-            x, y = _time(c.time), c.total
-            ax.annotate(f"{c.requester_name} +{c.epsilon:g}", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+        if len(every) <= _NOTES:
+            notes = [(c.time, c.total, f"{c.requester_name} +{c.epsilon:g}") for c in every]
+        else:  # too many to label one by one: who spent how much, at the end of the curve
+            by: dict[str, tuple[int, int]] = {}
+            for c in every:
+                micro, runs = by.get(c.requester_name, (0, 0))
+                by[c.requester_name] = (micro + c.epsilon_micro, runs + 1)
+            notes = [(every[-1].time, every[-1].total, "; ".join(
+                f"{who} {micro / MICRO:g} ({runs:,} runs)" for who, (micro, runs) in sorted(by.items())))]
+        for when, y, text in notes:
+            ax.annotate(text, (_time(when), y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         total = h.datasets.get(dataset, {}).get("total_epsilon")
         if total:
             ax.axhline(float(total), linestyle="--", linewidth=1, color=line.get_color(),
                        label=f"{dataset}: total ε {float(total):g}")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("ε spent (cumulative)")
     ax.set_title("Privacy budget spent over time, per dataset")
     ax.legend(fontsize=8, loc="upper left")
@@ -214,8 +223,10 @@ def _runs_over_time_figure(h: History) -> str:
         picks = _thin(len(stamps))
         ax.step([_time(stamps[i]) for i in picks], [i + 1 for i in picks], where="post",
                 color=_OUTCOME_COLOURS.get(outcome, "#333"),
+                linestyle=("-", "--", ":", "-.")[algorithms.index(algorithm) % 4],
                 marker=markers[algorithms.index(algorithm) % len(markers)] if len(stamps) <= 200 else None,
                 markersize=4, label=f"{algorithm} {outcome}")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("runs (cumulative)")
     ax.set_title("Runs per algorithm and outcome over time")
     ax.legend(fontsize=8, loc="upper left")
@@ -315,13 +326,14 @@ def render(h: History, coverage: Coverage, *, diffs: dict[str, str] | None = Non
     # budget
     parts.append("<h2>Privacy budget</h2>")
     parts.append(f"<figure>{_budget_figure(h)}</figure>")
+    parts.append(f"<details{' open' if len(h.charges) <= 50 else ''}><summary>Every charge</summary>")
     parts.append(_newest_note(len(h.charges), "charges", "opal budget history"))
     parts.append(table(
         ["#", "time", "dataset", "requester", "algorithm", "run", "outcome", "ε", "running total"],
         [(c.index, c.time[:19], c.dataset, c.requester_name, c.algorithm, c.run_id[:12], c.outcome,
           f"{c.epsilon:g}", f"{c.total:g}") for c in h.charges[-_ROWS:]],
         numeric=[0, 7, 8], css_id="charges",
-    ))
+    ) + "</details>")
     # runs
     parts.append("<h2>Runs</h2>")
     parts.append(f'<div class="figures"><figure>{_runs_over_time_figure(h)}</figure>'
