@@ -128,3 +128,12 @@ def test_report_refuses_a_node_ledger_rewritten_under_its_checkpoint(scenario: S
     proc = scenario.opal("--home", str(copy), "report", "--out", str(out))
     assert proc.returncode == 7 and "checkpoint" in proc.stderr
     assert not out.exists()
+
+
+def test_report_options_that_do_not_fit_are_bad_input(scenario: Scenario, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    proc = scenario.opal("report", "--out", str(out), "--policy", str(_policy_file(scenario)))
+    assert proc.returncode == 2 and "--policy goes with --file EXPORT" in proc.stderr
+    proc = scenario.opal("report", "--out", str(out), "--file", str(tmp_path / "missing.jsonl"))
+    assert proc.returncode == 2 and "no export file at" in proc.stderr
+    assert not out.exists()
