@@ -507,9 +507,21 @@ def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]
         if "proof" in out["proofs"]:
             clock.say(f"ledger: inclusion proof {_fmt(out['proofs']['proof'])} warm, "
                       f"opal ledger prove inclusion {_fmt(out['proofs']['cli'])}")
+        out["report"] = _attempt(clock, "governance report", lambda: _report(config, reps))
+        if "cli" in out["report"]:
+            clock.say(f"ledger: opal report on {out['report']['entries']:,} entries of run lifecycles "
+                      f"{_fmt(out['report']['cli'])} (bound 10 s at 100k), page {out['report']['page_bytes']:,} bytes")
         startup = _attempt(clock, "CLI start-up", lambda: ledger.cli_startup(home, reps=3))
         out["cli_startup"] = startup.to_dict() if isinstance(startup, Timing) else startup
     return out
+
+
+def _report(config: BenchConfig, reps: int) -> dict[str, Any]:
+    from opal.bench import governance
+
+    entries = min(config.ledger_entries, 100_000)  # the bound is stated for 100 000 entries
+    home = governance.ensure_run_ledger(config.data_dir, entries, say=print)
+    return governance.bench_report(home, reps=reps)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -348,6 +348,12 @@ def _ledger(results: dict[str, Any]) -> list[str]:
         rows.append(["`opal ledger prove inclusion` (cold command)", _span(p["cli"])])
     elif "error" in p:
         rows.append(["inclusion proofs", f"failed: {p['error']}"])
+    g = led.get("report") or {}
+    if "cli" in g:
+        rows.append([f"`opal report` (governance page), {g['entries']:,} entries, {g['runs']:,} runs (bound: 10 s)",
+                     f"{_span(g['cli'])}, page {g['page_bytes']:,} bytes"])
+    elif "error" in g:
+        rows.append(["`opal report`", f"failed: {g['error']}"])
     if led.get("cli_startup") and "median" in led["cli_startup"]:
         rows.append(["`opal --help` (interpreter + CLI start-up, in every command above)",
                      _span(led["cli_startup"])])

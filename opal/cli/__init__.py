@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("opal.cli.demo", "Run the whole story on the embedded default."),
     "keys": ("opal.cli.keys", "Ed25519 keys and their roles."),
     "ledger": ("opal.cli.ledger", "Audit the governance ledger."),
+    "report": ("opal.cli.report", "The board's governance report: one self-contained HTML page."),
     "run": ("opal.cli.run", "Request a run of an algorithm on a dataset."),
     "runs": ("opal.cli.run", "Follow runs."),
     "trust": ("opal.cli.trust", "The board-signed trust policy."),

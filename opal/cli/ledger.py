@@ -179,7 +179,7 @@ def _verify_export(
 @click.option("--algorithm", default=None, help="Algorithm name (bundle and run entries).")
 @click.option("--since", default=None, help="ISO-8601 UTC time, inclusive.")
 @click.option("--until", default=None, help="ISO-8601 UTC time, exclusive.")
-@click.option("--limit", type=click.IntRange(min=0), default=None)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Show the newest N entries.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def show(
@@ -192,26 +192,26 @@ def show(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """List ledger entries."""
+    """List ledger entries (the newest N with --limit); run entries name their algorithm,
+    dataset and requester from the signed request."""
+    from opal.report.views import describe_entries
+
     node = app.node
     if actor is not None and len(actor) != 64:
         info = node.keyring.find(actor)
         if info is not None:
             actor = info.key_id
     entries = node.ledger.entries(
-        type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit
+        type=type_, actor=actor, subject=algorithm, since=since, until=until, limit=limit, newest=True
     )
     if as_json:
         emit_json([e.to_dict() for e in entries])
         return
-    names = {k.key_id: k.name for k in node.keyring.all()}
-    table = Table("#", "time", "type", "actor", "about")
-    for e in entries:
-        about = e.body.get("run_id") or e.body.get("name") or e.body.get("dataset") or ""
-        if e.type == "run_finished":
-            about = f"{about} {e.body.get('outcome')}"
+    table = Table("#", "time", "type", "actor", "algorithm", "dataset", "requester", "about")
+    for row in describe_entries(node.ledger, entries):
         table.add_row(
-            str(e.index), e.time[:19], e.type, names.get(e.actor, e.actor[:12]), str(about)
+            str(row["index"]), row["time"][:19], row["type"], row["actor"], row["algorithm"],
+            row["dataset"], row["requester"], row["about"],
         )
     console.print(table)
 

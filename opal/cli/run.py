@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.table import Table
 
 from opal.cli._app import App, console, emit_json, err_console, pass_app
 from opal.cli._render import parse_params, render_release
 from opal.errors import error_from_dict
+
+if TYPE_CHECKING:
+    from opal.runs.records import RunRecord
 
 
 @click.command("run")
@@ -26,35 +31,34 @@ def run(app: App, algorithm: str, dataset: str, params: str | None, epsilon: flo
     """Request a run of ALGORITHM (NAME, NAME@VERSION or digest) on DATASET."""
     import time
 
-    from opal.runs import request_run
-    from opal.runs.dispatch import dispatch
-    from opal.runs.dispatch import wait as wait_for
-    from opal.worker.celery import broker_url
+    from opal.runs.results import submit
 
     node = app.node
     signer = node.keyring.signer_for(key, "statistician")
-    broker_url(node.home)  # no broker configured: say so before anything is recorded
-    record = request_run(
-        node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon, signer=signer
-    )
-    dispatch(node, record)
+    t0 = time.monotonic()
+    run_id = ""
+
+    def requested(record: RunRecord) -> None:
+        nonlocal run_id
+        run_id = record.run_id
+        if wait and not as_json:
+            err_console.print(f"run {run_id}: requested {record.algorithm} on {dataset} (ε={record.epsilon:g})")
+
+    def progress(state: str) -> None:
+        err_console.print(f"run {run_id}: {state} ({time.monotonic() - t0:.1f} s)")
+
+    def hint(text: str) -> None:
+        err_console.print(f"run {run_id}: waiting: {text}")
+
+    record = submit(node, algorithm=algorithm, dataset=dataset, params=parse_params(params), epsilon=epsilon,
+                    signer=signer, wait=wait, timeout=timeout, on_requested=requested,
+                    on_state=None if as_json else progress, on_hint=hint)
     if not wait:
         if as_json:
             emit_json({"run_id": record.run_id, "state": record.state})
         else:
             click.echo(record.run_id)
         return
-    t0 = time.monotonic()
-    if not as_json:
-        err_console.print(f"run {record.run_id}: requested {record.algorithm} on {dataset} (ε={record.epsilon:g})")
-
-    def progress(state: str) -> None:
-        err_console.print(f"run {record.run_id}: {state} ({time.monotonic() - t0:.1f} s)")
-
-    def hint(text: str) -> None:
-        err_console.print(f"run {record.run_id}: waiting: {text}")
-
-    record = wait_for(node, record.run_id, timeout=timeout, on_state=None if as_json else progress, on_hint=hint)
     if as_json:
         emit_json(record.to_dict())
     elif record.state == "released" and record.result is not None:
@@ -92,35 +96,72 @@ def list_(app: App, dataset: str | None, state: str | None, limit: int, as_json:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def show(app: App, run_id: str, as_json: bool) -> None:
+    """A run: what was asked, its state and, once released, the table with each cell's
+    noise scale and 95 % interval."""
     from opal.runs import get_run
 
     r = get_run(app.node, run_id)
     if as_json:
-        emit_json(r.to_dict(with_result=False))
+        emit_json(r.to_dict(with_result=True))
         return
     console.print(f"run {r.run_id}: {r.algorithm} on {r.dataset}, ε={r.epsilon:g}, {r.state} ({r.updated})")
+    console.print(f"  requested by {r.requester} on {r.created}, params {r.params}")
     if r.error:
         console.print(f"  {r.error.get('type')}: {r.error.get('message')}")
+    if r.state == "released" and r.result is not None:
+        render_release(r.result, title=f"{r.algorithm} on {r.dataset}", cached_from=r.cached_from, max_rows=10**9)
 
 
 @runs.command("result")
 @click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json"]), default=None,
+              help="The released table alone (one row per cell: value, noise_scale, ci_low, ci_high, suppressed); "
+              "to --out FILE, or stdout (csv, json).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write the result document (table + ledger receipt) to this file.")
+              help="With --format: the table; with --html: the page; else the result document (table + receipt).")
+@click.option("--html", "as_html", is_flag=True,
+              help="A self-contained page: the table, a plot of values with their intervals, the receipt's status.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def result(app: App, run_id: str, out: str | None, as_json: bool) -> None:
+def result(app: App, run_id: str, fmt: str | None, out: str | None, as_html: bool, as_json: bool) -> None:
     """The released table of a finished run, with its ledger receipt."""
     import json
+    import sys
     from pathlib import Path
 
+    from opal.errors import BadInputError
     from opal.runs import get_run
     from opal.runs.receipts import result_document
+    from opal.runs.results import table_bytes
 
+    if sum((fmt is not None, as_html, as_json)) > 1:
+        raise BadInputError("choose one of --format, --html and --json")
     r = get_run(app.node, run_id)
     if r.state != "released" and r.error:
         raise error_from_dict(r.error)
-    doc = result_document(app.node, run_id, require_receipt=out is not None)
+    if fmt is not None:
+        doc = result_document(app.node, run_id, require_receipt=False)
+        data = table_bytes(doc["release"], fmt)
+        if out:
+            Path(out).write_bytes(data)
+            err_console.print(f"wrote the released table of run {run_id} ({fmt}) to {out}")
+        elif fmt == "parquet":
+            raise BadInputError("--format parquet writes a binary file: add --out FILE")
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        return
+    doc = result_document(app.node, run_id, require_receipt=out is not None or as_html)
+    if as_html:
+        from opal.report.result_page import result_page
+
+        text = result_page(doc)
+        if out:
+            Path(out).write_text(text, encoding="utf-8")
+            err_console.print(f"wrote the result page of run {run_id} to {out}")
+        else:
+            click.echo(text, nl=False)
+        return
     if out:
         Path(out).write_text(json.dumps(doc, indent=2))
     if as_json:

@@ -287,9 +287,11 @@ class Ledger:
         limit: int | None = None,
         start: int | None = None,
         stop: int | None = None,
+        newest: bool = False,
     ) -> list[LedgerEntry]:
         """Entries matching every given filter, in index order. ``since``/``until`` compare
         ISO-8601 UTC times (``until`` exclusive); ``start``/``stop`` are indexes (``stop`` exclusive).
+        ``newest``: with ``limit``, the last ``limit`` matches (still returned in index order).
 
         The columns only find candidates: each entry is parsed and kept only if its
         signed fields match the filters, so a relabelled row never passes for another
@@ -311,7 +313,7 @@ class Ledger:
         sql = "SELECT entry FROM ledger"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY idx"
+        sql += " ORDER BY idx DESC" if newest else " ORDER BY idx"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         found = []
@@ -329,7 +331,16 @@ class Ledger:
             ):
                 continue
             found.append(e)
-        return found
+        return sorted(found, key=lambda e: e.index) if newest else found
+
+    def iter_entries(self) -> Iterator[LedgerEntry]:
+        """Every entry in index order, parsed from its stored signed bytes, in pages
+        (bounded memory); rows that are not entries are skipped (verify names them)."""
+        for _, raw, _ in self._raw_rows(2**62):
+            try:
+                yield LedgerEntry.parse(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
 
     def entry(self, index: int) -> LedgerEntry:
         row = self.db.one("SELECT entry FROM ledger WHERE idx = ?", (int(index),))

@@ -37,6 +37,7 @@ __all__ = [
     "pin_version",
     "unpin",
     "review_view",
+    "diff_summary",
     "approval_status",
     "Approval",
     "key_for_role",
@@ -610,6 +611,19 @@ def _diff(old: Bundle | None, new: Bundle) -> str:
             )
         )
     return "".join(line if line.endswith("\n") else line + "\n" for line in chunks)
+
+
+def diff_summary(old: Bundle | None, new: Bundle) -> str:
+    """What ``opal algo review`` shows against the previous version: files changed,
+    lines added and removed, then the unified diff ("" for a first version)."""
+    diff = _diff(old, new)
+    if not diff:
+        return ""
+    lines = diff.splitlines()
+    files = sum(1 for line in lines if line.startswith("+++ "))
+    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++ "))
+    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("--- "))
+    return f"{files} file(s) changed, +{added} -{removed} line(s)\n{diff}"
 
 
 def review_view(node: Node, digest: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""What the board reads: figures derived from signed ledger entries, and the governance page."""
