@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from opal.sandbox.pseudonyms import RunPseudonyms
     from opal.trust.keyring import Signer
 
-__all__ = ["MAX_ATTEMPTS", "Outcome", "execute_run", "fail_run", "run_owner"]
+__all__ = ["MAX_ATTEMPTS", "Outcome", "Prepared", "execute_run", "fail_run", "prepare", "run_owner"]
 
 log = logging.getLogger("opal.worker")
 
@@ -144,7 +145,21 @@ def execute_run(
         )
 
 
-def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """What steps 1–3 established for a run, without touching data."""
+
+    ds: catalog.Dataset
+    bundle: Any
+    manifest: Any
+    domains: dict[str, tuple[Any, ...]]
+
+
+def prepare(node: Node, record: RunRecord) -> Prepared:
+    """Steps 1–3 (decided without data): trust, exact bytes, params, compile policy, domains, ε.
+
+    Every task of a run re-does them (a partition task re-fetches what it needs).
+    """
     require_board_policy(node)  # no run on real data unless a board decided who may approve and run
     verify_request(node, record)
     ds = catalog.get(node, record.dataset)
@@ -163,13 +178,20 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     manifest.validate_params(record.params)
     from opal.release.domains import cell_count, check_cells, resolve
     from opal.sandbox import check_source
-    from opal.sandbox.params import run_check_params
 
     check_source(bundle.source, filename="algorithm.py", entrypoint=manifest.entrypoint)
     domains = resolve(manifest.privacy.groups, ds.domains)
     check_cells(cell_count(domains), ds.policy.max_cells)
     ds.policy.check_epsilon(record.epsilon)
-    runtime = runtime_for(ds)
+    return Prepared(ds=ds, bundle=bundle, manifest=manifest, domains=domains)
+
+
+def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+    from opal.sandbox.params import run_check_params
+
+    prep = prepare(node, record)
+    ds, bundle, manifest, domains = prep.ds, prep.bundle, prep.manifest, prep.domains
+    runtime = runtime_for(ds)  # of a partitioned dataset: its first partition (check_params reads no data)
     run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # averaging attack: an identical run is served the cached release, no new noise, no new spend
     cached = node.db.one(
@@ -181,6 +203,12 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         return _finish_cached(node, record, cached, signer=signer)
     # 4. reserve budget and record the start, in one durable transaction
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
+        return _outcome(get_run(node, record.run_id))
+    if ds.partitioned:
+        # 5–6 per partition as Celery tasks, noise once in the combining task
+        from opal.worker.fanout import fan_out
+
+        fan_out(node, record, parts=len(ds.partition_files()))
         return _outcome(get_run(node, record.run_id))
     # 5. sandbox, on this run's pseudonyms. From here on the run is total.
     contributions, units, outcome = _contributions(
