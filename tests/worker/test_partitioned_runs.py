@@ -217,3 +217,30 @@ def test_a_killed_partition_task_is_redelivered_and_counted_once(sc: Scenario, w
     assert _combined_truth_cells(sc, run_id) == _truth(sc)
     _assert_charged_once(sc, run_id, 1.0)
     assert get_run(sc.node, run_id).state == "released"
+
+
+def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_node_does(
+        tmp_path: Path, broker_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    monkeypatch.setenv("OPAL_DB_URL", pg_url)
+    sc = build(tmp_path / "home", subscribers=600, days=2)
+    dataset = _with_partitions(sc)
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env={"OPAL_RECOVERY_INTERVAL": "0"})
+    try:
+        workers.start(dataset, concurrency=1)
+        one_node = wait(sc.node, _request(sc, dataset, spin=SPIN_PER_SECOND // 4), timeout=180)
+        workers.start(dataset, concurrency=1)                  # a second node on the same queue
+        run_id = _request(sc, dataset, spin=SPIN_PER_SECOND // 4 + 1)   # not the cached identical run
+        two_nodes = wait(sc.node, run_id, timeout=180)
+        assert one_node.state == two_nodes.state == "released", (one_node.error, two_nodes.error)
+        servers = {row["worker"].split(":")[1] for row in sc.node.db.query(
+            "SELECT worker FROM run_partials WHERE run_id = ?", (run_id,))}
+        assert len(servers) == 2, "both nodes served partitions of the run"
+        # exact: the pre-noise aggregates of both runs are the same, cell for cell
+        truth = _truth(sc)
+        assert _combined_truth_cells(sc, one_node.run_id) == _combined_truth_cells(sc, run_id) == truth
+        _assert_within_intervals(two_nodes.result, truth)
+        _assert_charged_once(sc, run_id, 1.0)
+    finally:
+        workers.stop_all()
+        state.close_runtimes()
