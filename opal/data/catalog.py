@@ -238,6 +238,7 @@ def _load_partitioned(path: Path, schema: str) -> tuple[int, str]:
         arrow_schema, n = read_schema(file)
         SCHEMAS[schema].check(arrow_schema, where=str(file))
         rows += n
+    parted.check_disjoint()
     return rows, parted.version()
 
 

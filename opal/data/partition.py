@@ -234,6 +234,31 @@ class Partitioned:
         return {"path": str(self.path), "parts": self.parts, "unit": self.unit, "key_id": self.key_id,
                 "rows": sum(self.rows), "rows_per_part": list(self.rows)}
 
+    def check_disjoint(self) -> None:
+        """Refuse a directory where a unit has rows in two partitions.
+
+        Per-unit bounding runs partition by partition, so a unit in two
+        partitions would count up to twice its bound and break the noise's
+        calibration. Checked from the unit columns alone (no key needed:
+        the directory may come from another node).
+
+        Raises:
+            BadInputError: some unit is in more than one partition (no value named).
+        """
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        uniques = []
+        for file in self.files:
+            column = pq.read_table(file, columns=[self.unit]).column(0)
+            uniques.append(np.unique(column.to_numpy()))
+        total = sum(len(u) for u in uniques)
+        if total and len(np.unique(np.concatenate(uniques))) != total:
+            raise BadInputError(
+                f"{self.path}: some units have rows in more than one partition, which would let them count "
+                "more than their bound; partition the data by its unit with opal dataset partition"
+            )
+
     def version(self) -> str:
         """SHA-256 over every partition file's SHA-256 (one changed byte anywhere: a new version)."""
         from opal.data.catalog import fingerprint_file

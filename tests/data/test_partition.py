@@ -122,3 +122,24 @@ def test_partition_cli_refuses_bad_parts_in_one_line(opal: Opal, tmp_path: Path,
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "parts").exists()
+
+
+def test_a_directory_where_a_unit_is_in_two_partitions_is_refused(cdr: Path, tmp_path: Path) -> None:
+    # per-unit bounding runs per partition: a unit in two partitions would count twice its bound
+    from opal.worker._scenario import build
+
+    sc = build(tmp_path / "home", subscribers=50, days=1)
+    folder = tmp_path / "parts"
+    partition(cdr, folder, parts=3, key=KEY, unit="msisdn")
+    first, second = partition_file(folder, 0), partition_file(folder, 1)
+    moved = pq.read_table(first).slice(0, 1)
+    pq.write_table(pa_concat(pq.read_table(second), moved), second)
+    with pytest.raises(BadInputError, match="more than one partition") as refused:
+        catalog.register(sc.node, "parted", folder, signer=sc.node.keyring.signer("olga"))
+    assert str(moved.column("msisdn")[0]) not in str(refused.value)
+
+
+def pa_concat(a, b):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    return pa.concat_tables([a, b])
