@@ -192,10 +192,8 @@ def test_duplicated_partition_tasks_and_an_early_combine_do_not_double_count(
     _assert_charged_once(sc, run_id, 1.0)
 
 
-def test_a_killed_partition_task_is_redelivered_and_counted_once(sc: Scenario, workers: Workers) -> None:
-    dataset = _with_partitions(sc)
-    workers.start(dataset, concurrency=1)
-    run_id = _request(sc, dataset, spin=3 * SPIN_PER_SECOND)
+def _kill_a_partition_task(sc: Scenario, workers: Workers, run_id: str) -> int:
+    """SIGKILL the pool process running one of the run's partitions; its partition number."""
     deadline = time.monotonic() + 120
     row = None
     while time.monotonic() < deadline and row is None:
@@ -208,15 +206,47 @@ def test_a_killed_partition_task_is_redelivered_and_counted_once(sc: Scenario, w
         time.sleep(0.05)
     assert row is not None, workers.logs()[-3000:]
     time.sleep(0.5)
-    os.kill(int(row["worker"].split(":")[1]), signal.SIGKILL)   # the pool process running that partition
+    os.kill(int(row["worker"].split(":")[1]), signal.SIGKILL)
+    return int(row["part"])
+
+
+def test_a_killed_partition_task_is_redelivered_and_counted_once(sc: Scenario, workers: Workers) -> None:
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1)
+    run_id = _request(sc, dataset, spin=3 * SPIN_PER_SECOND)
+    part = _kill_a_partition_task(sc, workers, run_id)
     record = wait(sc.node, run_id, timeout=180)
     assert record.state == "released", record.error
     attempts = sc.node.db.one("SELECT attempts FROM run_partition_attempts WHERE run_id = ? AND part = ?",
-                              (run_id, row["part"]))["attempts"]
+                              (run_id, part))["attempts"]
     assert attempts == 2
     assert _combined_truth_cells(sc, run_id) == _truth(sc)
     _assert_charged_once(sc, run_id, 1.0)
     assert get_run(sc.node, run_id).state == "released"
+
+
+def test_a_partition_lost_every_attempt_releases_over_the_others_charged_once(
+        sc: Scenario, workers: Workers) -> None:
+    from opal.runs.records import run_decisions
+
+    workers.extra_env["OPAL_MAX_ATTEMPTS"] = "1"
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1)
+    run_id = _request(sc, dataset, spin=3 * SPIN_PER_SECOND)
+    part = _kill_a_partition_task(sc, workers, run_id)
+    record = wait(sc.node, run_id, timeout=180)
+    # the requester sees an ordinary release over the whole domain, charged once
+    assert record.state == "released", record.error
+    assert len(record.result["table"]["rows"]) == len(catalog.get(sc.node, dataset).domains["region"])
+    _assert_charged_once(sc, run_id, 1.0)
+    got = partials(sc.node, run_id)
+    assert got[part][1] == {"outcome": "partition lost", "attempts": 1}
+    assert int(got[part][0].units.sum()) == 0
+    # the others add up to the truth of their own units; the operator is told which partition and why
+    assert sum(int(a.units.sum()) for p, (a, _) in got.items() if p != part) > 0
+    outcome = run_decisions(sc.node, run_id)["run_outcome"]
+    assert outcome["outcome"] == "partitions without contributions"
+    assert outcome["by_partition"] == {str(part): {"outcome": "partition lost", "attempts": 1}}
 
 
 def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_node_does(
