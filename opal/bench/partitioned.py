@@ -85,10 +85,11 @@ def bench_partitioned(deployment: Any, path: Path, label: str, algorithms: list[
     partitioned, out["partitioned_worker"] = _serve(deployment, split, algorithms, reps, memory=None, clock=clock,
                                                     label=f"{label} {parts} partitions")
     # about one partition resident per pool process: memory follows the partition
-    from opal.worker.state import resident_estimate
+    from opal.sandbox import Limits
+    from opal.worker.state import partition_estimate
 
-    per_process = resident_estimate(parted.files[0]) * max(parted.rows) // max(1, parted.rows[0])
-    budget = f"{2 * per_process // (1 << 20) + 1}M"
+    largest = parted.files[parted.rows.index(max(parted.rows))]
+    budget = f"{2 * partition_estimate(largest, Limits()) // (1 << 20) + 1}M"
     bounded, out["bounded_worker"] = _serve(deployment, split, algorithms[:1], 1, memory=budget, clock=clock,
                                             label=f"{label} {parts} partitions, --memory {budget}")
     out["bounded_memory_flag"] = budget

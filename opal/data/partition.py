@@ -210,7 +210,7 @@ def _batches(source: Path) -> tuple[pa.Schema, Iterator[pa.Table]]:
         raise BadInputError(f"{source} is not a readable {suffix[1:]} file") from None
 
     def tables() -> Iterator[pa.Table]:
-        for batch in data.to_batches(batch_size=_BATCH_ROWS):
+        for batch in data.to_batches(batch_size=_BATCH_ROWS, batch_readahead=1, fragment_readahead=1):
             yield pa.Table.from_batches([batch], schema=schema)
 
     return schema, tables()

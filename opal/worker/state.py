@@ -24,6 +24,7 @@ __all__ = [
     "limits",
     "memory_budget",
     "node",
+    "partition_estimate",
     "resident",
     "resident_estimate",
     "runtime_for",
@@ -113,28 +114,52 @@ def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
         for name in [k for k, (v, _) in _runtimes.items() if k.split("/")[0] == ds.name and v != ds.version]:
             _runtimes.pop(name)[1].close()  # a new version: every runtime of the old one goes
         file = ds.partition_files()[index] if index is not None else ds.path
-        _costs[key] = resident_estimate(file)
+        run_limits = limits()
+        if index is not None:
+            run_limits = _partition_limits(run_limits, file)
+        _costs[key] = partition_estimate(file, run_limits)
         _evict(keep=key, need=_costs[key])
-        rt = Runtime(tables={ds.schema: file}, limits=limits())
+        rt = Runtime(tables={ds.schema: file}, limits=run_limits)
         _runtimes[key] = (ds.version, rt)
         return rt
 
 
-# Measured at 10 M rows (docs/scale.md): a zygote holds ~150 bytes a CDR row
-# above ~250 MB of interpreter, numpy, pandas and pyarrow.
-_ZYGOTE_BASE = 250 << 20
-_BYTES_PER_ROW = 150
+# Measured at 10 M rows (docs/scale.md): a zygote holds ~180 MB of interpreter,
+# numpy, pandas and pyarrow, and ~180 bytes a CDR row of data and unit dictionary.
+_ZYGOTE_BASE = 180 << 20
+_BYTES_PER_ROW = 180
+# The warm heap a zygote keeps for its children's temporaries (opal/sandbox/_warm.py)
+# is 1 GiB for a 10 M-row file; a partition's follows its rows, at least 64 MiB.
+_WARM_PER_ROW = 108
+_WARM_FLOOR = 64 << 20
 
 
-def resident_estimate(file: Path) -> int:
-    """Bytes a runtime holding ``file`` is expected to keep resident."""
+def _rows(file: Path) -> int:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.ParquetFile(file).metadata.num_rows if file.suffix == ".parquet" else file.stat().st_size // 40
+        return int(pq.ParquetFile(file).metadata.num_rows) if file.suffix == ".parquet" else file.stat().st_size // 40
     except Exception:  # noqa: BLE001 - unreadable here: the runtime reports it when it loads
-        rows = 0
-    return _ZYGOTE_BASE + rows * _BYTES_PER_ROW
+        return 0
+
+
+def _partition_limits(base: Limits, file: Path) -> Limits:
+    """``base`` with a warm heap sized to the partition: a fixed 1 GiB per
+    partition zygote would make memory follow the number of partitions."""
+    from opal.sandbox import Limits
+
+    warm = min(base.warm_memory_bytes, max(_WARM_FLOOR, _rows(file) * _WARM_PER_ROW))
+    return Limits.from_dict({**base.to_dict(), "warm_memory_bytes": warm - warm % (2 << 20)})
+
+
+def resident_estimate(file: Path, warm_bytes: int = 0) -> int:
+    """Bytes a runtime holding ``file`` (with a warm heap of ``warm_bytes``) is expected to keep resident."""
+    return _ZYGOTE_BASE + _rows(file) * _BYTES_PER_ROW + warm_bytes
+
+
+def partition_estimate(file: Path, base: Limits) -> int:
+    """Bytes a partition runtime of ``file`` under ``base`` limits keeps resident."""
+    return resident_estimate(file, _partition_limits(base, file).warm_memory_bytes)
 
 
 def memory_budget() -> int:

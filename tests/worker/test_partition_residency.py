@@ -26,7 +26,7 @@ def parted(tmp_path: Path) -> Iterator[tuple[Scenario, catalog.Dataset]]:
 def test_partitions_beyond_the_budget_are_stopped_least_recently_used_first(
         parted: tuple[Scenario, catalog.Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
     _, ds = parted
-    one = state.resident_estimate(ds.partition_files()[0])
+    one = max(state.partition_estimate(f, state.limits()) for f in ds.partition_files())
     monkeypatch.setenv("OPAL_WORKER_CONCURRENCY", "1")
     monkeypatch.setenv("OPAL_WORKER_MEMORY", str(2 * one + one // 2))     # room for two partitions
     first = state.runtime_for(ds, 0)
@@ -67,3 +67,13 @@ def test_a_bad_memory_size_is_refused_naming_the_form(text: str) -> None:
 
     with pytest.raises(BadInputError, match="such as 8G or 512M"):
         parse_memory(text)
+
+
+def test_a_partition_zygote_keeps_a_warm_heap_sized_to_its_partition(
+        parted: tuple[Scenario, catalog.Dataset]) -> None:
+    # a fixed 1 GiB heap per partition zygote made memory follow the number of partitions
+    _, ds = parted
+    whole = state.limits().warm_memory_bytes
+    runtime = state.runtime_for(ds, 0)
+    runtime.units("msisdn", table="cdr")
+    assert 0 < runtime.warm_memory_bytes <= 64 << 20 < whole
