@@ -17,9 +17,10 @@ unit's text, modulo the number of parts. The key is the operator node's
 identifier cannot tell which partition holds it, and so cannot aim an
 algorithm's behaviour (a failure, a slow path) at one partition.
 
-Writing streams: the input is read in record batches and every partition
-keeps at most ``_FLUSH_ROWS`` rows buffered, so memory follows the batch
-size, never the dataset.
+Writing streams: the input is read in record batches of 256 k rows (no
+read-ahead) and every partition keeps at most ``_FLUSH_ROWS`` rows buffered,
+each an independent copy, so memory follows the batch and the number of
+parts, never the dataset.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ FORMAT = "opal-partitions/1"
 MAX_PARTS = 4096
 _KEY_FILE = "partition.key"
 _KEY_ALPHABET = string.ascii_letters + string.digits + string.punctuation  # 94 symbols: 16 of them > 104 bits
-_BATCH_ROWS = 1 << 20
+_BATCH_ROWS = 1 << 18
 _FLUSH_ROWS = 1 << 17
 
 
@@ -148,11 +149,11 @@ class PartitionWriter:
         part_of = buckets(table.column(self.unit).to_numpy(), key=self.key, parts=self.parts)
         order = np.argsort(part_of, kind="stable")
         counts = np.bincount(part_of, minlength=self.parts)
-        sorted_table = table.take(order)
         start = 0
         for part, n in enumerate(counts.tolist()):
             if n:
-                self._pending[part].append(sorted_table.slice(start, n))
+                # a copy of its own: a slice would keep the whole batch alive until every part flushed
+                self._pending[part].append(table.take(order[start:start + n]))
                 self._pending_rows[part] += n
                 self.rows[part] += n
                 if self._pending_rows[part] >= _FLUSH_ROWS:
@@ -197,21 +198,33 @@ class PartitionWriter:
 
 
 def _batches(source: Path) -> tuple[pa.Schema, Iterator[pa.Table]]:
+    """The input's schema and its rows in record batches, one row group (Parquet)
+    or one block (CSV) in memory at a time."""
     import pyarrow as pa
-    import pyarrow.dataset as pads
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
 
     suffix = source.suffix.lower()
     if not source.is_file() or suffix not in (".parquet", ".csv"):
         raise BadInputError(f"input {source} is not a .parquet or .csv file")
     try:
-        data = pads.dataset(source, format=suffix[1:])
-        schema = data.schema
+        if suffix == ".parquet":
+            parquet = pq.ParquetFile(source)
+            schema = parquet.schema_arrow
+            batches: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size=_BATCH_ROWS)
+        else:
+            reader = pcsv.open_csv(source, read_options=pcsv.ReadOptions(block_size=16 << 20))
+            schema = reader.schema
+            batches = iter(reader)
     except (pa.ArrowInvalid, OSError):
         raise BadInputError(f"{source} is not a readable {suffix[1:]} file") from None
 
     def tables() -> Iterator[pa.Table]:
-        for batch in data.to_batches(batch_size=_BATCH_ROWS, batch_readahead=1, fragment_readahead=1):
-            yield pa.Table.from_batches([batch], schema=schema)
+        try:
+            for batch in batches:
+                yield pa.Table.from_batches([batch], schema=schema)
+        except (pa.ArrowInvalid, OSError):
+            raise BadInputError(f"{source} is not a readable {suffix[1:]} file") from None
 
     return schema, tables()
 

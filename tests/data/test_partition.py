@@ -143,3 +143,14 @@ def pa_concat(a, b):  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
     return pa.concat_tables([a, b])
+
+
+def test_a_csv_input_is_partitioned_like_its_parquet(cdr: Path, tmp_path: Path) -> None:
+    import pyarrow.csv as pcsv
+
+    csv = tmp_path / "cdr.csv"
+    pcsv.write_csv(pq.read_table(cdr), csv)
+    partition(cdr, tmp_path / "from_parquet", parts=3, key=KEY, unit="msisdn")
+    partition(csv, tmp_path / "from_csv", parts=3, key=KEY, unit="msisdn")
+    for a, b in zip(_parts(tmp_path / "from_parquet"), _parts(tmp_path / "from_csv"), strict=True):
+        assert set(a.msisdn) == set(b.msisdn) and len(a) == len(b)
