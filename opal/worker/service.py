@@ -28,13 +28,22 @@ log = logging.getLogger("opal.worker")
 
 
 def _preload(**_: Any) -> None:
-    """In each pool process: load the dataset resident, off the start-up path."""
+    """In each pool process: load the dataset (the partitions that fit) resident, off the start-up path."""
     from opal.worker import state
 
     def load() -> None:
         try:
             ds = catalog.get(state.node(), os.environ["OPAL_WORKER_DATASET"])
-            state.runtime_for(ds)
+            if not ds.partitioned:
+                state.runtime_for(ds)
+                return
+            # the partitions that fit this process's share of --memory, in order
+            budget, used, base = state.memory_budget(), 0, state.limits()
+            for part, file in enumerate(ds.partition_files()):
+                used += state.partition_estimate(file, base)
+                if used > budget and part > 0:
+                    break
+                state.runtime_for(ds, part)
         except Exception as exc:  # noqa: BLE001 - the first run retries and records the error
             log.warning("dataset not preloaded: %s", getattr(exc, "message", type(exc).__name__))
 
