@@ -12,7 +12,7 @@ partition): a repeated or duplicated task finds the row and adds nothing.
 The chord then calls the combining task, which adds the partials
 (``bounding.combine``: exact, each unit lives in one partition), noises them
 once (``gate.release_aggregate``), settles the budget once and appends
-``run_finished`` (``pipeline._finish_released``, the same as a one-file run).
+``run_finished`` (``pipeline.finish_released``, the same as a one-file run).
 
 Total runs: a partition whose algorithm fails, or whose task is lost
 ``MAX_ATTEMPTS`` times (its worker killed each time), contributes no
@@ -133,7 +133,7 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
     then finds the partition missing and the run fails by the usual rules.
     """
     from opal.release.gate import domain_cells, partial_aggregate
-    from opal.worker.pipeline import MAX_ATTEMPTS, _contributions, prepare
+    from opal.worker.pipeline import MAX_ATTEMPTS, prepare, sandbox_contributions
 
     _ensure(node)
     record = get_run(node, run_id)
@@ -153,7 +153,7 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
         outcome: dict[str, Any] = {"outcome": "partition lost", "attempts": attempts - 1}
     else:
         runtime: Runtime = runtime_for(ds, part)
-        contributions, units, outcome = _contributions(
+        contributions, units, outcome = sandbox_contributions(
             runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy
         )
         agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)
@@ -181,12 +181,12 @@ def combine_run(node: Node, run_id: str, *, signer: Signer) -> dict[str, Any] | 
     the run's outcome otherwise (the recorded one, if it has one already).
     """
     from opal.release.gate import release_aggregate
-    from opal.worker.pipeline import _Dropped, _finish_released, _outcome, fail_run, prepare
+    from opal.worker.pipeline import Dropped, fail_run, finish_released, outcome_of, prepare
 
     _ensure(node)
     record = get_run(node, run_id)
     if record.state in TERMINAL_STATES or record.state != "started":
-        return _outcome(record)
+        return outcome_of(record)
     try:
         prep = prepare(node, record)
         ds: Dataset = prep.ds
@@ -202,9 +202,9 @@ def combine_run(node: Node, run_id: str, *, signer: Signer) -> dict[str, Any] | 
         outcome: dict[str, Any] = {"outcome": "ok", "partitions": parts}
         if notes:
             outcome = {"outcome": "partitions without contributions", "partitions": parts, "by_partition": notes}
-        return _finish_released(node, record, released, outcome, signer=signer)
-    except _Dropped:
-        return _outcome(get_run(node, run_id))
+        return finish_released(node, record, released, outcome, signer=signer)
+    except Dropped:
+        return outcome_of(get_run(node, run_id))
     except OpalError as exc:
         return fail_run(node, record, exc, signer=signer)
 
@@ -216,11 +216,11 @@ def missing_parts(node: Node, run_id: str, parts: int) -> list[int]:
 def fail_missing(node: Node, run_id: str, *, signer: Signer) -> dict[str, Any]:
     """Give up on the partitions still missing: each contributes nothing, then combine."""
     from opal.release.gate import domain_cells
-    from opal.worker.pipeline import _outcome, fail_run, prepare
+    from opal.worker.pipeline import fail_run, outcome_of, prepare
 
     record = get_run(node, run_id)
     if record.state != "started":
-        return _outcome(record)
+        return outcome_of(record)
     try:
         prep = prepare(node, record)
     except OpalError as exc:
