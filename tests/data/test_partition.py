@@ -154,3 +154,14 @@ def test_a_csv_input_is_partitioned_like_its_parquet(cdr: Path, tmp_path: Path) 
     partition(csv, tmp_path / "from_csv", parts=3, key=KEY, unit="msisdn")
     for a, b in zip(_parts(tmp_path / "from_parquet"), _parts(tmp_path / "from_csv"), strict=True):
         assert set(a.msisdn) == set(b.msisdn) and len(a) == len(b)
+
+
+def test_synth_parts_then_register_the_directory_through_the_cli(opal: Opal, tmp_path: Path) -> None:
+    opal("keys", "new", "olga", "--role", "operator", check=True)
+    parts = tmp_path / "parts"
+    made = opal.json("dataset", "synth", str(parts), "--parts", "3", "--subscribers", "300", "--days", "2")
+    shown = opal.json("dataset", "register", "cdr_parts", str(parts), "--key", "olga")
+    assert shown["parts"] == 3 and shown["rows"] == made["rows"]  # type: ignore[index]
+    assert shown["domains"]["region"]                               # type: ignore[index]  # the parts.domains.toml sidecar
+    again = opal("dataset", "synth", str(parts), "--parts", "3")
+    assert again.returncode == 2 and "exists already" in again.stderr
