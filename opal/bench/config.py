@@ -19,7 +19,7 @@ from opal.errors import BadInputError
 __all__ = ["REPO", "SECTIONS", "BenchConfig", "parse_size", "size_label"]
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("algorithms", "e2e", "gate", "utility", "ledger", "small")
+SECTIONS = ("algorithms", "e2e", "partitioned", "gate", "utility", "ledger", "small")
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 FULL_SIZES = (1_000_000, 10_000_000, 100_000_000)
 QUICK_SIZES = (20_000,)

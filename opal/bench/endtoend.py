@@ -116,14 +116,15 @@ class Deployment:
 
     # -- workers -------------------------------------------------------------
 
-    def start_worker(self, dataset: str, *, concurrency: int = 1) -> None:
+    def start_worker(self, dataset: str, *, concurrency: int = 1, memory: str | None = None) -> None:
         self.stop_worker()
         log = self.root / f"worker-{dataset}-{len(self._logs)}.log"
         self._logs.append(log)
+        extra = ["--memory", memory] if memory else []
         with open(log, "wb") as out:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "opal", "worker", "start", "--dataset", dataset, "--key", "olga",
-                 "--concurrency", str(concurrency), "--loglevel", "WARNING"],
+                 "--concurrency", str(concurrency), "--loglevel", "WARNING", *extra],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.sampler = TreeSampler(root=self.worker.pid).start()
@@ -182,6 +183,13 @@ class Deployment:
             result.forget()
         if not isinstance(value, dict):
             raise InternalError(f"run {run_id}: the worker returned {type(value).__name__}, not an outcome")
+        if value.get("state") == "started":
+            # a partitioned run: its run task only fanned out; the combining task records the outcome
+            from opal.runs.dispatch import wait
+
+            record = wait(self.node, run_id, timeout=timeout)
+            value = {"run_id": run_id, "state": record.state, "release": record.result, "error": record.error,
+                     "cached_from": record.cached_from}
         return value
 
     def run(self, algorithm: Algorithm, dataset: str, *, params: dict[str, Any] | None = None,

@@ -414,7 +414,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     broker_url, embedded = None, None
     deployment = None
     try:
-        if config.wants("e2e") or config.wants("small"):
+        if config.wants("e2e") or config.wants("small") or config.wants("partitioned"):
             broker_url, embedded = choose_broker(work)
             deployment = Deployment(root=work / "node", broker_url=broker_url)
             deployment.setup(algorithms)
@@ -440,6 +440,13 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 worker["in_memory_bytes"] = entry.get("in_memory_bytes")
                 results["workers"][ds.label] = worker
             results["algorithms"][ds.label] = rows
+            if config.wants("partitioned") and deployment is not None:
+                from opal.bench.partitioned import bench_partitioned
+
+                results.setdefault("partitioned", {})[ds.label] = _attempt(
+                    clock, f"{ds.label} partitioned", partial(
+                        bench_partitioned, deployment, ds.path, ds.label, algorithms,
+                        reps=config.e2e_reps(ds.target_rows), work=work, clock=clock))
 
         if config.wants("gate"):
             from opal.bench.gate import bench_gate

@@ -29,6 +29,19 @@ def status_kib(pid: int | str, field_name: str) -> int | None:
     return None
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages divided among their sharers, so a
+    sum over a tree of forked processes counts each page once."""
+    try:
+        text = (_PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def own_peak_bytes() -> int | None:
     """This process's peak resident set (VmHWM), in bytes."""
     kib = status_kib("self", "VmHWM")
@@ -97,6 +110,7 @@ class TreeSampler:
     interval: float = 0.05
     peaks: dict[int, ProcPeak] = field(default_factory=dict)
     tree_rss_peak: int = 0
+    tree_pss_peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -104,7 +118,7 @@ class TreeSampler:
         depth_of = {self.root: 0}
         parents = _parents()
         pids = tree(self.root)
-        total = 0
+        total = pss = 0
         for pid in pids:
             depth, cur = 0, pid
             while cur != self.root and cur in parents and depth < 8:
@@ -119,7 +133,9 @@ class TreeSampler:
                 peak = self.peaks[pid] = ProcPeak(role=_role(pid, self.root, depth))
             peak.peak_bytes = max(peak.peak_bytes, hwm * 1024)
             total += (rss or 0) * 1024
+            pss += _pss_kib(pid) * 1024
         self.tree_rss_peak = max(self.tree_rss_peak, total)
+        self.tree_pss_peak = max(self.tree_pss_peak, pss)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -154,6 +170,7 @@ class TreeSampler:
         return {
             "by_role_peak_bytes": self.by_role(),
             "tree_rss_peak_bytes": self.tree_rss_peak,
+            "tree_pss_peak_bytes": self.tree_pss_peak,
             "processes_seen": len(self.peaks),
             "sampler_pid": os.getpid(),
         }

@@ -302,6 +302,47 @@ def _gate(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _partitioned(results: dict[str, Any]) -> list[str]:
+    sizes = results.get("partitioned") or {}
+    if not sizes:
+        return []
+    out = ["## Partitioned datasets: one run fanned out over both cores", ""]
+    for label, p in sizes.items():
+        if "error" in p:
+            out += [f"{label}: failed: {p['error']}", ""]
+            continue
+        def peak(worker: dict[str, Any]) -> list[str]:
+            memory = worker.get("memory") or {}
+            return [_mb(memory.get("tree_pss_peak_bytes")), _mb(memory.get("tree_rss_peak_bytes"))]
+        out += [
+            (f"{label} rows ({p['rows']:,}) in {p['parts']} partitions (largest {p['largest_part_rows']:,} rows, "
+             f"partitioned in {seconds(p['partition_seconds'])}). End to end through one worker of two pool "
+             "processes: the one file (one task a run) against the partitions (a task per partition, "
+             "one combining task). DuckDB (all cores) and pandas (in memory) on the one file."),
+            "",
+            _table(
+                ["algorithm", "one file", "partitioned", "partitioned / one file", "DuckDB",
+                 "partitioned / DuckDB", "pandas", "partitioned / pandas"],
+                [[a["name"], _span(a["one_file"]), _span(a["partitioned"]),
+                  _x(_ratio(a["partitioned"], a["one_file"])), _span(a["duckdb"]),
+                  _x(_ratio(a["partitioned"], a["duckdb"])), _span(a["pandas"]),
+                  _x(_ratio(a["partitioned"], a["pandas"]))] for a in p["algorithms"]],
+                "lrrrrrrr",
+            ),
+            "",
+            _table(
+                ["worker", "tree PSS peak", "tree RSS peak (shared pages counted per process)"],
+                [["one file, all resident", *peak(p["one_file_worker"])],
+                 ["partitions, all resident", *peak(p["partitioned_worker"])],
+                 [f"partitions, --memory {p['bounded_memory_flag']} (first algorithm, "
+                  f"{_span(p['bounded_seconds'])} a run)", *peak(p["bounded_worker"])]],
+                "lrr",
+            ),
+            "",
+        ]
+    return out
+
+
 def _utility(results: dict[str, Any]) -> list[str]:
     u = results.get("utility")
     if not u:
@@ -507,8 +548,8 @@ def _hand_written(previous: Path | None) -> str:
 def render(results: dict[str, Any], *, previous: Path | None = None) -> str:
     """The whole report; the hand-written block comes from ``previous`` when it has one."""
     lines = (
-        _header(results) + _datasets(results) + _algorithms(results) + _memory(results) + _gate(results)
-        + _utility(results) + _ledger(results) + _small(results) + _why(results)
+        _header(results) + _datasets(results) + _algorithms(results) + _memory(results) + _partitioned(results)
+        + _gate(results) + _utility(results) + _ledger(results) + _small(results) + _why(results)
         + ["### Why (hand-written)", "", HAND_BEGIN, _hand_written(previous).rstrip("\n"), HAND_END, ""]
         + _sql(results)
     )

@@ -1,4 +1,4 @@
-"""opal dataset synth/register/refresh/list/show"""
+"""opal dataset synth/partition/register/refresh/list/show"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def dataset() -> None:
 
 
 @dataset.command("synth")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--subscribers", type=int, default=20_000, show_default=True)
 @click.option("--days", type=int, default=14, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -25,10 +25,14 @@ def dataset() -> None:
 @click.option("--shock-day", type=int, default=None, help="Day of a displacement shock.")
 @click.option("--shock-region", default=None, help="Region whose residents are displaced.")
 @click.option("--shock-share", type=float, default=None, help="Share of its residents who move (0-1).")
+@click.option("--parts", type=int, default=None,
+              help="Write a partitioned directory of N parts (bucketed by the node's keyed unit hash).")
 @click.option("--json", "as_json", is_flag=True)
-def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: float,
-          shock_day: int | None, shock_region: str | None, shock_share: float | None, as_json: bool) -> None:
-    """Write a synthetic CDR dataset (Parquet) to OUT."""
+@click.pass_context
+def synth(ctx: click.Context, out: Path, subscribers: int, days: int, seed: int, events_per_day: float,
+          shock_day: int | None, shock_region: str | None, shock_share: float | None, parts: int | None,
+          as_json: bool) -> None:
+    """Write a synthetic CDR dataset (Parquet) to OUT (a directory with --parts)."""
     from opal.data.synth import Shock, synthesize
     from opal.errors import BadInputError
 
@@ -45,8 +49,15 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        key = None
+        if parts is not None:
+            from opal.data.partition import node_key
+            from opal.home import Home
+
+            app = ctx.find_object(App)
+            key = node_key(Home.resolve(app.home if app else None))
         summary = synthesize(out, subscribers=subscribers, days=days, seed=seed, shock=shock,
-                             events_per_day=events_per_day, progress=progress)
+                             events_per_day=events_per_day, progress=progress, parts=parts, key=key)
     doc = {
         "path": str(summary.path), "rows": summary.rows, "subscribers": summary.subscribers,
         "days": summary.days, "seed": summary.seed, "regions": summary.regions, "cells": summary.cells,
@@ -62,6 +73,35 @@ def synth(out: Path, subscribers: int, days: int, seed: int, events_per_day: flo
         if summary.ground_truth_path:
             console.print(f"shock ground truth: {summary.ground_truth_path}")
         console.print(f"public group domains: {summary.domains_path}")
+
+
+@dataset.command("partition")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--parts", type=int, required=True, help="Number of partitions.")
+@click.option("--schema", default="cdr", show_default=True, help="Schema whose privacy unit is the bucket key.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def partition(app: App, source: Path, out: Path, parts: int, schema: str, as_json: bool) -> None:
+    """Stream SOURCE (Parquet/CSV) into a Hive-style directory OUT of N parts, bucketed by a
+    keyed hash of the privacy unit (the key stays in this node's OPAL_HOME)."""
+    from opal.data import catalog
+    from opal.data.partition import node_key
+    from opal.data.partition import partition as split
+    from opal.errors import BadInputError
+
+    if schema not in catalog.SCHEMAS:
+        raise BadInputError(f"unknown schema {schema!r}; known: {', '.join(catalog.SCHEMAS)}")
+    parted = split(source, out, parts=parts, key=node_key(app.node.home), unit=catalog.SCHEMAS[schema].unit)
+    from opal.release.domains import sidecar_for
+
+    sidecar = sidecar_for(source)
+    if sidecar.is_file() and not sidecar_for(out).exists():
+        sidecar_for(out).write_bytes(sidecar.read_bytes())  # same public domains: same data
+    if as_json:
+        emit_json(parted.to_dict())
+    else:
+        console.print(f"wrote {sum(parted.rows):,} rows in {parted.parts} partitions to {out}")
 
 
 @dataset.command("register")

@@ -19,11 +19,14 @@ def worker() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--run-timeout", type=click.FloatRange(min=0.1), default=None,
               help="Wall-clock limit of one run in seconds (default: $OPAL_RUN_TIMEOUT or 600).")
+@click.option("--memory", default=None,
+              help="Memory for resident partitions, e.g. 8G (default: half the machine); "
+                   "partitions beyond it are loaded per task.")
 @click.option("--no-recover", is_flag=True, help="Do not recover lost runs before serving.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @pass_app
 def start(app: App, dataset: str, key: str | None, concurrency: int, run_timeout: float | None,
-          no_recover: bool, loglevel: str) -> None:
+          memory: str | None, no_recover: bool, loglevel: str) -> None:
     """Serve DATASET's run queue (foreground; stop with Ctrl-C or SIGTERM)."""
     from opal.trust.governance import require_board_policy
     from opal.worker.service import start_worker
@@ -36,8 +39,11 @@ def start(app: App, dataset: str, key: str | None, concurrency: int, run_timeout
             "real data; set OPAL_PASSPHRASE and create new keys (they are then encrypted at rest)"
         )
 
+    from opal.worker.service import parse_memory
+
     start_worker(app.node, dataset=dataset, key=key, concurrency=concurrency, loglevel=loglevel,
-                 timeout=run_timeout, recover_at_start=not no_recover)
+                 timeout=run_timeout, recover_at_start=not no_recover,
+                 memory=parse_memory(memory) if memory else None)
 
 
 @worker.command("status")

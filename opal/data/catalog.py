@@ -1,6 +1,8 @@
 """Registered datasets: where the data is, its schema, its version, its policy.
 
-A dataset is a Parquet or CSV file (read through pyarrow) or a PostgreSQL
+A dataset is a Parquet or CSV file (read through pyarrow), a partitioned
+Parquet directory (``opal.data.partition``: version = SHA-256 over every
+partition file's SHA-256), or a PostgreSQL
 table (``postgresql://HOST/DB/TABLE`` or ``…/DB?table=TABLE``). A table is
 materialised to a Parquet snapshot under ``OPAL_HOME/data/NAME/`` at
 registration and again by ``refresh`` (every worker start); the sandbox reads
@@ -125,6 +127,18 @@ class Dataset:
     def unit(self) -> str:
         return SCHEMAS[self.schema].unit
 
+    @property
+    def partitioned(self) -> bool:
+        return self.path.is_dir()
+
+    def partition_files(self) -> tuple[Path, ...]:
+        """The partition files of a partitioned dataset, in partition order (one file otherwise)."""
+        if not self.partitioned:
+            return (self.path,)
+        from opal.data.partition import read_partitioned
+
+        return read_partitioned(self.path).files
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -136,6 +150,7 @@ class Dataset:
             "registered": self.registered,
             "source": self.source or str(self.path),
             "domains": domains_to_dict(self.domains),
+            "parts": len(self.partition_files()) if self.partitioned else None,
         }
 
 
@@ -201,9 +216,30 @@ def _load(node: Node, name: str, source: str | Path, schema: str) -> tuple[Path,
         )
         return path, rows, version, redact_url(str(source))
     path = Path(source).expanduser().absolute()
+    if path.is_dir():
+        return path, *_load_partitioned(path, schema), None
     arrow_schema, rows = read_schema(path)
     SCHEMAS[schema].check(arrow_schema, where=str(path))
     return path, rows, fingerprint_file(path), None
+
+
+def _load_partitioned(path: Path, schema: str) -> tuple[int, str]:
+    """(rows, version) of a partitioned directory, every partition schema-checked."""
+    from opal.data.partition import read_partitioned
+
+    parted = read_partitioned(path)
+    if parted.unit != SCHEMAS[schema].unit:
+        raise BadInputError(
+            f"{path} is partitioned by {parted.unit!r}, but schema {schema!r} protects "
+            f"{SCHEMAS[schema].unit!r}; partition it by the privacy unit"
+        )
+    rows = 0
+    for file in parted.files:
+        arrow_schema, n = read_schema(file)
+        SCHEMAS[schema].check(arrow_schema, where=str(file))
+        rows += n
+    parted.check_disjoint()
+    return rows, parted.version()
 
 
 def register(

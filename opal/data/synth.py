@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,8 +167,14 @@ def synthesize(
     events_per_day: float = 5.0,
     row_group_size: int = 1_000_000,
     progress: Callable[[int, int], None] | None = None,
+    parts: int | None = None,
+    key: str | None = None,
 ) -> SynthSummary:
     """Write a synthetic CDR Parquet file at ``out`` (and its ground truth if shocked).
+
+    With ``parts``, ``out`` is a partitioned dataset directory instead
+    (``opal.data.partition``, bucketed by ``key``): the same rows, streamed
+    into their partitions as they are generated.
 
     The same arguments give the same rows, in the same order, on every run.
     ``progress(days_done, days)`` is called after each day is generated.
@@ -185,8 +191,10 @@ def synthesize(
         events_per_day=events_per_day,
         row_group_size=row_group_size,
     )
-    if out.is_dir():
+    if parts is None and out.is_dir():
         raise BadInputError(f"output {out} is a directory; give a file path such as {out}/cdr.parquet")
+    if parts is not None and key is None:
+        raise BadInputError("a partitioned dataset needs the node's partitioning key")
 
     world = build_world(subscribers=subscribers, seed=seed)
     after = world
@@ -199,7 +207,6 @@ def synthesize(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"cannot create the folder {out.parent}: {exc.strerror}") from None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     schema = cdr_schema().with_metadata(
         {
             "opal.synth": json.dumps(
@@ -212,24 +219,40 @@ def synthesize(
     )
     blocks = [(a, min(a + _BLOCK, subscribers)) for a in range(0, subscribers, _BLOCK)]
     rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            buffer = _RowGroupBuffer(writer, row_group_size)
-            for day in range(days):
-                people = after if shock is not None and day >= shock.day else world
-                for index, (a, b) in enumerate(blocks):
-                    table = _day_block(people, a, b, day=day, seed=seed,
-                                       block=index, events_per_day=events_per_day)
-                    rows += table.num_rows
-                    buffer.add(table.replace_schema_metadata(schema.metadata))
-                if progress is not None:
-                    progress(day + 1, days)
-            buffer.flush()
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise BadInputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def generate() -> Iterator[pa.Table]:
+        nonlocal rows
+        for day in range(days):
+            people = after if shock is not None and day >= shock.day else world
+            for index, (a, b) in enumerate(blocks):
+                table = _day_block(people, a, b, day=day, seed=seed, block=index, events_per_day=events_per_day)
+                rows += table.num_rows
+                yield table.replace_schema_metadata(schema.metadata)
+            if progress is not None:
+                progress(day + 1, days)
+
+    if parts is not None:
+        from opal.data.partition import PartitionWriter
+
+        assert key is not None
+        with PartitionWriter(out, parts=parts, key=key, unit=CDR_UNIT, schema=schema) as parted:
+            for table in generate():
+                parted.write(table)
+        size = sum(f.stat().st_size for f in out.rglob("*.parquet"))
+    else:
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                buffer = _RowGroupBuffer(writer, row_group_size)
+                for table in generate():
+                    buffer.add(table)
+                buffer.flush()
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise BadInputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        size = out.stat().st_size
 
     truth_file = truth_path_for(out)
     if truth is not None:
@@ -249,7 +272,7 @@ def synthesize(
         seed=seed,
         regions=len(REGIONS),
         cells=int(World.cell_ids().shape[0]),
-        bytes=out.stat().st_size,
+        bytes=size,
         ground_truth_path=truth_file if truth is not None else None,
         domains_path=domains_file,
     )

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ __all__ = [
     "BoundedAggregate",
     "Sensitivity",
     "bounded_aggregate",
+    "combine",
     "empty_aggregate",
     "os_rng",
     "sensitivity",
@@ -124,10 +126,70 @@ class BoundedAggregate:
     units_in: int
     dropped: dict[str, int]
     units_verified: bool
+    refused: str | None = None  # why the whole table was set aside (malformed), if it was
 
     @property
     def cells(self) -> int:
         return len(self.units)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (exact values: for the operator's own store only)."""
+        return {
+            "units": self.units.tolist(),
+            "sums": None if self.sums is None else self.sums.tolist(),
+            "rows_in": self.rows_in,
+            "units_in": self.units_in,
+            "dropped": dict(self.dropped),
+            "units_verified": self.units_verified,
+            "refused": self.refused,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BoundedAggregate:
+        return cls(
+            units=np.asarray(data["units"], dtype=np.int64),
+            sums=None if data["sums"] is None else np.asarray(data["sums"], dtype=np.float64),
+            rows_in=int(data["rows_in"]),
+            units_in=int(data["units_in"]),
+            dropped={str(k): int(v) for k, v in data["dropped"].items()},
+            units_verified=bool(data["units_verified"]),
+            refused=None if data.get("refused") is None else str(data["refused"]),
+        )
+
+
+def combine(parts: Sequence[BoundedAggregate]) -> BoundedAggregate:
+    """The aggregate of the union of disjoint sets of units: cell by cell sums.
+
+    Exact when no unit is in two parts (a dataset partitioned by unit), since
+    each part bounded its own units. Raises ``ValueError`` on no parts or on
+    parts over different domains.
+    """
+    if not parts:
+        raise ValueError("combine needs at least one partial aggregate")
+    cells = {p.cells for p in parts}
+    kinds = {p.sums is None for p in parts}
+    if len(cells) != 1 or len(kinds) != 1:
+        raise ValueError("partial aggregates over different domains or aggregations cannot be combined")
+    dropped: dict[str, int] = {}
+    for p in parts:
+        for reason, n in p.dropped.items():
+            _note(dropped, reason, n)
+    refused = [p.refused for p in parts if p.refused is not None]
+    units = np.zeros(parts[0].cells, dtype=np.int64)
+    sums = None if parts[0].sums is None else np.zeros(parts[0].cells, dtype=np.float64)
+    for p in parts:
+        units += p.units
+        if sums is not None and p.sums is not None:
+            sums += p.sums
+    return BoundedAggregate(
+        units=units,
+        sums=sums,
+        rows_in=sum(p.rows_in for p in parts),
+        units_in=sum(p.units_in for p in parts),
+        dropped=dropped,
+        units_verified=all(p.units_verified for p in parts),
+        refused=refused[0] if refused else None,
+    )
 
 
 def os_rng() -> np.random.Generator:
@@ -146,7 +208,13 @@ DROP_MALFORMED = "contributions table malformed"
 
 
 def empty_aggregate(
-    privacy: PrivacySpec, cells: int, *, rows_in: int = 0, dropped: dict[str, int] | None = None
+    privacy: PrivacySpec,
+    cells: int,
+    *,
+    rows_in: int = 0,
+    dropped: dict[str, int] | None = None,
+    refused: str | None = None,
+    units_verified: bool = True,
 ) -> BoundedAggregate:
     """The aggregate of no contributions: what a run whose algorithm produced
     nothing usable releases (with noise, like any other)."""
@@ -156,7 +224,8 @@ def empty_aggregate(
         rows_in=rows_in,
         units_in=0,
         dropped=dict(dropped or {}),
-        units_verified=True,
+        units_verified=units_verified,
+        refused=refused,
     )
 
 

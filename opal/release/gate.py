@@ -62,7 +62,15 @@ from opal.release.noise import (
 )
 from opal.release.policy import PrivacySpec, ReleasePolicy
 
-__all__ = ["CONFIDENCE", "CellDecision", "Release", "release"]
+__all__ = [
+    "CONFIDENCE",
+    "CellDecision",
+    "Release",
+    "domain_cells",
+    "partial_aggregate",
+    "release",
+    "release_aggregate",
+]
 
 REASON_RELEASED = "released"
 CONFIDENCE = 0.95
@@ -175,21 +183,94 @@ def release(
     check (the ``mechanism`` then says ``units_verified: false``).
     ``contributions=None`` releases over no contributions.
 
+    The two halves are public so a partitioned run can use them apart:
+    ``partial_aggregate`` per partition, ``release_aggregate`` once over
+    their sum (``bounding.combine``).
+
     Raises:
         ReleaseRefused: epsilon outside the policy's range; the domain product
             over ``max_cells``; a group column without a domain; and, with
             ``strict`` only, contributions that break the declared layout.
     """
-    eps = policy.check_epsilon(epsilon)
+    policy.check_epsilon(epsilon)
+    check_cells(domain_cells(privacy, domains), policy.max_cells)
+    agg = partial_aggregate(contributions, privacy=privacy, domains=domains, known_units=known_units, strict=strict)
+    return release_aggregate(agg, privacy=privacy, domains=domains, policy=policy, epsilon=epsilon)
+
+
+def domain_cells(privacy: PrivacySpec, domains: Mapping[str, tuple[Label, ...]]) -> int:
+    """Cells of the domain product of ``privacy``'s groups.
+
+    Raises:
+        ReleaseRefused: a group column without a domain.
+    """
     missing = [g for g in privacy.groups if g not in domains]
     if missing:
         raise ReleaseRefused(
             f"group column(s) {', '.join(map(repr, missing))} have no public domain; "
             "declare them in [privacy.groups]"
         )
+    return cell_count({g: domains[g] for g in privacy.groups})
+
+
+def partial_aggregate(
+    contributions: pd.DataFrame | None,
+    *,
+    privacy: PrivacySpec,
+    domains: Mapping[str, tuple[Label, ...]],
+    known_units: UnitSet | object | None = None,
+    strict: bool = False,
+) -> BoundedAggregate:
+    """The first half of the gate: check and bound ``contributions`` and
+    aggregate them over every cell (exact, no noise; trusted side only).
+
+    Outside ``strict`` a malformed table is no contributions; its reason is
+    in the aggregate's ``refused``. Aggregates of disjoint sets of units add
+    up (``bounding.combine``): that is what makes a partitioned run exact.
+
+    Raises:
+        ReleaseRefused: a group column without a domain; with ``strict``,
+            contributions that break the declared layout or rules.
+    """
+    cells = domain_cells(privacy, domains)
+    verified = known_units is not None
+    if contributions is None:
+        return empty_aggregate(privacy, cells, units_verified=verified)
+    try:
+        return bounded_aggregate(
+            contributions, privacy, domains, known_units=known_units, strict=strict  # type: ignore[arg-type]
+        )
+    except ReleaseRefused as exc:
+        if strict:
+            raise
+        rows = len(contributions) if isinstance(contributions, pd.DataFrame) else 0
+        dropped = {DROP_MALFORMED: rows} if rows else {}
+        return empty_aggregate(
+            privacy, cells, rows_in=rows, dropped=dropped, refused=exc.message, units_verified=verified
+        )
+
+
+def release_aggregate(
+    agg: BoundedAggregate,
+    *,
+    privacy: PrivacySpec,
+    domains: Mapping[str, tuple[Label, ...]],
+    policy: ReleasePolicy,
+    epsilon: float,
+) -> Release:
+    """The second half of the gate: noise every cell of ``agg`` once, mark
+    suppressed cells, attach intervals (the only place noise is drawn).
+
+    Raises:
+        ReleaseRefused: epsilon outside the policy's range; the domain product
+            over ``max_cells``; a group column without a domain.
+    """
+    eps = policy.check_epsilon(epsilon)
     groups = tuple(privacy.groups)
-    cells = cell_count({g: domains[g] for g in groups})
+    cells = domain_cells(privacy, domains)
     check_cells(cells, policy.max_cells)
+    if agg.cells != cells:
+        raise ReleaseRefused(f"the aggregate has {agg.cells} cells, the domain product {cells}")
     kind = privacy.aggregation
     sens = sensitivity(privacy)
 
@@ -214,9 +295,6 @@ def release(
             l2=l2,
         )
 
-    agg, layout_error = _aggregate(
-        contributions, privacy, domains, cells, known_units=known_units, strict=strict
-    )
     noisy_units = noisy_counts(agg.units, count_plan)
     suppressed = noisy_units < policy.min_units_per_cell
     if not policy.release_zero_cells:
@@ -257,15 +335,15 @@ def release(
         sens=sens.to_dict(),
         delta_total=delta_total,
         cells=cells,
-        units_verified=known_units is not None,
+        units_verified=agg.units_verified,
     )
     diagnostics: dict[str, Any] = {
         "rows_in": agg.rows_in,
         "rows_dropped": dict(agg.dropped),
         "units_in": agg.units_in,
     }
-    if layout_error is not None:
-        diagnostics["contributions_refused"] = layout_error
+    if agg.refused is not None:
+        diagnostics["contributions_refused"] = agg.refused
     n_released = int(released_mask.sum())
     return Release(
         table=table,
@@ -277,30 +355,6 @@ def release(
         cells_suppressed=cells - n_released,
         diagnostics=diagnostics,
     )
-
-
-def _aggregate(
-    contributions: pd.DataFrame | None,
-    privacy: PrivacySpec,
-    domains: Mapping[str, tuple[Label, ...]],
-    cells: int,
-    *,
-    known_units: UnitSet | object | None,
-    strict: bool,
-) -> tuple[BoundedAggregate, str | None]:
-    if contributions is None:
-        return empty_aggregate(privacy, cells), None
-    try:
-        agg = bounded_aggregate(
-            contributions, privacy, domains, known_units=known_units, strict=strict  # type: ignore[arg-type]
-        )
-    except ReleaseRefused as exc:
-        if strict:
-            raise
-        rows = len(contributions) if isinstance(contributions, pd.DataFrame) else 0
-        dropped = {DROP_MALFORMED: rows} if rows else {}
-        return empty_aggregate(privacy, cells, rows_in=rows, dropped=dropped), exc.message
-    return agg, None
 
 
 def _released_values(

@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -66,7 +67,19 @@ if TYPE_CHECKING:
     from opal.sandbox.pseudonyms import RunPseudonyms
     from opal.trust.keyring import Signer
 
-__all__ = ["MAX_ATTEMPTS", "Outcome", "execute_run", "fail_run", "run_owner"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "Dropped",
+    "Outcome",
+    "Prepared",
+    "execute_run",
+    "fail_run",
+    "finish_released",
+    "outcome_of",
+    "prepare",
+    "run_owner",
+    "sandbox_contributions",
+]
 
 log = logging.getLogger("opal.worker")
 
@@ -81,11 +94,11 @@ MAX_ATTEMPTS = int(os.environ.get("OPAL_MAX_ATTEMPTS", "3"))
 _REFUSALS = (TrustError, BadInputError, ReleaseRefused, PolicyViolation)
 
 
-class _Dropped(Exception):
+class Dropped(Exception):
     """This delivery must change nothing: the run has an outcome or a live owner."""
 
 
-def _outcome(record: RunRecord, *, dropped: bool = False) -> Outcome:
+def outcome_of(record: RunRecord, *, dropped: bool = False) -> Outcome:
     out: Outcome = {
         "run_id": record.run_id,
         "state": record.state,
@@ -118,18 +131,18 @@ def execute_run(
     record = get_run(node, run_id)
     if record.finished:
         log.info("run %s is %s already: delivery dropped", run_id, record.state)
-        return _outcome(record, dropped=True)
+        return outcome_of(record, dropped=True)
     me = worker or local_worker(node, dataset=record.dataset)
     if record.state == "started":
         _, owner = run_owner(node, run_id)
         if owner not in (None, me) and is_alive(node.db, owner):
             log.info("run %s is in flight on %s: delivery dropped", run_id, owner)
-            return _outcome(record, dropped=True)
+            return outcome_of(record, dropped=True)
     try:
         return _execute(node, record, signer=signer, runtime_for=runtime_for, me=me)
-    except _Dropped as why:
+    except Dropped as why:
         log.info("run %s: delivery dropped (%s)", run_id, why)
-        return _outcome(get_run(node, run_id), dropped=True)
+        return outcome_of(get_run(node, run_id), dropped=True)
     except OpalError as exc:
         return fail_run(node, record, exc, signer=signer)
     except Exception as exc:  # noqa: BLE001 - a fault of ours: record it without details that might hold data
@@ -144,7 +157,21 @@ def execute_run(
         )
 
 
-def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """What steps 1–3 established for a run, without touching data."""
+
+    ds: catalog.Dataset
+    bundle: Any
+    manifest: Any
+    domains: dict[str, tuple[Any, ...]]
+
+
+def prepare(node: Node, record: RunRecord) -> Prepared:
+    """Steps 1–3 (decided without data): trust, exact bytes, params, compile policy, domains, ε.
+
+    Every task of a run re-does them (a partition task re-fetches what it needs).
+    """
     require_board_policy(node)  # no run on real data unless a board decided who may approve and run
     verify_request(node, record)
     ds = catalog.get(node, record.dataset)
@@ -163,13 +190,20 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     manifest.validate_params(record.params)
     from opal.release.domains import cell_count, check_cells, resolve
     from opal.sandbox import check_source
-    from opal.sandbox.params import run_check_params
 
     check_source(bundle.source, filename="algorithm.py", entrypoint=manifest.entrypoint)
     domains = resolve(manifest.privacy.groups, ds.domains)
     check_cells(cell_count(domains), ds.policy.max_cells)
     ds.policy.check_epsilon(record.epsilon)
-    runtime = runtime_for(ds)
+    return Prepared(ds=ds, bundle=bundle, manifest=manifest, domains=domains)
+
+
+def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: RuntimeFor, me: str) -> Outcome:
+    from opal.sandbox.params import run_check_params
+
+    prep = prepare(node, record)
+    ds, bundle, manifest, domains = prep.ds, prep.bundle, prep.manifest, prep.domains
+    runtime = runtime_for(ds)  # of a partitioned dataset: its first partition (check_params reads no data)
     run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # averaging attack: an identical run is served the cached release, no new noise, no new spend
     cached = node.db.one(
@@ -181,9 +215,15 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         return _finish_cached(node, record, cached, signer=signer)
     # 4. reserve budget and record the start, in one durable transaction
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
-        return _outcome(get_run(node, record.run_id))
+        return outcome_of(get_run(node, record.run_id))
+    if ds.partitioned:
+        # 5–6 per partition as Celery tasks, noise once in the combining task
+        from opal.worker.fanout import fan_out
+
+        fan_out(node, record, parts=len(ds.partition_files()))
+        return outcome_of(get_run(node, record.run_id))
     # 5. sandbox, on this run's pseudonyms. From here on the run is total.
-    contributions, units, outcome = _contributions(
+    contributions, units, outcome = sandbox_contributions(
         runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy
     )
     # 6. release gate (never refuses contributions: a malformed table is no contributions)
@@ -200,10 +240,10 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     if "contributions_refused" in released.diagnostics and outcome["outcome"] == "ok":
         outcome = {"outcome": "contributions refused", "message": released.diagnostics["contributions_refused"]}
     # 7. record, then return
-    return _finish_released(node, record, released, outcome, signer=signer)
+    return finish_released(node, record, released, outcome, signer=signer)
 
 
-def _contributions(
+def sandbox_contributions(
     runtime: Runtime, source: str, entrypoint: str, record: RunRecord, ds: catalog.Dataset, privacy: PrivacySpec
 ) -> tuple[pd.DataFrame | None, RunPseudonyms | None, dict[str, Any]]:
     """(contributions or None, the run's units, the true outcome for the operator).
@@ -237,7 +277,7 @@ def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, 
     """Claim the run for this worker: reserve ε on the first start, count the attempt.
 
     Returns False when the attempt cap was reached (the run is failed in the
-    same transaction). Raises _Dropped when the run has an outcome or another
+    same transaction). Raises Dropped when the run has an outcome or another
     live worker holds it.
     """
     from opal.runs._tables import ensure_run_tables
@@ -246,11 +286,11 @@ def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, 
     with node.db.transaction() as tx:
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state in TERMINAL_STATES:
-            raise _Dropped(f"it is {state} already")
+            raise Dropped(f"it is {state} already")
         row = tx.execute("SELECT attempts, worker FROM run_attempts WHERE run_id = ?", (record.run_id,)).fetchone()
         attempts, owner = (int(row[0]), str(row[1])) if row else (0, None)
         if state == "started" and owner not in (None, me) and is_alive(node.db, owner):
-            raise _Dropped(f"worker {owner} is running it")
+            raise Dropped(f"worker {owner} is running it")
         attempts += 1
         if attempts > MAX_ATTEMPTS:
             exc = InternalError(
@@ -286,7 +326,7 @@ def _start(node: Node, record: RunRecord, ds: catalog.Dataset, *, subject: str, 
     return True
 
 
-def _finish_released(
+def finish_released(
     node: Node, record: RunRecord, released: Release, outcome: dict[str, Any], *, signer: Signer
 ) -> Outcome:
     # Only the analyst view leaves. The gate's diagnostics (rows dropped, and
@@ -300,7 +340,7 @@ def _finish_released(
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state in TERMINAL_STATES:
             # cancelled, or another attempt finished first: this result never leaves
-            raise _Dropped(f"it is {state} already; its result is discarded")
+            raise Dropped(f"it is {state} already; its result is discarded")
         spent = budget.commit(tx, run_id=record.run_id, actor=signer.key_id)
         node.ledger.append_in(
             tx,
@@ -323,7 +363,7 @@ def _finish_released(
         )
         record_decisions(tx, run_id=record.run_id, full=full, digest=decisions_digest)
     _checkpoints.poke(node, signer)
-    return _outcome(get_run(node, record.run_id))
+    return outcome_of(get_run(node, record.run_id))
 
 
 def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer) -> Outcome:
@@ -331,7 +371,7 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
     with node.db.transaction() as tx:
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state in TERMINAL_STATES:
-            raise _Dropped(f"it is {state} already")
+            raise Dropped(f"it is {state} already")
         returned = budget.give_back(tx, run_id=record.run_id, actor=signer.key_id)
         node.ledger.append_in(
             tx,
@@ -352,7 +392,7 @@ def _finish_cached(node: Node, record: RunRecord, cached: Any, *, signer: Signer
             "WHERE run_id = ?",
             (json.dumps(result), cached["result_digest"], cached["run_id"], utcnow(), record.run_id),
         )
-    return _outcome(get_run(node, record.run_id))
+    return outcome_of(get_run(node, record.run_id))
 
 
 def _charges_failures(node: Node, dataset: str) -> bool:
@@ -405,7 +445,7 @@ def fail_run(node: Node, record: RunRecord, exc: OpalError, *, signer: Signer) -
         (state,) = tx.execute("SELECT state FROM runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if state not in TERMINAL_STATES:  # else another delivery finished it first: record nothing twice
             _record_failure(tx, node, record, exc, state=state, signer=signer)
-    return _outcome(get_run(node, record.run_id))
+    return outcome_of(get_run(node, record.run_id))
 
 
 class _Checkpoints:

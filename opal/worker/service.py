@@ -22,19 +22,28 @@ from opal.errors import BadInputError, OpalError
 from opal.node import Node
 from opal.worker.celery import configure, queue_name, run_timeout
 
-__all__ = ["start_worker"]
+__all__ = ["parse_memory", "start_worker"]
 
 log = logging.getLogger("opal.worker")
 
 
 def _preload(**_: Any) -> None:
-    """In each pool process: load the dataset resident, off the start-up path."""
+    """In each pool process: load the dataset (the partitions that fit) resident, off the start-up path."""
     from opal.worker import state
 
     def load() -> None:
         try:
             ds = catalog.get(state.node(), os.environ["OPAL_WORKER_DATASET"])
-            state.runtime_for(ds)
+            if not ds.partitioned:
+                state.runtime_for(ds)
+                return
+            # the partitions that fit this process's share of --memory, in order
+            budget, used, base = state.memory_budget(), 0, state.limits()
+            for part, file in enumerate(ds.partition_files()):
+                used += state.partition_estimate(file, base)
+                if used > budget and part > 0:
+                    break
+                state.runtime_for(ds, part)
         except Exception as exc:  # noqa: BLE001 - the first run retries and records the error
             log.warning("dataset not preloaded: %s", getattr(exc, "message", type(exc).__name__))
 
@@ -50,6 +59,7 @@ def start_worker(
     loglevel: str = "INFO",
     timeout: float | None = None,
     recover_at_start: bool = True,
+    memory: int | None = None,
 ) -> None:
     """Serve ``dataset``'s queue in the foreground until SIGTERM / Ctrl-C.
 
@@ -66,6 +76,9 @@ def start_worker(
     os.environ["OPAL_WORKER_KEY"] = signer.name
     os.environ["OPAL_WORKER_DATASET"] = ds.name
     os.environ["OPAL_RUN_TIMEOUT"] = repr(wall)
+    os.environ["OPAL_WORKER_CONCURRENCY"] = str(concurrency)
+    if memory is not None:
+        os.environ["OPAL_WORKER_MEMORY"] = str(memory)
     level = getattr(logging, loglevel.upper(), logging.INFO)
     logging.basicConfig(level=level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
     logging.getLogger("opal").setLevel(level)
@@ -115,3 +128,13 @@ def _sweep_interval() -> float:
             f"OPAL_RECOVERY_INTERVAL must be a number of seconds >= 0 (0 turns the sweep off), found {raw!r}"
         )
     return value
+
+
+def parse_memory(text: str) -> int:
+    """``8G``, ``512M``, ``2048K`` or bytes → bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if not m or float(m.group(1)) <= 0:
+        raise BadInputError(f"--memory must be a size such as 8G or 512M, found {text!r}")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))

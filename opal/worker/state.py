@@ -1,5 +1,6 @@
 """What a worker process holds for its lifetime: the node, its signing key,
-and one resident sandbox runtime per dataset, keyed by the dataset's version
+and one resident sandbox runtime per dataset (per partition of a partitioned
+dataset, as many as the memory budget holds), keyed by the dataset's version
 (a new version — the file or table changed and was re-registered or
 refreshed — loads a new runtime and stops the old one)."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opal.node import Node
@@ -16,12 +19,23 @@ if TYPE_CHECKING:
     from opal.sandbox import Limits, Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["close_runtimes", "limits", "node", "resident", "runtime_for", "signer"]
+__all__ = [
+    "close_runtimes",
+    "limits",
+    "memory_budget",
+    "node",
+    "partition_estimate",
+    "resident",
+    "resident_estimate",
+    "runtime_for",
+    "signer",
+]
 
 _lock = threading.Lock()
 _node: Node | None = None
 _pid: int | None = None
-_runtimes: dict[str, tuple[str, Runtime]] = {}
+_runtimes: OrderedDict[str, tuple[str, Runtime]] = OrderedDict()  # least recently used first
+_costs: dict[str, int] = {}
 
 
 def node() -> Node:
@@ -80,22 +94,96 @@ def limits() -> Limits:
     )
 
 
-def runtime_for(ds: Dataset) -> Runtime:
+def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
+    """The resident runtime of ``ds`` (of its partition ``part``; partition 0
+    when a partitioned dataset is asked for as a whole).
+
+    Partition runtimes stay resident while their estimated size fits this
+    process's memory budget (``memory_budget``); beyond it the least recently
+    used are stopped, so a process holds what it serves, not the dataset.
+    """
     from opal.sandbox import Runtime
 
+    index = (part or 0) if ds.partitioned else None
+    key = ds.name if index is None else f"{ds.name}/{index}"
     with _lock:
-        held = _runtimes.get(ds.name)
+        held = _runtimes.get(key)
         if held is not None and held[0] == ds.version:
+            _runtimes.move_to_end(key)
             return held[1]
-        if held is not None:
-            held[1].close()
-        rt = Runtime(tables={ds.schema: ds.path}, limits=limits())
-        _runtimes[ds.name] = (ds.version, rt)
+        for name in [k for k, (v, _) in _runtimes.items() if k.split("/")[0] == ds.name and v != ds.version]:
+            _runtimes.pop(name)[1].close()  # a new version: every runtime of the old one goes
+        file = ds.partition_files()[index] if index is not None else ds.path
+        run_limits = limits()
+        if index is not None:
+            run_limits = _partition_limits(run_limits, file)
+        _costs[key] = partition_estimate(file, run_limits)
+        _evict(keep=key, need=_costs[key])
+        rt = Runtime(tables={ds.schema: file}, limits=run_limits)
+        _runtimes[key] = (ds.version, rt)
         return rt
 
 
+# Measured at 10 M rows (docs/scale.md): a zygote holds ~180 MB of interpreter,
+# numpy, pandas and pyarrow, and ~180 bytes a CDR row of data and unit dictionary.
+_ZYGOTE_BASE = 180 << 20
+_BYTES_PER_ROW = 180
+# The warm heap a zygote keeps for its children's temporaries (opal/sandbox/_warm.py)
+# is 1 GiB for a 10 M-row file; a partition's follows its rows, at least 64 MiB.
+_WARM_PER_ROW = 108
+_WARM_FLOOR = 64 << 20
+
+
+def _rows(file: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(file).metadata.num_rows) if file.suffix == ".parquet" else file.stat().st_size // 40
+    except Exception:  # noqa: BLE001 - unreadable here: the runtime reports it when it loads
+        return 0
+
+
+def _partition_limits(base: Limits, file: Path) -> Limits:
+    """``base`` with a warm heap sized to the partition: a fixed 1 GiB per
+    partition zygote would make memory follow the number of partitions."""
+    from opal.sandbox import Limits
+
+    warm = min(base.warm_memory_bytes, max(_WARM_FLOOR, _rows(file) * _WARM_PER_ROW))
+    return Limits.from_dict({**base.to_dict(), "warm_memory_bytes": warm - warm % (2 << 20)})
+
+
+def resident_estimate(file: Path, warm_bytes: int = 0) -> int:
+    """Bytes a runtime holding ``file`` (with a warm heap of ``warm_bytes``) is expected to keep resident."""
+    return _ZYGOTE_BASE + _rows(file) * _BYTES_PER_ROW + warm_bytes
+
+
+def partition_estimate(file: Path, base: Limits) -> int:
+    """Bytes a partition runtime of ``file`` under ``base`` limits keeps resident."""
+    return resident_estimate(file, _partition_limits(base, file).warm_memory_bytes)
+
+
+def memory_budget() -> int:
+    """Bytes of resident runtimes this process may hold: ``OPAL_WORKER_MEMORY``
+    (``opal worker start --memory``, default half the machine) over the
+    worker's pool processes."""
+    raw = os.environ.get("OPAL_WORKER_MEMORY")
+    total = int(raw) if raw and raw.isdigit() else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return max(1, total // max(1, int(os.environ.get("OPAL_WORKER_CONCURRENCY", "1"))))
+
+
+def _evict(*, keep: str, need: int) -> None:
+    budget = memory_budget()
+    held = sum(_costs.get(k, 0) for k in _runtimes if k != keep)
+    for name in list(_runtimes):
+        if held + need <= budget:
+            return
+        if name != keep:
+            held -= _costs.pop(name, 0)
+            _runtimes.pop(name)[1].close()
+
+
 def resident() -> dict[str, str]:
-    """Dataset name → version of the runtimes this process holds."""
+    """Runtime name (dataset, or dataset/partition) → version of the runtimes this process holds."""
     with _lock:
         return {name: version for name, (version, _) in _runtimes.items()}
 
@@ -105,3 +193,4 @@ def close_runtimes() -> None:
         for _, rt in _runtimes.values():
             rt.close()
         _runtimes.clear()
+        _costs.clear()

@@ -92,7 +92,7 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _setup(opal: Opal, datasets: dict[str, Path], bundles: list[Path]) -> None:
     for name, role in (("olga", "operator"), ("sam", "statistician"), ("rita", "reviewer"), ("ravi", "reviewer")):
         opal("keys", "new", name, "--role", role, check=True)
-    opal.board()
+    opal.board()  # worker runs need a board-signed trust policy (docs/governance.md)
     for name, path in datasets.items():
         opal("dataset", "register", name, str(path), "--key", "olga", check=True)
     for folder in bundles:

@@ -1,0 +1,276 @@
+"""A run on a partitioned dataset, through real Celery workers and Redis:
+one task per partition, one combining step that noises once and charges once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from opal.bundle.registry import Bundle
+from opal.data import catalog
+from opal.data.partition import node_key, partition
+from opal.release.bounding import combine
+from opal.runs import get_run, request_run
+from opal.runs.dispatch import dispatch, wait
+from opal.trust.review import approve, submit
+from opal.worker import state
+from opal.worker._scenario import Scenario, build
+from opal.worker.fanout import partials
+from tests.worker.workerkit import SPIN_PER_SECOND, Workers, outcomes_in_ledger, spent_events
+
+PARTS = 4
+REGION_COUNT = "region_count"
+
+# Every subscriber in every region they were seen in: no unit has more cells
+# than max_groups_per_unit (12 regions), so bounding selects nothing at random
+# and the pre-noise aggregate is exact, cell for cell.
+_MANIFEST = """\
+name = "region_count"
+version = "1.0.0"
+description = "Distinct subscribers seen per region (tests)"
+entrypoint = "contributions"
+dataset = "cdr"
+
+[privacy]
+unit = "msisdn"
+aggregation = "count"
+max_groups_per_unit = 12
+
+[privacy.groups]
+region = "dataset"
+
+[parameters]
+type = "object"
+additionalProperties = false
+
+[parameters.properties.spin]
+type = "integer"
+minimum = 0
+"""
+
+_SOURCE = '''\
+def contributions(data, params):
+    n = 0
+    for i in range(params.get("spin", 0)):
+        n += 1
+    return data.cdr[["msisdn", "region"]].drop_duplicates()
+'''
+
+
+def _with_partitions(sc: Scenario, parts: int = PARTS) -> str:
+    """Register a partitioned copy of the scenario's data as ``demo_parts``; approve region_count."""
+    node = sc.node
+    folder = sc.data.parent / "parts"
+    partition(sc.data, folder, parts=parts, key=node_key(node.home), unit="msisdn")
+    (sc.data.parent / "parts.domains.toml").write_bytes((sc.data.parent / "cdr.domains.toml").read_bytes())
+    catalog.register(node, "demo_parts", folder, schema="cdr", signer=node.keyring.signer("olga"))
+    bundle_dir = node.home.root / "bundles" / REGION_COUNT
+    bundle_dir.mkdir(parents=True)
+    (bundle_dir / "opal.toml").write_text(_MANIFEST)
+    (bundle_dir / "algorithm.py").write_text(_SOURCE)
+    bundle = Bundle.from_folder(bundle_dir)
+    submit(node, bundle, signer=node.keyring.signer("sam"))
+    for reviewer in ("rita", "ravi"):
+        approve(node, bundle.digest, signer=node.keyring.signer(reviewer))
+    return "demo_parts"
+
+
+def _truth(sc: Scenario) -> dict[str, int]:
+    cdr = pd.read_parquet(sc.data, columns=["msisdn", "region"])
+    return {str(k): int(v) for k, v in cdr.groupby("region")["msisdn"].nunique().items()}
+
+
+def _request(sc: Scenario, dataset: str, *, eps: float = 1.0, **params: Any) -> str:
+    node = sc.node
+    record = request_run(node, algorithm=REGION_COUNT, dataset=dataset, params=params, epsilon=eps,
+                         signer=node.keyring.signer("sam"))
+    dispatch(node, record)
+    return record.run_id
+
+
+def _combined_truth_cells(sc: Scenario, run_id: str) -> dict[str, int]:
+    node = sc.node
+    ds = catalog.get(node, "demo_parts")
+    got = partials(node, run_id)
+    assert sorted(got) == list(range(PARTS))
+    agg = combine([got[p][0] for p in range(PARTS)])
+    return dict(zip(ds.domains["region"], (int(v) for v in agg.units), strict=True))
+
+
+def _assert_within_intervals(release: dict[str, Any], truth: dict[str, int]) -> None:
+    columns = release["table"]["columns"]
+    for row in release["table"]["rows"]:
+        cell = dict(zip(columns, row, strict=True))
+        if cell["suppressed"]:
+            continue
+        half = (cell["ci_high"] - cell["ci_low"]) / 2
+        # 3 half-widths: P(|noise| > 3k) < 0.02 % a cell, so the test does not flake
+        assert abs(cell["count"] - truth[cell["region"]]) <= 3 * half + 1, (cell, truth[cell["region"]])
+
+
+def _assert_charged_once(sc: Scenario, run_id: str, eps: float) -> None:
+    assert outcomes_in_ledger(sc.node)[run_id] == 1
+    assert spent_events(sc.node)[run_id] == pytest.approx(eps)
+
+
+@pytest.fixture
+def sc(tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    monkeypatch.setenv("OPAL_RECOVERY_INTERVAL", "0")
+    scenario = build(tmp_path / "home", subscribers=600, days=2)
+    yield scenario
+    state.close_runtimes()
+
+
+@pytest.fixture
+def workers(sc: Scenario, broker_url: str) -> Iterator[Workers]:
+    w = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env={"OPAL_RECOVERY_INTERVAL": "0"})
+    yield w
+    w.stop_all()
+
+
+def test_partitioned_run_releases_the_ground_truth_within_its_intervals(sc: Scenario, workers: Workers) -> None:
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=2)
+    run_id = _request(sc, dataset)
+    record = wait(sc.node, run_id, timeout=180)
+    assert record.state == "released", record.error
+    truth = _truth(sc)
+    # exact: the partial aggregates add up to the unpartitioned ground truth, cell for cell
+    assert _combined_truth_cells(sc, run_id) == {r: truth.get(r, 0) for r in truth}
+    _assert_within_intervals(record.result, truth)
+    _assert_charged_once(sc, run_id, 1.0)
+    started = [e for e in sc.node.ledger.entries(type="run_started") if e.body["run_id"] == run_id]
+    assert len(started) == 1
+
+
+def test_partitioned_release_matches_the_one_file_release(sc: Scenario, workers: Workers) -> None:
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1)
+    workers.start(sc.dataset, concurrency=1)
+    parted = wait(sc.node, _request(sc, dataset), timeout=180)
+    whole = wait(sc.node, _request(sc, sc.dataset), timeout=180)
+    assert parted.state == whole.state == "released"
+    assert parted.result["table"]["columns"] == whole.result["table"]["columns"]
+    regions = [row[0] for row in parted.result["table"]["rows"]]
+    assert regions == [row[0] for row in whole.result["table"]["rows"]]   # same public cells, same order
+    truth = _truth(sc)
+    _assert_within_intervals(parted.result, truth)
+    _assert_within_intervals(whole.result, truth)
+
+
+def test_duplicated_partition_tasks_and_an_early_combine_do_not_double_count(
+        sc: Scenario, workers: Workers) -> None:
+    from opal.worker.celery import configure, queue_name
+    from opal.worker.tasks import COMBINE_TASK, PARTITION_TASK
+
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=2)
+    run_id = _request(sc, dataset, spin=SPIN_PER_SECOND // 2)
+    app = configure(sc.node.home)
+    queue = queue_name(sc.node.home, dataset)
+    # a forged combine before any partition is done, then every partition task twice more
+    app.send_task(COMBINE_TASK, args=[run_id], queue=queue)
+    for _ in range(2):
+        for part in range(PARTS):
+            app.send_task(PARTITION_TASK, args=[run_id, part], queue=queue)
+    record = wait(sc.node, run_id, timeout=180)
+    assert record.state == "released", record.error
+    truth = _truth(sc)
+    assert _combined_truth_cells(sc, run_id) == truth
+    _assert_charged_once(sc, run_id, 1.0)
+    # the duplicates finish after the release and change nothing
+    time.sleep(3)
+    assert _combined_truth_cells(sc, run_id) == truth
+    _assert_charged_once(sc, run_id, 1.0)
+
+
+def _kill_a_partition_task(sc: Scenario, workers: Workers, run_id: str) -> int:
+    """SIGKILL the pool process running one of the run's partitions; its partition number."""
+    deadline = time.monotonic() + 120
+    row = None
+    while time.monotonic() < deadline and row is None:
+        try:
+            row = sc.node.db.one(
+                "SELECT part, worker FROM run_partition_attempts WHERE run_id = ? AND part NOT IN "
+                "(SELECT part FROM run_partials WHERE run_id = ?)", (run_id, run_id))
+        except Exception:  # noqa: BLE001 - the table appears with the first partition task
+            row = None
+        time.sleep(0.05)
+    assert row is not None, workers.logs()[-3000:]
+    time.sleep(0.5)
+    os.kill(int(row["worker"].split(":")[1]), signal.SIGKILL)
+    return int(row["part"])
+
+
+def test_a_killed_partition_task_is_redelivered_and_counted_once(sc: Scenario, workers: Workers) -> None:
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1)
+    run_id = _request(sc, dataset, spin=3 * SPIN_PER_SECOND)
+    part = _kill_a_partition_task(sc, workers, run_id)
+    record = wait(sc.node, run_id, timeout=180)
+    assert record.state == "released", record.error
+    attempts = sc.node.db.one("SELECT attempts FROM run_partition_attempts WHERE run_id = ? AND part = ?",
+                              (run_id, part))["attempts"]
+    assert attempts == 2
+    assert _combined_truth_cells(sc, run_id) == _truth(sc)
+    _assert_charged_once(sc, run_id, 1.0)
+    assert get_run(sc.node, run_id).state == "released"
+
+
+def test_a_partition_lost_every_attempt_releases_over_the_others_charged_once(
+        sc: Scenario, workers: Workers) -> None:
+    from opal.runs.records import run_decisions
+
+    workers.extra_env["OPAL_MAX_ATTEMPTS"] = "1"
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1)
+    run_id = _request(sc, dataset, spin=3 * SPIN_PER_SECOND)
+    part = _kill_a_partition_task(sc, workers, run_id)
+    record = wait(sc.node, run_id, timeout=180)
+    # the requester sees an ordinary release over the whole domain, charged once
+    assert record.state == "released", record.error
+    assert len(record.result["table"]["rows"]) == len(catalog.get(sc.node, dataset).domains["region"])
+    _assert_charged_once(sc, run_id, 1.0)
+    got = partials(sc.node, run_id)
+    assert got[part][1] == {"outcome": "partition lost", "attempts": 1}
+    assert int(got[part][0].units.sum()) == 0
+    # the others add up to the truth of their own units; the operator is told which partition and why
+    assert sum(int(a.units.sum()) for p, (a, _) in got.items() if p != part) > 0
+    outcome = run_decisions(sc.node, run_id)["run_outcome"]
+    assert outcome["outcome"] == "partitions without contributions"
+    assert outcome["by_partition"] == {str(part): {"outcome": "partition lost", "attempts": 1}}
+
+
+def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_node_does(
+        tmp_path: Path, broker_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    monkeypatch.setenv("OPAL_DB_URL", pg_url)
+    sc = build(tmp_path / "home", subscribers=600, days=2)
+    dataset = _with_partitions(sc)
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env={"OPAL_RECOVERY_INTERVAL": "0"})
+    try:
+        workers.start(dataset, concurrency=1)
+        one_node = wait(sc.node, _request(sc, dataset, spin=SPIN_PER_SECOND // 4), timeout=180)
+        workers.start(dataset, concurrency=1)                  # a second node on the same queue
+        run_id = _request(sc, dataset, spin=SPIN_PER_SECOND // 4 + 1)   # not the cached identical run
+        two_nodes = wait(sc.node, run_id, timeout=180)
+        assert one_node.state == two_nodes.state == "released", (one_node.error, two_nodes.error)
+        servers = {row["worker"].split(":")[1] for row in sc.node.db.query(
+            "SELECT worker FROM run_partials WHERE run_id = ?", (run_id,))}
+        assert len(servers) == 2, "both nodes served partitions of the run"
+        # exact: the pre-noise aggregates of both runs are the same, cell for cell
+        truth = _truth(sc)
+        assert _combined_truth_cells(sc, one_node.run_id) == _combined_truth_cells(sc, run_id) == truth
+        _assert_within_intervals(two_nodes.result, truth)
+        _assert_charged_once(sc, run_id, 1.0)
+    finally:
+        workers.stop_all()
+        state.close_runtimes()
