@@ -238,10 +238,16 @@ def _load_table(path: str) -> tuple[Any, int]:
     return frame, nbytes
 
 
-def _probe(fn: Any) -> bool:
-    """Run ``fn`` in a throwaway child; True if it returned True."""
+def _probe(fn: Any, *, fork: Any = os.fork) -> bool:
+    """Run ``fn`` in a throwaway child made by ``fork``; True if it returned True
+    (False too when the child cannot be made)."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return False
     if pid == 0:
         ok = False
         try:
@@ -277,21 +283,7 @@ def _seccomp_works() -> bool:
 
 
 def _pid_namespace_works(forker: _isolation.RunForker) -> bool:
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = forker.fork(pid_namespace=True)
-    except OSError:
-        os.close(read_fd)
-        os.close(write_fd)
-        return False
-    if pid == 0:
-        os.write(write_fd, b"1" if os.getpid() == 1 else b"0")
-        os._exit(0)
-    os.close(write_fd)
-    answer = os.read(read_fd, 1)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    return answer == b"1"
+    return _probe(lambda: os.getpid() == 1, fork=lambda: forker.fork(pid_namespace=True))
 
 
 def _ipc_namespace_works() -> bool:
