@@ -76,4 +76,6 @@ def test_a_partition_zygote_keeps_a_warm_heap_sized_to_its_partition(
     whole = state.limits().warm_memory_bytes
     runtime = state.runtime_for(ds, 0)
     runtime.units("msisdn", table="cdr")
-    assert 0 < runtime.warm_memory_bytes <= 64 << 20 < whole
+    # at most the partition's share (and half its size, warm_memory_ratio): this small
+    # partition's heap may round down to no huge page at all
+    assert runtime.warm_memory_bytes <= 64 << 20 < whole
