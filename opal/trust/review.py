@@ -282,27 +282,33 @@ def approve(
         expires=_iso(now + lifetime),
         comment=comment,
     )
+    record_verdict(node, approval, signer=signer)
+    return approval
+
+
+def record_verdict(node: Node, approval: Approval, *, signer: Signer) -> None:
+    """Sign ``approval`` and append it to the ledger (with its index row), no checks:
+    ``approve`` makes them first; the verifier re-checks the signer's role."""
     statement = approval.statement()
     signature = signer.sign(APPROVAL_DOMAIN, canonical_json(statement))
     with node.db.transaction() as tx:
         tx.execute(
             "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
-            (digest, signer.key_id, json.dumps(statement), signature, verdict, approval.time),
+            (approval.digest, signer.key_id, json.dumps(statement), signature, approval.verdict, approval.time),
         )
         node.ledger.append_in(
             tx,
-            type="bundle_approved" if verdict == "approve" else "bundle_rejected",
+            type="bundle_approved" if approval.verdict == "approve" else "bundle_rejected",
             body={
-                "digest": digest,
-                "name": row["name"],
-                "version": row["version"],
+                "digest": approval.digest,
+                "name": approval.name,
+                "version": approval.version,
                 "statement": statement,
                 "signature": signature,
             },
             signer=signer,
-            subject=row["name"],
+            subject=approval.name,
         )
-    return approval
 
 
 def _verdict_entries(node: Node, row: Any) -> list[Any]:

@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from opal.bundle.registry import Bundle
-from opal.canonical import canonical_json
 from opal.node import Node
-from opal.trust.review import APPROVAL_DOMAIN, Approval, approve, submit
+from opal.trust.review import Approval, approve, record_verdict, submit
 
 REPO = Path(__file__).resolve().parents[2]
 PD = REPO / "algorithms" / "population_density"
@@ -91,26 +90,7 @@ def forge_approval(
         expires=(expires or now + timedelta(days=30)).isoformat(timespec="seconds").replace("+00:00", "Z"),
         comment="",
     )
-    statement = approval.statement()
-    signature = signer.sign(APPROVAL_DOMAIN, canonical_json(statement))
-    with node.db.transaction() as tx:
-        tx.execute(
-            "INSERT INTO approvals(digest, key_id, statement, signature, verdict, time) VALUES (?,?,?,?,?,?)",
-            (digest, signer.key_id, json.dumps(statement), signature, verdict, approval.time),
-        )
-        node.ledger.append_in(
-            tx,
-            type="bundle_approved" if verdict == "approve" else "bundle_rejected",
-            body={
-                "digest": digest,
-                "name": row["name"],
-                "version": row["version"],
-                "statement": statement,
-                "signature": signature,
-            },
-            signer=signer,
-            subject=row["name"],
-        )
+    record_verdict(node, approval, signer=signer)   # what approve() records, without its checks
 
 
 def forged_signature() -> str:
