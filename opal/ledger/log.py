@@ -310,7 +310,7 @@ class Ledger:
             if val is not None:
                 where.append(f"{col} {op} ?")
                 params.append(val)
-        sql = "SELECT entry FROM ledger"
+        sql = "SELECT idx, entry, leaf_hash FROM ledger"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY idx DESC" if newest else " ORDER BY idx"
@@ -318,8 +318,9 @@ class Ledger:
             sql += f" LIMIT {int(limit)}"
         found = []
         for r in self.db.query(sql, params):
+            raw = _matching_leaf(int(r["idx"]), bytes(r["entry"]), r["leaf_hash"])
             try:
-                e = LedgerEntry.parse(bytes(r["entry"]))
+                e = LedgerEntry.parse(raw)
             except (ValueError, KeyError, TypeError):
                 continue  # not an entry at all: verify names it
             if (
@@ -336,19 +337,20 @@ class Ledger:
     def iter_entries(self) -> Iterator[LedgerEntry]:
         """Every entry in index order, parsed from its stored signed bytes, in pages
         (bounded memory); rows that are not entries are skipped (verify names them)."""
-        for _, raw, _ in self._raw_rows(2**62):
+        for idx, raw, columns in self._raw_rows(2**62):
+            raw = _matching_leaf(idx, raw, columns[4])
             try:
                 yield LedgerEntry.parse(raw)
             except (ValueError, KeyError, TypeError):
                 continue
 
     def entry(self, index: int) -> LedgerEntry:
-        row = self.db.one("SELECT entry FROM ledger WHERE idx = ?", (int(index),))
+        row = self.db.one("SELECT entry, leaf_hash FROM ledger WHERE idx = ?", (int(index),))
         if row is None:
             raise BadInputError(
                 f"the ledger has no entry {index} (it holds {self.size()}); see opal ledger show"
             )
-        return LedgerEntry.parse(bytes(row["entry"]))
+        return LedgerEntry.parse(_matching_leaf(int(index), bytes(row["entry"]), row["leaf_hash"]))
 
     def index_of(self, leaf_hash_hex: str) -> int:
         try:
@@ -522,3 +524,20 @@ class Ledger:
         ).save(state)
         info = {"path": str(state), "from_size": held.size if held else 0, "recorded_size": report.size}
         return dataclasses.replace(report, state=info)
+
+
+def _matching_leaf(idx: int, raw: bytes, leaf: Any) -> bytes:
+    """``raw``, if it still hashes to its leaf (RFC 9162 §2.1.1); raise otherwise.
+
+    Decisions read entries from the database. The auditor's incremental check
+    rebuilds the audited prefix from the leaf-hash column, so an operator who
+    rewrote an old entry's bytes alone (un-revoking a key, say) would change a
+    decision unseen: here such an entry stops every decision instead, and one
+    who rewrote the leaf hash too changes the root the auditor holds.
+    """
+    if merkle.leaf_hash(raw) != bytes(leaf):
+        raise LedgerCorrupt(
+            f"ledger entry {idx} no longer matches its leaf hash: the database was edited; "
+            "nothing decides on it (run opal ledger verify --full)"
+        )
+    return raw

@@ -215,3 +215,21 @@ def test_small_order_and_non_canonical_keys_are_refused_wherever_a_key_enters(tm
     entry = node.ledger.append(type="key_added", body=body, signer=node.keyring.signer("b1"), subject=body["key_id"])
     message = ledger_verdict(node)
     assert message.startswith(f"ledger entry {entry.index} (key_added): the added key is")
+
+
+def test_rewritten_entry_bytes_under_an_untouched_leaf_hash_stop_every_decision(tmp_path: Path) -> None:
+    # The auditor's incremental check rebuilds the audited prefix from the leaf-hash
+    # column, so the bytes of an old revocation, rewritten alone, must not un-revoke.
+    node = make_node(tmp_path)
+    digest = submitted(node, tmp_path, approvers=("rita", "ravi"))
+    node.keyring.revoke("ravi", "left", by=node.keyring.signer("b1"), ledger=node.ledger)
+    revocation = node.ledger.entries(type="key_revoked")[-1]
+    conn = raw(node)
+    (stored,) = conn.execute("SELECT entry FROM ledger WHERE idx = ?", (revocation.index,)).fetchone()
+    doc = json.loads(stored)
+    doc["entry"]["body"]["key_id"] = "0" * 64                    # revoke nobody
+    conn.execute("UPDATE ledger SET entry = ? WHERE idx = ?", (canonical_json(doc), revocation.index))
+    conn.close()
+    node = Node.open(node.home.root)
+    with pytest.raises(LedgerCorrupt, match=f"ledger entry {revocation.index} no longer matches its leaf hash"):
+        verify_for_run(node, digest)
