@@ -18,6 +18,7 @@ is reserved.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Any
 
 from opal.errors import AlgorithmFailed, BadInputError
@@ -26,6 +27,8 @@ __all__ = ["CHECK_PARAMS", "defines_check_params", "run_check_params"]
 
 CHECK_PARAMS = "check_params"
 _ENTRY = "opal_check_params_entry"
+# The wall and CPU limit of a data-free parameter check.
+CHECK_PARAMS_SECONDS = 10.0
 _SHIM = f'''
 
 
@@ -53,11 +56,20 @@ def run_check_params(runtime: Any, *, source: str, params: Any, table: str, colu
     """
     if not defines_check_params(source):
         return
+    # A data-free check needs little time; capped, it cannot use up the run
+    # task's time limit and so push the data run's outcome over it.
+    base = runtime.limits
+    limits = dataclasses.replace(
+        base,
+        wall_seconds=min(base.wall_seconds, CHECK_PARAMS_SECONDS),
+        cpu_seconds=min(base.cpu_seconds, int(CHECK_PARAMS_SECONDS)),
+    )
     try:
         runtime.run(
             source=source + _SHIM.format(table=table),
             entrypoint=_ENTRY,
             params=params,
+            limits=limits,
             pseudonyms={"table": table, "column": column, "seed": "00", "data_free": True},
         )
     except AlgorithmFailed as exc:

@@ -153,13 +153,19 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
         outcome: dict[str, Any] = {"outcome": "partition lost", "attempts": attempts - 1}
     else:
         runtime: Runtime = runtime_for(ds, part)
-        contributions, units, outcome = sandbox_contributions(
-            runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy
-        )
-        agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)
+        try:
+            contributions, units, outcome = sandbox_contributions(
+                runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy
+            )
+            agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)
+            del contributions
+        except Exception as exc:  # noqa: BLE001 - total runs: a fault on data is no contributions, stored at once
+            # (a partition left missing would delay the release until the combiner gives up: a timing channel)
+            log.error("run %s partition %d: no partial aggregate (%s)", run_id, part, type(exc).__name__)
+            agg = empty_aggregate(manifest.privacy, domain_cells(manifest.privacy, prep.domains))
+            outcome = {"outcome": "no contributions", "error_type": type(exc).__name__, "where": "partition"}
         if agg.refused is not None and outcome["outcome"] == "ok":
             outcome = {"outcome": "contributions refused", "message": agg.refused}
-        del contributions
     stored = _store(node, run_id, part, agg, outcome, me)
     return {"run_id": run_id, "part": part, "stored": stored}
 

@@ -229,14 +229,17 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     # 6. release gate (never refuses contributions: a malformed table is no contributions)
     from opal.release import release as gate
 
-    released = gate(
-        contributions,
-        privacy=manifest.privacy,
-        domains=domains,
-        policy=ds.policy,
-        epsilon=record.epsilon,
-        known_units=units,
-    )
+    def release_over(rows: pd.DataFrame | None) -> Release:
+        return gate(
+            rows, privacy=manifest.privacy, domains=domains, policy=ds.policy, epsilon=record.epsilon, known_units=units
+        )
+
+    try:
+        released = release_over(contributions)
+    except Exception as exc:  # noqa: BLE001 - total runs: a fault on data (even the task's soft time limit) must not show
+        log.error("run %s: the gate failed on the contributions (%s)", record.run_id, type(exc).__name__)
+        outcome = {"outcome": "no contributions", "error_type": type(exc).__name__, "where": "release gate"}
+        released = release_over(None)
     if "contributions_refused" in released.diagnostics and outcome["outcome"] == "ok":
         outcome = {"outcome": "contributions refused", "message": released.diagnostics["contributions_refused"]}
     # 7. record, then return

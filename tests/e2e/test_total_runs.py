@@ -174,3 +174,37 @@ def test_a_data_free_parameter_check_refuses_before_the_run_and_spends_nothing(
     assert opal.json("budget", "show")[0]["spent"] == 0
     last = opal.json("ledger", "show", "--type", "run_finished")[-1]["body"]
     assert last["outcome"] == "refused" and last["epsilon_spent"] == 0
+
+
+def test_a_fault_in_the_gate_after_the_data_was_touched_still_releases_over_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str) -> None:
+    # Whether the gate fails (or the task's soft time limit fires inside it) can depend
+    # on what the algorithm returned: the requester must see an ordinary release.
+    import opal.release
+    from opal.runs import request_run
+    from opal.runs.records import get_run
+    from opal.worker import state
+    from opal.worker._scenario import build
+    from opal.worker.pipeline import execute_run
+
+    monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
+    sc = build(tmp_path / "home", subscribers=200, days=1)
+    monkeypatch.setenv("OPAL_HOME", str(sc.node.home.root))
+    real = opal.release.release
+
+    def flaky(contributions: object, **kwargs: object) -> object:
+        if contributions is not None:
+            raise MemoryError("a table too large for the gate")
+        return real(contributions, **kwargs)
+
+    monkeypatch.setattr(opal.release, "release", flaky)
+    record = request_run(sc.node, algorithm="spin_count", dataset=sc.dataset, params={"tag": 1}, epsilon=0.1,
+                         signer=sc.node.keyring.signer("sam"))
+    execute_run(sc.node, record.run_id, signer=sc.node.keyring.signer("olga"), runtime_for=state.runtime_for)
+    run = get_run(sc.node, record.run_id)
+    assert run.state == "released" and run.error is None
+    decisions = json.loads(sc.node.db.one("SELECT record FROM run_decisions WHERE run_id = ?",
+                                          (record.run_id,))["record"])
+    assert decisions["run_outcome"] == {"outcome": "no contributions", "error_type": "MemoryError",
+                                        "where": "release gate"}
+    state.close_runtimes()
