@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from opal.node import Node
 
-__all__ = ["App", "pass_app", "emit_json", "console", "err_console"]
+__all__ = ["App", "pass_app", "emit_json", "console", "err_console", "check_out"]
 
 console: Console
 err_console: Console
@@ -59,3 +60,14 @@ def emit_json(value: Any) -> None:
     import json
 
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def check_out(path: Path | str | None, option: str = "--out") -> None:
+    """Refuse, before any work, an output file whose folder does not exist."""
+    from opal.errors import BadInputError
+
+    if path is None:
+        return
+    folder = Path(path).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise BadInputError(f"{option} {path}: no folder {folder}; create it first")

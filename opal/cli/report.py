@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from opal.cli._app import App, console, emit_json, pass_app
+from opal.cli._app import App, check_out, console, emit_json, pass_app
 
 
 @click.command("report")
@@ -26,6 +26,8 @@ def report(app: App, out: Path, export_file: Path | None, policy_file: Path | No
     checkpoints and witnesses, trust policy; every figure from signed ledger content."""
     from opal.errors import BadInputError
     from opal.report import governance
+
+    check_out(out)
 
     if export_file is not None:
         from opal.ledger.export import load_policy_file

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
-from opal.cli._app import App, console, emit_json, err_console, pass_app
+from opal.cli._app import App, check_out, console, emit_json, err_console, pass_app
 from opal.cli._render import parse_params, render_release
 from opal.errors import error_from_dict
 
@@ -127,6 +127,8 @@ def result(app: App, run_id: str, fmt: str | None, out: str | None, as_html: boo
     """The released table of a finished run, with its ledger receipt."""
     import json
     import sys
+
+    check_out(out)
     from pathlib import Path
 
     from opal.errors import BadInputError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from opal.cli._app import App, console, emit_json, pass_app
+from opal.cli._app import App, check_out, console, emit_json, pass_app
 from opal.errors import BadInputError
 
 
@@ -44,8 +44,11 @@ def cosign(
     from opal.ledger.witness import cosign_export, witness_state_path
     from opal.node import Node
 
-    if (node_home is None) == (export_file is None):
+    if node_home is None and export_file is None:
         raise BadInputError("give the log to witness: --node NODE_HOME or --file EXPORT")
+    if node_home is not None and export_file is not None:
+        raise BadInputError("give only one log to witness: --node NODE_HOME or --file EXPORT, not both")
+    check_out(out)   # before the witness records what it saw
     mine = app.node
     signer = mine.keyring.signer_for(key, "witness")
     memory = mine.home.root / "witness"

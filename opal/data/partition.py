@@ -205,6 +205,8 @@ def _batches(source: Path) -> tuple[pa.Schema, Iterator[pa.Table]]:
     import pyarrow.parquet as pq
 
     suffix = source.suffix.lower()
+    if not source.exists():
+        raise BadInputError(f"no input file at {source}")
     if not source.is_file() or suffix not in (".parquet", ".csv"):
         raise BadInputError(f"input {source} is not a .parquet or .csv file")
     try:
