@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def test_a_policy_entry_edited_in_place_fails_closed(node: Node) -> None:
     (raw,) = conn.execute("SELECT entry FROM ledger WHERE type = 'trust_policy'").fetchone()
     edited = raw.replace(b'"reviewer":{"keyids"', b'"reviewer":{"keyids"').replace(b'"threshold":2}', b'"threshold":1}')
     assert edited != raw
-    conn.execute("UPDATE ledger SET entry = ? WHERE type = 'trust_policy'", (edited,))
+    # the leaf hash rewritten too (else the entry is refused before its signature is read)
+    conn.execute("UPDATE ledger SET entry = ?, leaf_hash = ? WHERE type = 'trust_policy'",
+                 (edited, hashlib.sha256(b"\x00" + edited).digest()))
     conn.close()
     with pytest.raises(TrustError, match="valid board signature"):
         policy_in_force(node)
