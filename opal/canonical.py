@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Any
 
+import msgspec
 import rfc8785
 
 __all__ = ["canonical_json", "parse_canonical", "sha256_hex", "digest_json"]
@@ -35,32 +36,35 @@ def _reject_constant(name: str) -> Any:
 
 
 class _NotPlain(Exception):
-    """A number that json.dumps and RFC 8785 may write differently."""
+    """A number that msgspec and RFC 8785 may write differently."""
 
 
 def _plain_float(text: str) -> float:
     value = float(text)
     # RFC 8785 §3.2.2.3 writes numbers as ECMAScript does. For a non-zero
     # double whose repr has neither an exponent nor a bare ".0", that is its
-    # repr, which is also what json.dumps writes.
+    # repr, which is also what msgspec writes.
     if text != repr(value) or "e" in text or text.endswith(".0"):
         raise _NotPlain(text)
     return value
 
 
-_SAFE_INT = 2**53 - 1
+# Beyond ±(2**53 - 1) an integer is not an I-JSON number and RFC 8785 refuses
+# it; every such integer has 16 digits or more. A number starts after ":", ","
+# or "[": mapped to one delimiter, with digits and "-" mapped to "0" and every
+# other byte to "x", a document none of whose numbers is that long does not
+# hold ":" and 16 zeros (a string that does only takes the exact path).
+_TO_ZEROS = bytes(
+    ord("0") if chr(b) in "-0123456789" else ord(":") if chr(b) in ":,[" else ord("x") for b in range(256)
+)
+_LONG_NUMBER = b":" + b"0" * 16
 
-
-def _plain_int(text: str) -> int:
-    value = int(text)
-    # Beyond ±(2**53 - 1) an integer is not an I-JSON number; RFC 8785 refuses it.
-    if len(text) > 15 and not -_SAFE_INT <= value <= _SAFE_INT:
-        raise _NotPlain(text)
-    return value
-
-
-_PLAIN = json.JSONDecoder(parse_float=_plain_float, parse_int=_plain_int, parse_constant=_reject_constant)
-_DUMPS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# msgspec's decoder is strict JSON (no NaN, no control characters in strings,
+# no leading zeros) and hands each float's text to the hook; its encoder with
+# sorted keys writes strings as RFC 8785 does (tests compare them on every
+# escape), so for ASCII documents with plain numbers the two agree byte for byte.
+_FAST_DECODE = msgspec.json.Decoder(float_hook=_plain_float)
+_FAST_ENCODE = msgspec.json.Encoder(order="sorted")
 
 
 def parse_canonical(raw: bytes) -> Any:
@@ -68,20 +72,22 @@ def parse_canonical(raw: bytes) -> Any:
 
     Fast path: for ASCII documents whose numbers are written as Python's
     repr writes them (``_plain_float``) and are in the I-JSON range
-    (``_plain_int``), RFC 8785 and ``json.dumps(sort_keys, compact)`` agree
+    (``_LONG_NUMBER``), RFC 8785 and msgspec's sorted compact encoding agree
     byte for byte; anything else is re-encoded with the real RFC 8785
     implementation.
     """
     if raw.isascii():
-        text = raw.decode("ascii")
-        try:
-            doc = _PLAIN.decode(text)
-        except _NotPlain:
-            pass
-        else:
-            if _DUMPS.encode(doc) != text:
-                raise ValueError("not canonical JSON")
-            return doc
+        if _LONG_NUMBER not in raw.translate(_TO_ZEROS):
+            try:
+                doc = _FAST_DECODE.decode(raw)
+            except _NotPlain:
+                pass
+            except msgspec.DecodeError:
+                raise ValueError("not JSON") from None
+            else:
+                if _FAST_ENCODE.encode(doc) != raw:
+                    raise ValueError("not canonical JSON")
+                return doc
     doc = json.loads(raw, parse_constant=_reject_constant)
     if canonical_json(doc) != raw:
         raise ValueError("not canonical JSON")

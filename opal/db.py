@@ -328,10 +328,31 @@ class Database:
         finally:
             conn.row_factory = None
 
-    def joined_bytes(self, sql: str, params: Sequence[Any] = ()) -> bytes:
-        """The first column of every row (blobs), concatenated: bulk reads without a Python row each."""
-        conn = self._conn()
-        return b"".join(bytes(r[0]) for r in conn.execute(sql, params))
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as plain tuples, by position only: bulk reads (the audit) without a named row each."""
+        if self.dialect == "postgresql":
+            return [tuple(r) for r in self.query(sql, params)]
+        return self._conn().execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+    def ledger_leaf_hashes(self, size: int) -> bytes:
+        """The leaf_hash column of ledger entries 0 … ``size - 1``, concatenated in index
+        order, built by the database itself (no Python object per row). The caller
+        proves it against a root it holds."""
+        if self.dialect == "postgresql":
+            row = self.one(
+                "SELECT string_agg(leaf_hash, ''::bytea ORDER BY idx) AS a FROM ledger WHERE idx < ?", (size,)
+            )
+        else:
+            # An aggregate over a subquery with ORDER BY reads it in that order: SQLite
+            # never flattens such a subquery into an aggregate (its query-flattening
+            # rule 16, kept for group_concat), and older versions have no ORDER BY
+            # inside group_concat.
+            row = self.one(
+                "SELECT CAST(group_concat(leaf_hash, '') AS BLOB) AS a FROM "
+                "(SELECT leaf_hash FROM ledger WHERE idx < ? ORDER BY idx)",
+                (size,),
+            )
+        return bytes(row["a"]) if row is not None and row["a"] is not None else b""
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
         rows = self.query(sql, params)

@@ -461,7 +461,8 @@ class Ledger:
         cosignatures = self.cosignatures()
         row = self.db.one("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM ledger")
         total = int(row["n"]) if row else 0
-        start, tree, auth, runs_open = 0, None, None, None
+        start, auth, runs_open = 0, None, None
+        prove_held: Callable[[], merkle.MerkleTree] | None = None
         if held is not None:
             if held.origin != self.origin:
                 raise LedgerCorrupt(
@@ -474,16 +475,23 @@ class Ledger:
                     f"the ledger holds {total} entries, fewer than {held.label} in your audit state; "
                     "it was truncated or rolled back to an older copy"
                 )
-            # The leaves already verified, as the index holds them: their root must be
-            # the one held, which proves them unchanged (RFC 9162 §2.1.4 from the held tree).
-            tree = merkle.MerkleTree.from_leaf_bytes(
-                self.db.joined_bytes("SELECT leaf_hash FROM ledger WHERE idx < ? ORDER BY idx", (held.size,))
-            )
-            if tree.size != held.size or tree.root().hex() != held.root:
-                raise LedgerCorrupt(
-                    f"the ledger's first {held.size} entries do not match {held.label} in your audit state; "
-                    "history was rewritten (a fork, or a restored copy with different entries)"
-                )
+            held_state = held
+
+            def prefix() -> merkle.MerkleTree:
+                # The leaves already verified, as the index holds them: their root must be the
+                # one held, which proves them unchanged (RFC 9162 §2.1.4 from the held tree).
+                leaves = self.db.ledger_leaf_hashes(held_state.size)
+                if len(leaves) != held_state.size * merkle.HASH_SIZE:  # a leaf_hash cell of another length
+                    leaves = b""
+                tree = merkle.MerkleTree.from_leaf_bytes(leaves)
+                if tree.size != held_state.size or tree.root().hex() != held_state.root:
+                    raise LedgerCorrupt(
+                        f"the ledger's first {held_state.size} entries do not match {held_state.label} in your "
+                        "audit state; history was rewritten (a fork, or a restored copy with different entries)"
+                    )
+                return tree
+
+            prove_held = prefix
             start, auth, runs_open = held.size, Authority.from_state(held.authority), held.runs_open
         # The type column is not signed: these only let workers start early.
         key_hints = [
@@ -503,7 +511,7 @@ class Ledger:
             workers=workers,
             progress=progress,
             start=start,
-            tree=tree,
+            prefix=prove_held,
             auth=auth,
             runs_open=runs_open,
             resume=resume,

@@ -127,6 +127,18 @@ class MerkleTree:
         self._levels[0] += b"".join(hashes)
         self._fill_levels()
 
+    def extend_joined(self, data: bytes) -> None:
+        """Append leaf hashes given as one buffer of concatenated 32-byte hashes.
+
+        Raises:
+            BadInputError: the buffer is not a whole number of hashes (nothing is appended).
+        """
+        if len(data) % HASH_SIZE:
+            raise BadInputError(f"leaf hashes must be {HASH_SIZE} bytes each, found {len(data)} bytes in all")
+        if data:
+            self._levels[0] += data
+            self._fill_levels()
+
     def leaf(self, index: int) -> bytes:
         """Return the leaf hash at ``index``.
 

@@ -89,6 +89,7 @@ _ENTRY_KEYS = {"v", "index", "type", "subject", "time", "actor", "actor_role", "
 _RUN_TYPES = ("run_requested", "run_started", "run_finished")
 _MALFORMED = "is not a well-formed canonical entry"
 _DETAIL_TYPES = ("trust_policy", "key_added", "key_revoked")
+_AUTHORITY_TYPES = frozenset(_DETAIL_TYPES)  # the entries that change who holds which role
 
 # Rule 3: who may sign which entry type (the roles of the policy in force).
 # Any type not listed is the node's own record: its log (operator) keys sign it.
@@ -304,10 +305,14 @@ Columns = tuple[Any, Any, Any, Any, Any]
 
 
 class _Checked(NamedTuple):
-    """A worker's answer for consecutive entries; it stops at the first it rejects."""
+    """A worker's answer for consecutive entries; it stops at the first it rejects.
 
-    seen: list[_Seen]
-    leaves: list[bytes]  # of the entries in ``seen`` without a fault
+    ``seen`` holds each :class:`_Seen` as a plain tuple (a named tuple costs a
+    Python call each to unpickle, which the main process would pay for every entry).
+    """
+
+    seen: list[tuple[Any, ...]]
+    leaves: bytes  # the 32-byte leaf hashes of the entries in ``seen`` without a fault, joined
     misshapen: tuple[int, str] | None  # (index, message): the entry after ``seen`` breaks rule 2
 
 
@@ -330,7 +335,7 @@ def _check_columns(idx: int, e: Mapping[str, Any], leaf: bytes, columns: Columns
 
 def _examine(
     idx: int, raw: bytes, columns: Columns | None, publics: Mapping[str, bytes], names: dict[str, str]
-) -> tuple[_Seen, tuple[bytes, str, bytes, str] | None, bytes]:
+) -> tuple[_Seen, tuple[bytes, str, bytes, bytes] | None, bytes]:
     """Rule 2 for one entry, and what rule 4 must check: everything that needs no
     earlier entry. Raises _Bad.
 
@@ -378,14 +383,13 @@ def _examine(
     if part is None:
         return seen._replace(fault=(_ENCODING, f"ledger entry {idx} {_MALFORMED}")), None, leaf
     try:
-        decode_signature(signature)
+        decoded = decode_signature(signature)
     except TrustError as exc:
         return seen._replace(fault=(_ENCODING, f"ledger entry {idx} ({type_}): {exc.message}")), None, leaf
-    # (verify_signature_raw decodes it again: the same strict rule, kept in one place)
     public = publics.get(actor)
     if public is None:
         return seen._replace(unsigned=(part, signature)), None, leaf
-    return seen, (public, ENTRY_DOMAIN, part, signature), leaf
+    return seen, (public, ENTRY_DOMAIN, part, decoded), leaf
 
 
 def _unverified(idx: int, type_: str) -> str:
@@ -405,7 +409,7 @@ def _check_chunk(rows: Sequence[Row], publics: Mapping[str, bytes]) -> _Checked:
     seen: list[_Seen] = []
     leaves: list[bytes] = []
     misshapen: tuple[int, str] | None = None
-    checks: list[tuple[bytes, str, bytes, str]] = []
+    checks: list[tuple[bytes, str, bytes, bytes]] = []
     checked_at: list[int] = []  # the position in ``seen`` of each of ``checks``
     names: dict[str, str] = {}  # so that each is pickled once per chunk
     for row in rows:
@@ -430,7 +434,7 @@ def _check_chunk(rows: Sequence[Row], publics: Mapping[str, bytes]) -> _Checked:
         seen[position:] = [found._replace(fault=(_SIGNATURE, _unverified(rows[position][0], found.type)))]
         del leaves[position:]
         misshapen = None
-    return _Checked(seen, leaves, misshapen)
+    return _Checked([tuple(s) for s in seen], b"".join(leaves), misshapen)
 
 
 @dataclass(frozen=True)
@@ -455,8 +459,8 @@ def _fetch(source: RowSource, start: int, stop: int) -> list[Row]:
     if db is None:
         db = _OPEN[key] = Database(Path(source.path) if source.path else None, url=source.url or "")
     return [
-        (int(r["idx"]), bytes(r["entry"]), (r["type"], r["subject"], r["actor"], r["time"], r["leaf_hash"]))
-        for r in db.query(
+        (r[0], bytes(r[1]), r[2:])
+        for r in db.tuples(
             "SELECT idx, entry, type, subject, actor, time, leaf_hash FROM ledger WHERE idx >= ? AND idx < ? "
             "ORDER BY idx",
             (start, stop),
@@ -476,9 +480,9 @@ def _check_range(source: RowSource, start: int, stop: int, publics: Mapping[str,
     else:
         if len(rows) < stop - start:
             missing, found = start + len(rows), None
-    checked = _check_chunk(rows, publics) if rows else _Checked([], [], None)
+    checked = _check_chunk(rows, publics) if rows else _Checked([], b"", None)
     faulted = checked.misshapen is not None or len(checked.seen) < len(rows) or any(
-        s.fault is not None for s in checked.seen
+        _Seen._make(s).fault is not None for s in checked.seen
     )
     if missing is None or faulted:
         return checked
@@ -513,7 +517,7 @@ def check_entry(idx: int, raw: bytes, auth: Authority) -> LedgerEntry:
     try:
         if checked.misshapen is not None:
             raise _Bad(*checked.misshapen)
-        _replay(idx, checked.seen[0], auth)
+        _replay(idx, _Seen._make(checked.seen[0]), auth)
     except _Bad as bad:
         raise LedgerCorrupt(bad.message) from None
     return LedgerEntry.parse(raw)
@@ -605,9 +609,13 @@ class _InOrder:
         tree: merkle.MerkleTree | None = None,
         auth: Authority | None = None,
         runs_open: Mapping[str, str] | None = None,
+        prefix: Callable[[], merkle.MerkleTree] | None = None,
     ) -> None:
         self.auth = auth or Authority()
         self.tree = tree or merkle.MerkleTree()
+        # Builds (and proves) the tree of the entries before ``start``; called by
+        # ready(), which the pool path calls while the workers check new entries.
+        self._prefix = prefix
         self.runs_open: dict[str, str] = dict(runs_open or {})
         self.runs = 0
         self.start = start
@@ -616,32 +624,65 @@ class _InOrder:
         self.publics = publics
         self._progress = progress
         self._total = total
+        # (type, actor, claimed role, cancelled) already admitted by rule 3 under
+        # the authority as it is now; emptied whenever an entry changes it.
+        self._admitted: set[tuple[str, str, str, bool]] = set()
+
+    def ready(self) -> None:
+        """Build the tree of the entries verified before, if not done yet."""
+        if self._prefix is not None:
+            prefix, self._prefix = self._prefix, None
+            self.tree = prefix()
 
     def replay(self, first: int, checked: _Checked) -> None:
         """Take a worker's answer for the chunk starting at index ``first``; raise _Bad."""
-        for idx, seen in enumerate(checked.seen, start=first):
-            _replay(idx, seen, self.auth)
-            type_ = seen.type
+        self.ready()
+        admitted = self._admitted
+        for idx, item in enumerate(checked.seen, start=first):
+            type_, actor, role, detail, unsigned, fault, index_fault, cancelled = item
+            # Most entries are the node's own records by one log key: once rule 3
+            # admitted a (type, signer, role), the same answer holds until a
+            # policy, key or revocation entry changes the authority.
+            if not (
+                fault is None
+                and unsigned is None
+                and index_fault is None
+                and (type_, actor, role, cancelled) in admitted
+            ):
+                _replay(idx, _Seen._make(item), self.auth)
+                if type_ in _AUTHORITY_TYPES:
+                    admitted.clear()
+                else:
+                    admitted.add((type_, actor, role, cancelled))
             if type_ in ("key_added", "trust_policy"):
                 fresh = {k: bytes.fromhex(v) for k, v in self.auth.publics.items() if k not in self.publics}
                 if fresh:
                     self.publics = {**self.publics, **fresh}
             elif type_ == "run_requested":
-                self.runs_open[seen.detail] = "requested"
+                self.runs_open[detail] = f"requested:{actor}"
             elif type_ in ("run_started", "run_finished"):
-                run_id = seen.detail
+                run_id = detail
                 if run_id not in self.runs_open:
                     # an incremental audit holds only the runs still open at its last checkpoint
                     before = " (or finished before your last audit)" if self.start else ""
                     raise _bad(idx, f"({type_}) is for run {run_id} that was never requested{before}")
                 if self.runs_open[run_id] == "finished":
                     raise _bad(idx, f"({type_}): run {run_id} already has an outcome")
+                # A statistician cancels only a run it requested ("requested" alone: an
+                # audit state written before requesters were kept).
+                requester = self.runs_open[run_id].partition(":")[2]
+                if cancelled and role == "statistician" and requester not in ("", actor):
+                    raise _bad(
+                        idx,
+                        f"(run_finished) cancels run {run_id} for key {actor[:16]}, which did not request it; "
+                        "only the requester or the node may cancel a run",
+                    )
                 if type_ == "run_finished":
                     self.runs_open[run_id] = "finished"
                     self.runs += 1
         if checked.misshapen is not None:
             raise _Bad(*checked.misshapen)
-        self.tree.extend(checked.leaves)
+        self.tree.extend_joined(checked.leaves)
         if self._progress is not None:
             self._progress(self.tree.size, self._total)
 
@@ -663,6 +704,7 @@ def verify_entries(
     resume: dict[str, Any] | None = None,
     held: tuple[int, str, str] | None = None,
     source: RowSource | None = None,
+    prefix: Callable[[], merkle.MerkleTree] | None = None,
 ) -> VerifyReport:
     """Check rules 1-7 (module docstring); raise LedgerCorrupt naming the first bad entry.
 
@@ -679,7 +721,9 @@ def verify_entries(
     ``held``: ``(size, root hex, label)`` of a tree the auditor verified
     before; the ledger must extend it (a full re-audit from a held state).
     ``source``: with a pool, workers read their rows from there (``rows`` is
-    then not read at all).
+    then not read at all). ``prefix``: instead of ``tree``, a callable that
+    builds and proves it (raising LedgerCorrupt); with a pool it runs while the
+    workers check the first new entries.
     """
     started = time.perf_counter()
     if total is None:
@@ -691,12 +735,15 @@ def verify_entries(
     hints = self_certified_keys(key_hints)
     if auth is not None:
         hints.update({k: bytes.fromhex(v) for k, v in auth.publics.items()})
-    state = _InOrder(hints, progress, total, start=start, tree=tree, auth=auth, runs_open=runs_open)
+    state = _InOrder(
+        hints, progress, total, start=start, tree=tree, auth=auth, runs_open=runs_open, prefix=prefix
+    )
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 0 else None
     # Chunks in flight, oldest first, with their rows in case a worker dies.
     pending: deque[tuple[Future[_Checked], list[Row]]] = deque()
 
     def finish_oldest() -> None:
+        state.ready()  # the workers have chunks to check meanwhile
         future, chunk = pending.popleft()
         try:
             checked = future.result()
@@ -717,6 +764,7 @@ def verify_entries(
         state.replay(chunk[0][0], _check_chunk(chunk, state.publics))
 
     def finish_oldest_range() -> None:
+        state.ready()  # the workers have ranges to check meanwhile
         future, (a, b) = ranges.popleft()
         try:
             checked = future.result()
@@ -771,6 +819,7 @@ def verify_entries(
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+    state.ready()
     tree, auth_ = state.tree, state.auth
     size = tree.size
     if size != total:

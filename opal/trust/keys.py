@@ -293,15 +293,27 @@ def verify_note_signature(public_key_hex: str, message: bytes, signature: str, *
         raise TrustError(f"{what} signature does not verify") from None
 
 
-def first_invalid_signature(items: Sequence[tuple[bytes, str, bytes, str]]) -> int | None:
-    """The position of the first ``(public key raw, domain, message, signature)`` that
-    :func:`verify_signature_raw` rejects, or None if all verify (each by OpenSSL)."""
+def first_invalid_signature(items: Sequence[tuple[bytes, str, bytes, bytes]]) -> int | None:
+    """The position of the first ``(public key raw, domain, message, signature bytes)``
+    that does not verify, or None if all verify (each by OpenSSL).
+
+    The signatures are the 64 bytes :func:`decode_signature` returned (so their
+    one-spelling rule was already applied); each public key is checked by
+    :func:`check_public_key` once, however many signatures it made.
+    """
     for position, (public_raw, domain, message, signature) in enumerate(items):
         try:
-            verify_signature_raw(public_raw, domain, message, signature)
-        except TrustError:
+            _checked_key(public_raw).verify(signature, _tagged(domain, message))
+        except (InvalidSignature, ValueError, TrustError):
             return position
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_key(public_raw: bytes) -> Ed25519PublicKey:
+    """The loaded key, once :func:`check_public_key` accepted it (a refusal is not cached)."""
+    check_public_key(public_raw)
+    return _public_key(public_raw)
 
 
 # A ledger has few keys and many signatures by each: load each key once.

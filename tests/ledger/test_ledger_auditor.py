@@ -155,6 +155,25 @@ def test_full_rewrite_with_the_operator_key_online(home: Path, tmp_path: Path) -
     assert code == 7
 
 
+def test_full_rewrite_is_named_while_workers_check_the_new_entries(home: Path) -> None:
+    """With enough new entries the audit starts its pool first and proves the held tree meanwhile:
+    the rewrite is still what it names, not some later entry."""
+    assert verify(home)[0] == 0
+    full_rewrite(home)
+    notes(home, 6000)  # above POOL_MIN_ENTRIES: checked by worker processes
+    code, out = verify(home)
+    assert code == 7 and "do not match the checkpoint of size 21" in out and "rewritten" in out
+
+
+def test_a_leaf_hash_cell_of_another_length_is_a_rewrite_not_bad_input(home: Path) -> None:
+    assert verify(home)[0] == 0
+    conn = raw(home)
+    conn.execute("UPDATE ledger SET leaf_hash = substr(leaf_hash, 1, 31) WHERE idx = 4")
+    conn.close()
+    code, out = verify(home)
+    assert code == 7 and "do not match the checkpoint of size 21" in out
+
+
 def test_full_rewrite_offline_with_the_policy_and_a_held_state(home: Path, tmp_path: Path) -> None:
     policy = home / "governance" / "trust_policy.json"
     assert opal(home, "ledger", "checkpoint")[0] == 0

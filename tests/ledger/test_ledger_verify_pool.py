@@ -344,3 +344,41 @@ def test_fast_canonical_check_agrees_with_rfc8785_on_strings_and_shape() -> None
     ]
     for raw in docs:
         assert _accepts(raw) == _reference_accepts(raw), raw
+
+
+def test_fast_canonical_check_agrees_with_rfc8785_on_every_ascii_character() -> None:
+    """Each ASCII character in a value and in a key, written raw, in its short
+    escape and as lower- and upper-case \\u escapes: the fast path (msgspec)
+    and RFC 8785 accept exactly the same spellings."""
+    short = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    disagree = []
+    for code in range(128):
+        char = chr(code)
+        spellings = {char, f"\\u{code:04x}", f"\\u{code:04X}", short.get(char, char)}
+        for spelled in spellings:
+            for doc in (f'{{"a":"x{spelled}y"}}', f'{{"k{spelled}":1,"z":2}}', f'["{spelled}",{code}]'):
+                raw = doc.encode("ascii")
+                if _accepts(raw) != _reference_accepts(raw):
+                    disagree.append(raw)
+    assert not disagree, disagree[:10]
+    # and the long-number guard: 16 digits or more after ":", "," or "[" take the exact path
+    for lit in ("9007199254740991", "9007199254740992", "-9007199254740992", "12345678901234567"):
+        for raw in (b'{"a":' + lit.encode() + b"}", b"[1," + lit.encode() + b"]", b"[" + lit.encode() + b"]"):
+            assert _accepts(raw) == _reference_accepts(raw), raw
+
+
+def test_a_statistician_cannot_cancel_a_run_it_did_not_request(ledger: Ledger, actors: Actors) -> None:
+    """`opal runs cancel` refuses another key's run; a cancellation written anyway (by a node that
+    skipped the check) is named by verify, while the requester's own and the node's pass."""
+    populate(ledger, actors, runs=0)
+    other = make_signer("stat2", "statistician")
+    add_key(ledger, other, by=actors.board)
+    for run_id in ("mine", "theirs", "by-node"):
+        ledger.append(type="run_requested", body={"run_id": run_id}, signer=actors.stat, subject="pop")
+    cancel = {"outcome": "cancelled", "epsilon_spent": 0.0}
+    ledger.append(type="run_finished", body={"run_id": "mine", **cancel}, signer=actors.stat, subject="pop")
+    ledger.append(type="run_finished", body={"run_id": "by-node", **cancel}, signer=actors.op, subject="pop")
+    assert ledger.verify(workers=0).runs == 2
+    ledger.append(type="run_finished", body={"run_id": "theirs", **cancel}, signer=other, subject="pop")
+    with pytest.raises(LedgerCorrupt, match=r"cancels run theirs for key .*which did not request it"):
+        ledger.verify(workers=0)
