@@ -241,6 +241,18 @@ def _submission(node: Node, row: Any) -> Any:
     return None
 
 
+def _other_versions(node: Node, name: str, digest: str) -> list[dict[str, str]]:
+    """Every other submitted version of ``name``, from the signed ``bundle_submitted`` entries
+    (not the bundles table: deleting the newer version's row there must not allow a rollback)."""
+    found: dict[str, dict[str, str]] = {}
+    for entry in node.ledger.entries(type="bundle_submitted"):
+        body = entry.body
+        if body.get("name") == name and body.get("digest") != digest and isinstance(body.get("version"), str):
+            other = str(body.get("digest"))
+            found.setdefault(other, {"digest": other, "name": name, "version": str(body.get("version"))})
+    return list(found.values())
+
+
 def approve(
     node: Node,
     digest: str,
@@ -575,7 +587,7 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
     # 2c. rollback: never lower than the highest fully approved, unrevoked version, unless pinned
     pinned, pin_problem = _pinned_version(node, policy, row["name"])
     if pinned != row["version"]:
-        for other in node.db.query("SELECT * FROM bundles WHERE name = ? AND digest != ?", (row["name"], digest)):
+        for other in _other_versions(node, row["name"], digest):
             if version_key(other["version"]) <= version_key(row["version"]) or _revocation(node, other):
                 continue
             if approval_status(node, policy, other, now=now, check_expiry=False).sufficient:
@@ -593,7 +605,7 @@ def verify_for_run(node: Node, digest: str) -> Bundle:
 def _previous_approved(node: Node, policy: TrustPolicy, row: Any) -> Any | None:
     now = datetime.now(UTC)
     best = None
-    for other in node.db.query("SELECT * FROM bundles WHERE name = ? AND digest != ?", (row["name"], row["digest"])):
+    for other in _other_versions(node, row["name"], row["digest"]):
         if version_key(other["version"]) >= version_key(row["version"]):
             continue
         if best is not None and version_key(other["version"]) <= version_key(best["version"]):

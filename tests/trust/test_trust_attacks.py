@@ -242,6 +242,18 @@ def test_rollback_to_an_older_approved_version_is_refused(node: Node, tmp_path: 
     assert "population_density@1.0.0 is older than fully approved population_density@1.1.0; rollback refused" in message
 
 
+def test_deleting_the_newer_versions_row_does_not_allow_a_rollback(node: Node, tmp_path: Path) -> None:
+    """The operator deletes 1.1.0 from the bundles table (and its approvals rows): the signed
+    bundle_submitted and approval entries still name it, so 1.0.0 stays refused."""
+    old = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
+    new = submitted(node, tmp_path, "1.1.0", approvers=("rita", "ravi"), comment="v1.1")
+    with node.db.transaction() as tx:
+        tx.execute("DELETE FROM bundles WHERE digest = ?", (new,))
+        tx.execute("DELETE FROM approvals WHERE digest = ?", (new,))
+    message = refused(node, old)
+    assert "population_density@1.0.0 is older than fully approved population_density@1.1.0; rollback refused" in message
+
+
 def test_a_partly_approved_newer_version_does_not_block_the_older(node: Node, tmp_path: Path) -> None:
     old = submitted(node, tmp_path, "1.0.0", approvers=("rita", "ravi"))
     submitted(node, tmp_path, "1.1.0", approvers=("rita",), comment="v1.1")
