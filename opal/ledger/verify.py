@@ -23,7 +23,10 @@ entry is the one named:
    different roots are equivocation;
 7. a checkpoint the auditor holds (``against``, or the auditor's state file)
    is consistent with the ledger now: an RFC 9162 §2.1.4 consistency proof
-   from it to the current tree verifies (rollback, truncation, rewrite, fork).
+   from it to the current tree verifies (rollback, truncation, rewrite, fork);
+8. no privacy budget is overspent (:class:`Budget`): pools and totals from the
+   signed dataset entries, charges from the signed run outcomes, each at most
+   the ε its request named; online, the node's budget tables must say the same.
 
 Cost: one Ed25519 verification in OpenSSL is 60-80 µs, parsing and hashing an
 entry about 12 µs. Pool workers (one per core) take chunks of consecutive
@@ -840,7 +843,7 @@ def verify_entries(
     source: RowSource | None = None,
     prefix: Callable[[], merkle.MerkleTree] | None = None,
 ) -> VerifyReport:
-    """Check rules 1-7 (module docstring); raise LedgerCorrupt naming the first bad entry.
+    """Check rules 1-8 (module docstring); raise LedgerCorrupt naming the first bad entry.
 
     ``rows`` are ``(index, stored bytes[, index columns])`` in index order from
     ``start``. ``key_hints``: the stored bytes of entries that are probably
