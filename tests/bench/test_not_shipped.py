@@ -5,6 +5,7 @@ entry points still start from the repository root."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import tomllib
@@ -94,3 +95,20 @@ def test_each_benchmark_starts_from_the_repository_root(module: str, usage: str)
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(usage), proc.stdout[:300]
+
+
+def test_a_child_started_elsewhere_finds_benchmarks_through_child_env(tmp_path: Path) -> None:
+    # benchmarks/ is not installed: the harness's children (python -m benchmarks._synth_child, ...)
+    # find it through the environment child_env gives them, whatever their working directory.
+    from benchmarks.config import child_env
+
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = [sys.executable, "-c", "import benchmarks.config as c; print(c.REPO)"]
+    alone = subprocess.run(argv, cwd=tmp_path, env=base, capture_output=True, text=True, timeout=60, check=False)
+    assert alone.returncode == 1 and "No module named 'benchmarks'" in alone.stderr
+    child = subprocess.run(argv, cwd=tmp_path, env=child_env(base), capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == str(REPO)
+    kept = child_env({**base, "PYTHONPATH": "/elsewhere"})
+    assert kept["PYTHONPATH"] == f"{REPO}{os.pathsep}/elsewhere"
