@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.bundle.registry import Bundle
 from opal.data import catalog
 from opal.data.partition import node_key, partition
@@ -22,7 +23,6 @@ from opal.runs import get_run, request_run
 from opal.runs.dispatch import dispatch, wait
 from opal.trust.review import approve, submit
 from opal.worker import state
-from opal.worker._scenario import Scenario, build
 from opal.worker.fanout import partials
 from tests.worker.workerkit import SPIN_PER_SECOND, Workers, outcomes_in_ledger, spent_events
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from opal.worker._scenario import build
+from benchmarks.scenario import build
 from tests.conftest import Opal, wait_for
 from tests.worker.workerkit import SPIN_PER_SECOND, Workers
 
