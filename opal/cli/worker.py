@@ -83,8 +83,8 @@ def recover(app: App, dataset: str | None, key: str | None, as_json: bool) -> No
         emit_json(report.to_dict())
         return
     console.print(
-        f"re-dispatched {len(report.redispatched)}, failed {len(report.failed)}, "
-        f"in flight {len(report.in_flight)}, queued {len(report.queued)}"
+        f"re-dispatched {len(report.redispatched)}, fan-outs rescued {len(report.rescued)}, "
+        f"failed {len(report.failed)}, in flight {len(report.in_flight)}, queued {len(report.queued)}"
     )
 
 

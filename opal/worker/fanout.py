@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from opal.sandbox import Runtime
     from opal.trust.keyring import Signer
 
-__all__ = ["PARTS_MISSING", "combine_run", "fail_missing", "fan_out", "missing_parts", "partials", "run_partition"]
+__all__ = [
+    "PARTS_MISSING", "combine_run", "fail_missing", "fan_out", "missing_parts", "partials", "resend", "run_partition",
+]
 
 log = logging.getLogger("opal.worker")
 
@@ -96,6 +98,26 @@ def fan_out(node: Node, record: RunRecord, *, parts: int) -> None:
     ]
     chord(header)(combine_task.si(record.run_id).set(queue=queue, task_id=f"{record.run_id}.combine"))
     log.info("run %s: %d partition tasks sent", record.run_id, parts)
+
+
+def resend(node: Node, run_id: str, dataset: str, parts: list[int], *, tag: str) -> None:
+    """A stalled run's missing partitions and its combining task, as a new chord (the
+    recovery sweep's rescue); with nothing missing, the combining task alone. Task ids
+    carry ``tag`` so they never collide with the first chord's."""
+    from celery import chord
+
+    from opal.worker.celery import configure, queue_name
+    from opal.worker.tasks import combine_task, partition_task
+
+    _ensure(node)
+    configure(node.home)
+    queue = queue_name(node.home, dataset)
+    combine = combine_task.si(run_id).set(queue=queue, task_id=f"{run_id}.combine.{tag}")
+    if not parts:
+        combine.apply_async()
+        return
+    header = [partition_task.si(run_id, p).set(queue=queue, task_id=f"{run_id}.p{p}.{tag}") for p in parts]
+    chord(header)(combine)
 
 
 def _claim(node: Node, run_id: str, part: int, me: str) -> int | None:

@@ -10,7 +10,14 @@ messages. A run without an outcome is in one of these situations:
   the broker was down) or its worker died (``kill -9``, a lost machine): it is
   re-dispatched — the next delivery re-executes it, once budget was reserved
   it stays reserved, and the outcome is recorded exactly once — unless it
-  already used ``MAX_ATTEMPTS`` attempts, then it is failed and its ε returned.
+  already used ``MAX_ATTEMPTS`` attempts, then it is failed and its ε returned;
+- a run fanned out over partitions whose owner is alive (its ``opal.run``
+  task returned at once, so a live owner proves nothing) but which made no
+  progress for longer than a partition may take (the run timeout plus two
+  sweeps): a partition message or the chord was lost. Its missing partitions
+  and the combining task are sent again as a new chord (each task is
+  idempotent); after ``MAX_ATTEMPTS`` such rescues the missing partitions
+  contribute nothing and the run is combined (total runs: charged once).
 
 Run by ``opal worker recover``, by every worker when it starts, and by every
 worker periodically (``sweep``), one node at a time under a lease.
@@ -22,10 +29,13 @@ import json
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from opal.data import catalog
+from opal.db import Database, ensure_tables
 from opal.errors import InternalError, OpalError
 from opal.runs._tables import ensure_run_tables
 from opal.runs.dispatch import dispatch_many
@@ -58,6 +68,7 @@ DEFAULT_SWEEP_SECONDS = 30.0
 @dataclass
 class RecoveryReport:
     redispatched: list[str] = field(default_factory=list)
+    rescued: list[str] = field(default_factory=list)  # fanned-out runs whose chord was sent again
     failed: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
@@ -65,6 +76,7 @@ class RecoveryReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "redispatched": self.redispatched,
+            "rescued": self.rescued,
             "failed": self.failed,
             "in_flight": self.in_flight,
             "queued": self.queued,
@@ -158,7 +170,10 @@ def recover(
             if r["state"] == "started":
                 attempts, owner = run_owner(node, run_id)
                 if owner is not None and is_alive(node.db, owner):
-                    report.in_flight.append(run_id)
+                    if _rescue_stalled_fan_out(node, run_id, signer=signer, interval=min_age):
+                        report.rescued.append(run_id)
+                    else:
+                        report.in_flight.append(run_id)
                     continue
                 if run_id not in waiting and attempts >= MAX_ATTEMPTS:
                     fail_run(
@@ -191,12 +206,67 @@ def recover(
             f"cannot reach the broker to recover runs ({type(exc).__name__}); "
             "start it and run opal worker recover again"
         ) from None
-    if report.redispatched or report.failed:
+    if report.redispatched or report.failed or report.rescued:
         log.warning(
-            "recovery: %d run(s) re-dispatched, %d failed, %d in flight, %d queued",
-            len(report.redispatched), len(report.failed), len(report.in_flight), len(report.queued),
+            "recovery: %d run(s) re-dispatched, %d failed, %d fan-out(s) rescued, %d in flight, %d queued",
+            len(report.redispatched), len(report.failed), len(report.rescued), len(report.in_flight),
+            len(report.queued),
         )
     return report
+
+
+_RESCUES = (
+    """CREATE TABLE IF NOT EXISTS run_rescues (
+        run_id     TEXT PRIMARY KEY,
+        rescues    INTEGER NOT NULL,
+        sent       REAL NOT NULL
+    )""",
+)
+_rescues_ready: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _rescue_stalled_fan_out(node: Node, run_id: str, *, signer: Signer, interval: float) -> bool:
+    """Send a stalled fan-out's missing partitions and its combining task again (module
+    docstring); True if it did (or gave up on the missing partitions and combined)."""
+    from opal.worker.celery import run_timeout
+    from opal.worker.fanout import fail_missing, missing_parts, resend
+
+    row = node.db.one("SELECT dataset, updated FROM runs WHERE run_id = ?", (run_id,))
+    if row is None:
+        return False
+    try:
+        parts = len(catalog.get(node, row["dataset"]).partition_files())
+    except OpalError:
+        return False
+    if parts <= 1:
+        return False
+    ensure_tables(node.db, _RESCUES, _rescues_ready)
+    last = _timestamp(row["updated"])
+    progress = node.db.one("SELECT MAX(created) AS t FROM run_partials WHERE run_id = ?", (run_id,))
+    if progress is not None and progress["t"]:
+        last = max(last, _timestamp(progress["t"]))
+    rescue = node.db.one("SELECT rescues, sent FROM run_rescues WHERE run_id = ?", (run_id,))
+    if rescue is not None:
+        last = max(last, float(rescue["sent"]))
+    if time.time() - last < run_timeout() + 2 * max(interval, 1.0):
+        return False  # a partition may still be running
+    done = int(rescue["rescues"]) if rescue is not None else 0
+    with node.db.transaction() as tx:
+        tx.execute(
+            "INSERT OR REPLACE INTO run_rescues(run_id, rescues, sent) VALUES (?,?,?)", (run_id, done + 1, time.time())
+        )
+    if done >= MAX_ATTEMPTS:
+        log.warning("run %s: partitions still missing after %d rescues; they contribute nothing", run_id, done)
+        fail_missing(node, run_id, signer=signer)
+        return True
+    missing = missing_parts(node, run_id, parts)
+    resend(node, run_id, row["dataset"], missing, tag=f"r{done + 1}")
+    log.warning("run %s: fan-out stalled; %d partition(s) and the combine sent again", run_id, len(missing))
+    return True
+
+
+def _timestamp(value: Any) -> float:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def _age(created: str) -> float:

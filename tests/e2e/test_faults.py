@@ -138,7 +138,7 @@ def _kill_mid_run_then_recover(sc: Scenario, workers: Workers, broker_url: str, 
     assert attempts == [1, 2]
     # a second recover finds nothing to do; the ledger verifies
     again = json.loads(_opal(sc, broker_url, "worker", "recover", "--json").stdout)
-    assert again == {"redispatched": [], "failed": [], "in_flight": [], "queued": []}
+    assert again == {"redispatched": [], "rescued": [], "failed": [], "in_flight": [], "queued": []}
     assert _opal(sc, broker_url, "ledger", "verify").returncode == 0
     if recovery == "pool process redelivery":
         assert victim.poll() is None                                         # the worker itself serves on

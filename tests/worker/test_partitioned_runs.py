@@ -24,6 +24,7 @@ from opal.runs.dispatch import dispatch, wait
 from opal.trust.review import approve, submit
 from opal.worker import state
 from opal.worker.fanout import partials
+from tests.conftest import wait_for
 from tests.worker.workerkit import SPIN_PER_SECOND, Workers, outcomes_in_ledger, spent_events
 
 PARTS = 4
@@ -248,6 +249,40 @@ def test_a_partition_lost_every_attempt_releases_over_the_others_charged_once(
     outcome = run_decisions(sc.node, run_id)["run_outcome"]
     assert outcome["outcome"] == "partitions without contributions"
     assert outcome["by_partition"] == {str(part): {"outcome": "partition lost", "attempts": 1}}
+
+
+def test_a_fan_out_whose_partition_messages_were_lost_is_rescued_by_the_sweep(sc: Scenario, broker_url: str) -> None:
+    """The run task returned after sending the chord, so its worker being alive proves nothing: when
+    the queued partition messages are lost (a Redis flush), the sweep sees no progress for longer
+    than a partition may take and sends the missing partitions and the combine again."""
+    from opal.worker.celery import queue_name
+    from opal.worker.recovery import broker_redis, queue_keys
+
+    dataset = _with_partitions(sc)
+    workers = Workers(home=sc.node.home.root, broker_url=broker_url,
+                      extra_env={"OPAL_RECOVERY_INTERVAL": "1", "OPAL_RUN_TIMEOUT": "5"})
+    try:
+        workers.start(dataset, concurrency=1)
+        run_id = _request(sc, dataset, spin=SPIN_PER_SECOND // 2)
+        def partition_started() -> bool:
+            try:
+                return sc.node.db.one("SELECT 1 FROM run_partition_attempts WHERE run_id = ?", (run_id,)) is not None
+            except Exception:  # noqa: BLE001 - the table appears with the first partition task
+                return False
+
+        assert wait_for(partition_started, timeout=120, interval=0.02)
+        client = broker_redis(broker_url)
+        lost = sum(client.delete(key) for key in queue_keys(queue_name(sc.node.home, dataset)))
+        assert lost >= 1, "partition messages were still queued"
+        record = wait(sc.node, run_id, timeout=120)
+        assert record.state == "released", record.error
+        # every partition ran (none filled with nothing), the release is charged once
+        assert {o["outcome"] for _, o in partials(sc.node, run_id).values()} == {"ok"}
+        assert _combined_truth_cells(sc, run_id) == _truth(sc)
+        _assert_charged_once(sc, run_id, 1.0)
+        assert sc.node.db.one("SELECT rescues FROM run_rescues WHERE run_id = ?", (run_id,))["rescues"] == 1
+    finally:
+        workers.stop_all()
 
 
 def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_node_does(
