@@ -393,6 +393,14 @@ class Runtime:
                         if message.get("op") == "done":
                             status = message
                             selector.unregister(self._sock)
+        except (LimitExceeded, InternalError):
+            raise  # the zygote was killed already
+        except BaseException:
+            # Interrupted from outside while the child still runs (Celery's soft time
+            # limit, a signal): its "done" would come later on the control socket and
+            # be read as the next run's. A fresh zygote for the next run instead.
+            self._kill()
+            raise
         finally:
             selector.close()
             if read_fd >= 0:

@@ -295,3 +295,32 @@ def test_a_zygote_that_cannot_load_its_data_reports_no_text_of_it(tmp_path: Path
     assert caught.value.message == (
         "sandbox zygote failed to start: ArrowInvalid while loading the dataset or preparing the sandbox"
     )
+
+
+def test_a_run_interrupted_from_outside_leaves_nothing_for_the_next_one(cdr_path: Path) -> None:
+    """Celery's soft time limit raises inside the waiting parent while the child still runs. The
+    interrupted child's late "done" must not become the next run's outcome: the next run gets its
+    own result (before, it read the stale status: a 1.5 s-old child's wall-limit report)."""
+    import signal
+
+    class SoftLimit(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise SoftLimit
+
+    slow = ("def contributions(data, params):\n    x = 0\n    while x < 10**12:\n        x += 1\n"
+            "    return data.cdr[['msisdn']]\n")
+    with Runtime(tables={"cdr": cdr_path}) as rt:
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with pytest.raises(SoftLimit):
+                rt.run(source=slow, entrypoint="contributions", params={},
+                       limits=Limits(cpu_seconds=30, wall_seconds=1.5))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        time.sleep(2.0)  # the interrupted child hits its own wall limit meanwhile
+        out = rt.run(source=TRIVIAL, entrypoint="contributions", params={})
+        assert out["msisdn"].tolist() == known_cdr()["msisdn"].head(2).tolist()
