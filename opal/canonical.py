@@ -18,8 +18,45 @@ __all__ = ["canonical_json", "parse_canonical", "sha256_hex", "digest_json"]
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical bytes of a JSON-compatible value."""
+    """RFC 8785 canonical bytes of a JSON-compatible value.
+
+    Fast path: msgspec's sorted encoding, kept only where it provably equals
+    RFC 8785 (the conditions of :func:`parse_canonical`'s fast path: ASCII,
+    numbers in repr form and the I-JSON range) and decodes back to an equal
+    value (which rules out what msgspec writes but RFC 8785 refuses: NaN,
+    bytes, dates, tuples); anything else goes through the ``rfc8785`` library.
+    """
+    for second in (False, True):
+        try:
+            candidate = _integral_as_int(value) if second else value
+            raw = _FAST_ENCODE.encode(candidate)
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError):
+            break
+        if not raw.isascii() or _long_number(raw):
+            break
+        try:
+            if _FAST_DECODE.decode(raw) == candidate:
+                return raw
+        except _NotPlain:
+            continue  # a float msgspec writes otherwise: retry with integral floats as integers
+        except (msgspec.DecodeError, RecursionError):
+            break
     return rfc8785.dumps(value)
+
+
+def _integral_as_int(value: Any) -> Any:
+    """``value`` with every integral float below 2**53 as an int (tuples as lists): RFC 8785
+    writes both the same ("3", never "3.0"; "0" for -0.0), msgspec only the int that way."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < _SAFE else value
+    if isinstance(value, dict):
+        return {k: _integral_as_int(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_integral_as_int(v) for v in value]
+    return value
+
+
+_SAFE = 2.0**53
 
 
 def sha256_hex(data: bytes) -> str:
@@ -59,6 +96,12 @@ _TO_ZEROS = bytes(
 )
 _LONG_NUMBER = b":" + b"0" * 16
 
+
+def _long_number(raw: bytes) -> bool:
+    """Might ``raw`` hold an integer of 16 digits or more (inside, or as the whole document)?"""
+    zeros = raw.translate(_TO_ZEROS)
+    return _LONG_NUMBER in zeros or zeros.startswith(_LONG_NUMBER[1:])
+
 # msgspec's decoder is strict JSON (no NaN, no control characters in strings,
 # no leading zeros) and hands each float's text to the hook; its encoder with
 # sorted keys writes strings as RFC 8785 does (tests compare them on every
@@ -77,7 +120,7 @@ def parse_canonical(raw: bytes) -> Any:
     implementation.
     """
     if raw.isascii():
-        if _LONG_NUMBER not in raw.translate(_TO_ZEROS):
+        if not _long_number(raw):
             try:
                 doc = _FAST_DECODE.decode(raw)
             except _NotPlain:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -72,9 +74,11 @@ class Manifest:
         if not isinstance(parameters, dict):
             raise BadInputError(f"{where}: [parameters] must be a JSON Schema table")
         try:
-            jsonschema.Draft202012Validator.check_schema(parameters)
-        except jsonschema.SchemaError as exc:
-            raise BadInputError(f"{where}: [parameters] is not a valid JSON Schema: {exc.message}") from None
+            problem = _schema_problem(json.dumps(parameters, sort_keys=True))
+        except (TypeError, ValueError):  # not JSON at all (a TOML date): checked as it is, uncached
+            problem = _schema_problem.__wrapped__(parameters)
+        if problem is not None:
+            raise BadInputError(f"{where}: [parameters] is not a valid JSON Schema: {problem}")
         return cls(
             name=data["name"],
             version=data["version"],
@@ -107,3 +111,17 @@ class Manifest:
             "privacy": self.privacy.to_dict(),
             "parameters": self.parameters,
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_problem(schema: Any) -> str | None:
+    """Why the JSON Schema (as JSON text) is not a valid Draft 2020-12 schema, or None.
+
+    Checking a schema against the meta-schema takes milliseconds and every run
+    re-parses its bundle's manifest: the verdict on the same text is cached.
+    """
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(schema) if isinstance(schema, str) else schema)
+    except jsonschema.SchemaError as exc:
+        return str(exc.message)
+    return None

@@ -13,6 +13,7 @@ process isolation stand behind this layer.
 from __future__ import annotations
 
 import ast
+import functools
 from types import CodeType
 from typing import Any
 
@@ -208,7 +209,18 @@ def check_source(
 ) -> None:
     """Run the static part of the sandbox policy (compile + rules) without data.
 
+    A source that passed is remembered (every run of a bundle checks the same
+    text again); a refusal is not, so it is always re-derived and re-named.
+
     Raises:
         PolicyViolation: the source breaks a rule; the message says which and where.
     """
+    if not isinstance(source, str):
+        compile_algorithm(source, filename=filename, entrypoint=entrypoint)  # names what is wrong
+    _passed(source, filename, entrypoint)
+
+
+@functools.lru_cache(maxsize=32)
+def _passed(source: str, filename: str, entrypoint: str) -> bool:
     compile_algorithm(source, filename=filename, entrypoint=entrypoint)
+    return True

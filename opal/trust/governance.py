@@ -57,8 +57,13 @@ def policy_in_force(node: Node) -> TrustPolicy:
     Without one, the built-in default, under which nobody holds any role.
     Raises TrustError if the recorded chain is broken.
     """
+    entries = node.ledger.entries(type="trust_policy")
+    chain = tuple(entry.raw for entry in entries)
+    cached = _VERIFIED_CHAINS.get(chain)
+    if cached is not None:
+        return cached
     policy: TrustPolicy | None = None
-    for entry in node.ledger.entries(type="trust_policy"):
+    for entry in entries:
         try:
             policy = verify_rotation(policy, entry.body["policy"])
         except (KeyError, TypeError):
@@ -77,7 +82,16 @@ def policy_in_force(node: Node) -> TrustPolicy:
                 "install it with opal trust apply FILE or remove it"
             )
         return TrustPolicy()
+    if len(_VERIFIED_CHAINS) >= 8:
+        _VERIFIED_CHAINS.clear()
+    _VERIFIED_CHAINS[chain] = policy
     return policy
+
+
+# Chains of trust_policy entries (their exact signed bytes) already verified, and the
+# policy each yields: every run asks for the policy in force several times, and the
+# answer for the same bytes cannot change.
+_VERIFIED_CHAINS: dict[tuple[bytes, ...], TrustPolicy] = {}
 
 
 def require_board_policy(node: Node) -> TrustPolicy:

@@ -363,7 +363,8 @@ def test_fast_canonical_check_agrees_with_rfc8785_on_every_ascii_character() -> 
     assert not disagree, disagree[:10]
     # and the long-number guard: 16 digits or more after ":", "," or "[" take the exact path
     for lit in ("9007199254740991", "9007199254740992", "-9007199254740992", "12345678901234567"):
-        for raw in (b'{"a":' + lit.encode() + b"}", b"[1," + lit.encode() + b"]", b"[" + lit.encode() + b"]"):
+        for raw in (b'{"a":' + lit.encode() + b"}", b"[1," + lit.encode() + b"]", b"[" + lit.encode() + b"]",
+                    lit.encode()):
             assert _accepts(raw) == _reference_accepts(raw), raw
 
 
@@ -470,3 +471,43 @@ def test_a_reset_budget_table_is_named_before_anyone_overspends(ledger: Ledger, 
         tx.execute("UPDATE budget_owners SET pool = 'fresh' WHERE dataset = 'cdr'")
     with pytest.raises(LedgerCorrupt, match="puts dataset 'cdr' in another pool than its signed dataset_registered"):
         ledger.verify(workers=0)
+
+
+def test_canonical_json_fast_path_writes_exactly_what_rfc8785_writes() -> None:
+    """canonical_json takes msgspec's encoding only where it equals RFC 8785's: random documents
+    built from every ASCII character, the awkward doubles and integers, nesting, tuples, NaN, bytes."""
+    rng = random.Random(7)
+    doubles = _doubles()
+    ints = [0, 1, -1, 2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 2**63, 10**15, 10**16]
+
+    def value(depth: int) -> Any:
+        kind = rng.randrange(9 if depth < 4 else 5)
+        if kind == 0:
+            return rng.choice(doubles)
+        if kind == 1:
+            return rng.choice(ints + [rng.randrange(-10**6, 10**6)])
+        if kind == 2:
+            return "".join(chr(rng.randrange(128)) for _ in range(rng.randrange(6)))
+        if kind == 3:
+            return rng.choice([None, True, False, float("nan"), b"x", "é", "\U0001F600"])
+        if kind == 4:
+            return rng.choice([1.0, -0.0, 0.0, 2.0**70])
+        if kind in (5, 6):
+            return {"".join(chr(rng.randrange(32, 128)) for _ in range(rng.randrange(1, 4))): value(depth + 1)
+                    for _ in range(rng.randrange(4))}
+        items = [value(depth + 1) for _ in range(rng.randrange(4))]
+        return tuple(items) if kind == 7 else items
+
+    def outcome(fn: Any, v: Any) -> Any:
+        try:
+            return fn(v)
+        except Exception as exc:  # noqa: BLE001 - both must refuse the same values
+            return type(exc).__mro__[-3].__name__  # ValueError, TypeError, …
+
+    disagree = []
+    for _ in range(20_000):
+        v = value(0)
+        ours, theirs = outcome(canonical_json, v), outcome(rfc8785.dumps, v)
+        if ours != theirs and not (isinstance(ours, str) and isinstance(theirs, str)):
+            disagree.append((v, ours, theirs))
+    assert not disagree, disagree[:5]
