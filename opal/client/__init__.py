@@ -98,14 +98,8 @@ class Client:
         Raises:
             OpalError: the subclass ``opal run`` exits with (refused, trust, bad input …).
         """
-        from opal.runs.results import submit
-
-        signer = self._node.keyring.signer_for(key or self.key, "statistician")
-        record = submit(self._node, algorithm=algorithm, dataset=dataset, params={} if params is None else params,
-                        epsilon=epsilon, signer=signer, timeout=timeout)
-        if record.state != "released":
-            raise error_from_dict(record.error or {"type": "InternalError", "message": f"run {record.state}"})
-        return self.result(record.run_id)
+        run_id = self.submit(algorithm, dataset=dataset, params=params, epsilon=epsilon, key=key)
+        return self.wait(run_id, timeout=timeout)
 
     def submit(
         self,
