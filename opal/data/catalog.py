@@ -572,11 +572,14 @@ def snapshot_table_partitioned(
         written = read_partitioned(incoming)
         version = written.version()
         final = folder / version
-        if final.exists():
-            shutil.rmtree(incoming)          # the same content snapshotted before: byte for byte the same
-        else:
-            os.chmod(incoming, 0o700)
-            os.replace(incoming, final)
+        os.chmod(incoming, 0o700)
+        if not final.exists():
+            try:
+                os.replace(incoming, final)
+            except OSError:
+                if not final.is_dir():   # not a concurrent snapshot of the same content
+                    raise
+        # else the same content was snapshotted before (byte for byte the same): keep that one
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     return final, sum(written.rows), version
