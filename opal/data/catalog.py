@@ -6,7 +6,9 @@ partition file's SHA-256), or a PostgreSQL
 table (``postgresql://HOST/DB/TABLE`` or ``…/DB?table=TABLE``). A table is
 materialised to a Parquet snapshot under ``OPAL_HOME/data/NAME/`` at
 registration and again by ``refresh`` (every worker start); the sandbox reads
-the snapshot. The version is the SHA-256 of the file (or snapshot) bytes, so a
+the snapshot. Registered with ``parts``, a table is streamed into a
+partitioned snapshot directory instead, bucketed like ``opal dataset
+partition`` (``snapshot_table_partitioned``). The version is the SHA-256 of the file (or snapshot) bytes, so a
 change of the data is a new version: workers reload it and identical-run
 caching never serves a release computed on other data.
 
