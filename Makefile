@@ -24,13 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# benchmarks/ is not installed (not in the wheel): run from the repository root.
 bench: $(STAMP)
-	$(BIN)/python -m opal.bench
+	$(BIN)/python -m benchmarks
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check opal
+	$(BIN)/ruff check opal benchmarks
 	$(BIN)/mypy opal
+	$(BIN)/mypy benchmarks
 
 clean:
 	rm -rf $(VENV) .opal-demo .opal-demo-auditor.json .pytest_cache *.egg-info

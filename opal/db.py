@@ -266,6 +266,20 @@ class Database:
                 raise _disk_full_error(self.where) from None
             raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """Read several tables as of one moment, taking no write lock (a read-only copy of
+        the database works too). Yields a connection with the ``execute`` surface."""
+        conn = self._conn()
+        if self.dialect == "sqlite":
+            conn.execute("BEGIN")  # deferred: the first read fixes the WAL snapshot
+        else:
+            conn._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        try:
+            yield conn
+        finally:
+            _rollback(conn)  # nothing was written
+
     def _begin(self) -> Any:
         """A connection inside a fresh write transaction. On PostgreSQL a
         connection the server dropped (a restart, a failover) is replaced once."""

@@ -9,6 +9,10 @@ and the CLI see the same runs, tables and receipts::
                         params={"start_day": 0, "end_day": 6}, epsilon=0.5, key="sam")
     result.table          # pandas DataFrame: groups, value, noise_scale, ci_low, ci_high, suppressed
     result.receipt        # the ledger receipt (inclusion proof + signed checkpoint)
+
+    ids = [client.submit("population_density", dataset="cdr", params={"start_day": d}, epsilon=0.1)
+           for d in range(7)]            # many requests from one process, then
+    tables = [client.wait(i).table for i in ids]
 """
 
 from __future__ import annotations
@@ -102,6 +106,42 @@ class Client:
         if record.state != "released":
             raise error_from_dict(record.error or {"type": "InternalError", "message": f"run {record.state}"})
         return self.result(record.run_id)
+
+    def submit(
+        self,
+        algorithm: str,
+        *,
+        dataset: str,
+        params: Any = None,
+        epsilon: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Request a run and return its id at once (``opal run --no-wait``); follow it with
+        :meth:`wait` or :meth:`runs`. For many requests this is the fast path: one process
+        pays the imports once, where each ``opal run --no-wait`` pays them again.
+
+        Raises:
+            OpalError: the request itself is refused (trust, bad input, no such dataset …).
+        """
+        from opal.runs.results import submit
+
+        signer = self._node.keyring.signer_for(key or self.key, "statistician")
+        record = submit(self._node, algorithm=algorithm, dataset=dataset, params={} if params is None else params,
+                        epsilon=epsilon, signer=signer, wait=False)
+        return record.run_id
+
+    def wait(self, run_id: str, *, timeout: float = 600.0) -> Result:
+        """Wait for a submitted run's outcome and return its released table.
+
+        Raises:
+            OpalError: the run ended without a release (the exception ``opal run`` exits with).
+        """
+        from opal.runs.dispatch import wait
+
+        record = wait(self._node, run_id, timeout=timeout)
+        if record.state != "released":
+            raise error_from_dict(record.error or {"type": "InternalError", "message": f"run {record.state}"})
+        return self.result(run_id)
 
     def result(self, run_id: str) -> Result:
         """The released result of ``run_id`` (``opal runs result``)."""

@@ -23,7 +23,10 @@ entry is the one named:
    different roots are equivocation;
 7. a checkpoint the auditor holds (``against``, or the auditor's state file)
    is consistent with the ledger now: an RFC 9162 §2.1.4 consistency proof
-   from it to the current tree verifies (rollback, truncation, rewrite, fork).
+   from it to the current tree verifies (rollback, truncation, rewrite, fork);
+8. no privacy budget is overspent (:class:`Budget`): pools and totals from the
+   signed dataset entries, charges from the signed run outcomes, each at most
+   the ε its request named; online, the node's budget tables must say the same.
 
 Cost: one Ed25519 verification in OpenSSL is 60-80 µs, parsing and hashing an
 entry about 12 µs. Pool workers (one per core) take chunks of consecutive
@@ -108,6 +111,116 @@ SIGNERS: Mapping[str, tuple[str, ...]] = {
 _LOG_ROLES = ("operator",)
 
 
+class Budget:
+    """Rule 8: every dataset's privacy budget, replayed from signed content only.
+
+    A pool opens with a ``dataset_registered`` entry (keyed by the content
+    version, as the node keys it) or is joined by one naming
+    ``budget_shared_with``; its total is the ``total_epsilon`` of the opening
+    dataset's ``policy_changed``; a run's ``run_finished`` charges its
+    ``epsilon_spent`` to the pool of the dataset its ``run_requested`` named.
+    A charge above the ε requested, or a pool spent beyond its total, is an
+    overspend, whatever the node's budget tables say (they are the operator's
+    to edit). Amounts are whole micro-ε, as the node holds them.
+
+    Runs on a dataset registered before the entries an audit reads (an offline
+    export of a later range) are charged to nothing: there is no pool to hold
+    them to.
+    """
+
+    def __init__(self) -> None:
+        self.pool_of: dict[str, str] = {}  # dataset -> pool
+        self.opened_by: dict[str, str] = {}  # pool -> the dataset that opened it
+        self.total: dict[str, int | None] = {}  # pool -> micro-ε (None until its policy entry)
+        self.spent: dict[str, int] = {}  # pool -> micro-ε
+        # open run -> (dataset, micro-ε requested; None if the request names none)
+        self.requested: dict[str, tuple[str, int | None]] = {}
+
+    def registered(self, idx: int, detail: Any) -> None:
+        dataset, version, shared = detail
+        if shared is not None:
+            pool = self.pool_of.get(str(shared))
+            if pool is not None:  # (else opened before what this audit holds: nothing to hold it to)
+                self.pool_of[str(dataset)] = pool
+            return
+        pool = str(version)
+        if pool in self.total:
+            raise _bad(idx, f"(dataset_registered) opens a second budget for content {pool[:12]} that has one")
+        self.pool_of[str(dataset)] = pool
+        self.opened_by[pool] = str(dataset)
+        self.total[pool] = None
+        self.spent[pool] = 0
+
+    def policy(self, idx: int, detail: Any) -> None:
+        dataset, total = detail
+        pool = self.pool_of.get(str(dataset))
+        if pool is None or self.opened_by.get(pool) != dataset:
+            return  # a dataset sharing a pool keeps the pool's total
+        try:
+            self.total[pool] = _micro(total)
+        except (BadInputError, TypeError, ValueError):
+            raise _bad(idx, "(policy_changed) carries no valid total_epsilon") from None
+
+    def request(self, run_id: str, detail: Any) -> None:
+        _, dataset, epsilon = detail
+        try:
+            self.requested[run_id] = (str(dataset), _micro(epsilon))
+        except (BadInputError, TypeError, ValueError):
+            self.requested[run_id] = (str(dataset), None)
+
+    def charge(self, idx: int, run_id: str, detail: Any) -> None:
+        spent = detail[1]
+        held = self.requested.pop(run_id, None)
+        if held is None:
+            return  # requested before this audit's first entry and state
+        dataset, asked = held
+        try:
+            micro = _micro(spent) if spent else 0
+        except (BadInputError, TypeError, ValueError):
+            raise _bad(idx, f"(run_finished) of run {run_id} carries no valid epsilon_spent") from None
+        if asked is not None and micro > asked:
+            raise _bad(idx, f"(run_finished) charges run {run_id} ε={micro / 1e6:g}, more than the "
+                            f"ε={asked / 1e6:g} it requested")
+        pool = self.pool_of.get(dataset)
+        if pool is None:
+            return
+        self.spent[pool] += micro
+        total = self.total.get(pool)
+        if total is not None and self.spent[pool] > total:
+            raise _bad(
+                idx,
+                f"(run_finished) overspends the privacy budget of dataset {dataset!r}: "
+                f"ε={self.spent[pool] / 1e6:g} spent of a total of {total / 1e6:g}",
+            )
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "pool_of": self.pool_of,
+            "opened_by": self.opened_by,
+            "total": self.total,
+            "spent": self.spent,
+            "requested": {k: list(v) for k, v in self.requested.items()},
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Budget:
+        b = cls()
+        b.pool_of = {str(k): str(v) for k, v in data.get("pool_of", {}).items()}
+        b.opened_by = {str(k): str(v) for k, v in data.get("opened_by", {}).items()}
+        b.total = {str(k): None if v is None else int(v) for k, v in data.get("total", {}).items()}
+        b.spent = {str(k): int(v) for k, v in data.get("spent", {}).items()}
+        b.requested = {
+            str(k): (str(v[0]), None if v[1] is None else int(v[1])) for k, v in data.get("requested", {}).items()
+        }
+        return b
+
+
+def _micro(epsilon: Any) -> int:
+    from opal.release.policy import to_micro
+
+    return to_micro(float(epsilon), what="epsilon")
+
+
 class _Bad(Exception):
     def __init__(self, index: int, message: str) -> None:
         super().__init__(index, message)
@@ -136,6 +249,7 @@ class Authority:
     ever: dict[str, set[str]] = field(default_factory=dict)
     policy_at: int | None = None
     chain: list[Any] = field(default_factory=list)  # every policy envelope installed, in order
+    budget: Budget = field(default_factory=Budget)  # rule 8, replayed alongside the roles
 
     @classmethod
     def from_policy(cls, policy: TrustPolicy) -> Authority:
@@ -260,6 +374,7 @@ class Authority:
             "granted": {k: sorted(v) for k, v in self.granted.items()},
             "revoked": self.revoked,
             "ever": {k: sorted(v) for k, v in self.ever.items()},
+            "budget": self.budget.to_state(),
         }
 
     @classmethod
@@ -276,6 +391,7 @@ class Authority:
         auth.granted = {str(k): set(v) for k, v in data.get("granted", {}).items()}
         auth.revoked = {str(k): int(v) for k, v in data.get("revoked", {}).items()}
         auth.ever = {str(k): set(v) for k, v in data.get("ever", {}).items()}
+        auth.budget = Budget.from_state(data.get("budget", {}))
         return auth
 
 
@@ -285,7 +401,8 @@ class _Seen(NamedTuple):
     type: str
     actor: str
     role: str
-    detail: Any  # the body of a policy or key entry, the run_id of a run entry, else None
+    detail: Any  # the body of a policy or key entry; for run, dataset and policy entries the
+    # fields the in-order rules need (see _examine); else None
     # (signed bytes, signature) when the worker did not hold the signer's key
     # and left the signature check to the in-order pass.
     unsigned: tuple[bytes, str] | None = None
@@ -370,7 +487,21 @@ def _examine(
             except _Bad as bad:
                 index_fault = bad.message
     type_, actor, role, body = e["type"], e["actor"], e["actor_role"], e["body"]
-    detail = body if type_ in _DETAIL_TYPES else str(body.get("run_id")) if type_ in _RUN_TYPES else None
+    if type_ in _DETAIL_TYPES:
+        detail: Any = body
+    elif type_ == "run_requested":
+        detail = (str(body.get("run_id")), body.get("dataset"), body.get("epsilon"))
+    elif type_ == "run_finished":
+        detail = (str(body.get("run_id")), body.get("epsilon_spent"))
+    elif type_ == "run_started":
+        detail = (str(body.get("run_id")),)
+    elif type_ == "dataset_registered":
+        detail = (body.get("dataset"), body.get("version"), body.get("budget_shared_with"))
+    elif type_ == "policy_changed":
+        policy = body.get("policy")
+        detail = (body.get("dataset"), policy.get("total_epsilon") if isinstance(policy, dict) else None)
+    else:
+        detail = None
     seen = _Seen(
         names.setdefault(type_, type_),
         names.setdefault(actor, actor),
@@ -659,9 +790,14 @@ class _InOrder:
                 if fresh:
                     self.publics = {**self.publics, **fresh}
             elif type_ == "run_requested":
-                self.runs_open[detail] = f"requested:{actor}"
+                self.runs_open[detail[0]] = f"requested:{actor}"
+                self.auth.budget.request(detail[0], detail)
+            elif type_ == "dataset_registered":
+                self.auth.budget.registered(idx, detail)
+            elif type_ == "policy_changed":
+                self.auth.budget.policy(idx, detail)
             elif type_ in ("run_started", "run_finished"):
-                run_id = detail
+                run_id = detail[0]
                 if run_id not in self.runs_open:
                     # an incremental audit holds only the runs still open at its last checkpoint
                     before = " (or finished before your last audit)" if self.start else ""
@@ -680,6 +816,7 @@ class _InOrder:
                 if type_ == "run_finished":
                     self.runs_open[run_id] = "finished"
                     self.runs += 1
+                    self.auth.budget.charge(idx, run_id, detail)
         if checked.misshapen is not None:
             raise _Bad(*checked.misshapen)
         self.tree.extend_joined(checked.leaves)
@@ -706,7 +843,7 @@ def verify_entries(
     source: RowSource | None = None,
     prefix: Callable[[], merkle.MerkleTree] | None = None,
 ) -> VerifyReport:
-    """Check rules 1-7 (module docstring); raise LedgerCorrupt naming the first bad entry.
+    """Check rules 1-8 (module docstring); raise LedgerCorrupt naming the first bad entry.
 
     ``rows`` are ``(index, stored bytes[, index columns])`` in index order from
     ``start``. ``key_hints``: the stored bytes of entries that are probably

@@ -191,13 +191,13 @@ class Runtime:
             self._start()
 
     def _log_tail(self) -> str:
+        # Where the zygote's own output is, never the output itself: the zygote
+        # holds the data, and its stderr (a reader's error, a traceback) may quote
+        # a value of it, while this message can reach a requester's error.
         if not self._workdir:
             return ""
-        try:
-            lines = Path(self._workdir, "zygote.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return f": {lines[-1][:300]}" if lines else ""
+        log = Path(self._workdir, "zygote.log")
+        return f"; its output is in {log} on the worker's machine" if log.is_file() else ""
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from opal.canonical import canonical_json, sha256_hex
 from opal.errors import BadInputError, TrustError
+from opal.ledger.records import ENTRY_DOMAIN
 from opal.trust._tables import ensure_trust_tables
-from opal.trust.keys import utcnow
+from opal.trust.keys import utcnow, verify_signature
 from opal.trust.policy import POLICY_DOMAIN, POLICY_TYPE, TrustPolicy, verify_rotation
 
 if TYPE_CHECKING:
@@ -104,6 +105,10 @@ def granted_roles(node: Node, policy: TrustPolicy) -> dict[str, tuple[str, set[s
         key_id = str(body.get("key_id"))
         if entry.actor not in board or entry.actor == key_id:
             continue  # only the board vouches; a key never vouches for itself
+        try:  # a row the operator wrote with a board key's id but no board signature grants nothing
+            verify_signature(policy.keys[entry.actor], ENTRY_DOMAIN, entry.signed_part(), entry.signature)
+        except TrustError:
+            continue
         public, roles = found.get(key_id, (str(body.get("public_key")), set()))
         roles.add(str(body.get("role")))
         found[key_id] = (public, roles)

@@ -22,7 +22,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> tupl
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPAL_", "BENCH_"))}
     env["OPAL_BROKER_URL"] = broker_url
     proc = subprocess.run(
-        [sys.executable, "-m", "opal.bench", "--quick", "--data-dir", str(out / "data"),
+        [sys.executable, "-m", "benchmarks", "--quick", "--data-dir", str(out / "data"),
          "--output", str(out / "BENCHMARKS.md"), "--json", str(out / "results.json")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
@@ -75,7 +75,7 @@ def test_json_holds_every_sample_and_duckdb_agrees_with_pandas(quick_run: tuple[
 
 
 def test_the_hand_written_block_survives_a_rewrite(tmp_path: Path) -> None:
-    from opal.bench.report import HAND_BEGIN, HAND_END, render
+    from benchmarks.report import HAND_BEGIN, HAND_END, render
 
     results = {
         "format": "opal-bench/1", "started": "2026-01-01T00:00:00+00:00", "seconds": 1.0,
@@ -91,7 +91,7 @@ def test_the_hand_written_block_survives_a_rewrite(tmp_path: Path) -> None:
 
 
 def test_sizes_and_quick_come_from_the_environment_and_the_command_line() -> None:
-    from opal.bench.config import BenchConfig
+    from benchmarks.config import BenchConfig
 
     assert BenchConfig.from_args([], {}).sizes == (1_000_000, 10_000_000)
     assert BenchConfig.from_args([], {"BENCH_FULL": "1"}).sizes == (1_000_000, 10_000_000, 100_000_000)

@@ -75,7 +75,7 @@ def test_the_node_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
 
 
 def test_registered_version_covers_every_partition(cdr: Path, tmp_path: Path) -> None:
-    from opal.worker._scenario import build
+    from benchmarks.scenario import build
 
     sc = build(tmp_path / "home", subscribers=50, days=1)
     folder = tmp_path / "parts"
@@ -126,7 +126,7 @@ def test_partition_cli_refuses_bad_parts_in_one_line(opal: Opal, tmp_path: Path,
 
 def test_a_directory_where_a_unit_is_in_two_partitions_is_refused(cdr: Path, tmp_path: Path) -> None:
     # per-unit bounding runs per partition: a unit in two partitions would count twice its bound
-    from opal.worker._scenario import build
+    from benchmarks.scenario import build
 
     sc = build(tmp_path / "home", subscribers=50, days=1)
     folder = tmp_path / "parts"

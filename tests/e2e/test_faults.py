@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.errors import InternalError
 from opal.runs import get_run, request_run
 from opal.runs.dispatch import dispatch, wait
-from opal.worker._scenario import Scenario, build
 from tests.worker.workerkit import (
     SPIN_PER_SECOND,
     PrivatePostgres,

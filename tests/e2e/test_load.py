@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.runs import request_run
 from opal.runs.dispatch import dispatch_many, wait
-from opal.worker._scenario import Scenario, build
 from tests.worker.workerkit import Workers, budget_of, outcomes_in_ledger, spent_events
 
 RUNS = 1000

@@ -181,10 +181,10 @@ def test_a_fault_in_the_gate_after_the_data_was_touched_still_releases_over_noth
     # Whether the gate fails (or the task's soft time limit fires inside it) can depend
     # on what the algorithm returned: the requester must see an ordinary release.
     import opal.release
+    from benchmarks.scenario import build
     from opal.runs import request_run
     from opal.runs.records import get_run
     from opal.worker import state
-    from opal.worker._scenario import build
     from opal.worker.pipeline import execute_run
 
     monkeypatch.setenv("OPAL_BROKER_URL", broker_url)

@@ -382,3 +382,91 @@ def test_a_statistician_cannot_cancel_a_run_it_did_not_request(ledger: Ledger, a
     ledger.append(type="run_finished", body={"run_id": "theirs", **cancel}, signer=other, subject="pop")
     with pytest.raises(LedgerCorrupt, match=r"cancels run theirs for key .*which did not request it"):
         ledger.verify(workers=0)
+
+
+def _dataset(ledger: Ledger, actors: Actors, name: str, version: str, total: float, shared: str | None = None) -> None:
+    """A registration as the node writes it: the signed entries and the budget tables."""
+    body: dict[str, Any] = {"dataset": name, "version": version}
+    with ledger.db.transaction() as tx:
+        if shared:
+            body["budget_shared_with"] = shared
+            (pool,) = tx.execute("SELECT pool FROM budget_owners WHERE dataset = ?", (shared,)).fetchone()
+        else:
+            pool = version
+            tx.execute("INSERT INTO budget(pool, total, spent, reserved) VALUES (?,?,0,0)", (pool, round(total * 1e6)))
+        tx.execute("INSERT INTO budget_owners(dataset, pool) VALUES (?,?)", (name, pool))
+        ledger.append_in(tx, type="dataset_registered", body=body, signer=actors.op, subject=name)
+        ledger.append_in(tx, type="policy_changed", body={"dataset": name, "policy": {"total_epsilon": total}},
+                         signer=actors.op, subject=name)
+
+
+def _charged_run(ledger: Ledger, actors: Actors, run_id: str, dataset: str, epsilon: float, spent: float) -> None:
+    """A run as the node records it: the request, then the charge and its outcome in one transaction."""
+    ledger.append(type="run_requested", body={"run_id": run_id, "dataset": dataset, "epsilon": epsilon},
+                  signer=actors.stat, subject="pop")
+    with ledger.db.transaction() as tx:
+        tx.execute("UPDATE budget SET spent = MIN(total, spent + ?) WHERE pool = "
+                   "(SELECT pool FROM budget_owners WHERE dataset = ?)", (round(spent * 1e6), dataset))
+        ledger.append_in(tx, type="run_finished", body={"run_id": run_id, "outcome": "released",
+                                                         "epsilon_spent": spent}, signer=actors.op, subject="pop")
+
+
+def test_a_budget_spent_beyond_its_total_is_named_whatever_the_budget_table_says(
+    ledger: Ledger, actors: Actors
+) -> None:
+    """The operator resets the budget table's `spent` and runs on: every charge is a signed
+    run_finished, so verify replays the pool from the ledger and names the overspend. Two names for
+    one content share one pool (`budget_shared_with`)."""
+    populate(ledger, actors, runs=0)
+    _dataset(ledger, actors, "cdr", "v" * 64, total=1.0)
+    _dataset(ledger, actors, "cdr_copy", "v" * 64, total=10.0, shared="cdr")  # joins cdr's pool of 1.0
+    for i in range(3):
+        _charged_run(ledger, actors, f"r{i}", "cdr", 0.3, 0.3)
+    assert ledger.verify(workers=0).runs == 3  # 0.9 of 1.0
+    _charged_run(ledger, actors, "r3", "cdr_copy", 0.3, 0.3)  # the table said 0 spent: the node ran it
+    with pytest.raises(LedgerCorrupt, match=r"overspends the privacy budget of dataset 'cdr_copy': "
+                                            r"ε=1\.2 spent of a total of 1$"):
+        ledger.verify(workers=0)
+
+
+def test_a_run_charged_more_than_it_requested_is_named(ledger: Ledger, actors: Actors) -> None:
+    populate(ledger, actors, runs=0)
+    _dataset(ledger, actors, "cdr", "w" * 64, total=5.0)
+    _charged_run(ledger, actors, "r0", "cdr", 0.1, 0.1)
+    _charged_run(ledger, actors, "r1", "cdr", 0.1, 0.0)  # refused before the data: nothing charged
+    assert ledger.verify(workers=0).runs == 2
+    _charged_run(ledger, actors, "r2", "cdr", 0.1, 0.5)
+    with pytest.raises(LedgerCorrupt, match=r"charges run r2 ε=0\.5, more than the ε=0\.1 it requested"):
+        ledger.verify(workers=0)
+
+
+def test_the_budget_replay_resumes_from_the_auditors_state(ledger: Ledger, actors: Actors, tmp_path: Path) -> None:
+    """An incremental audit holds the pools in its state: the overspend spans two audits."""
+    populate(ledger, actors, runs=0)
+    _dataset(ledger, actors, "cdr", "x" * 64, total=1.0)
+    _charged_run(ledger, actors, "r0", "cdr", 0.6, 0.6)
+    state = tmp_path / "audit.json"
+    ledger.verify(workers=0, state=state)
+    _charged_run(ledger, actors, "r1", "cdr", 0.6, 0.6)
+    with pytest.raises(LedgerCorrupt, match="overspends the privacy budget of dataset 'cdr'"):
+        ledger.verify(workers=0, state=state)
+
+
+def test_a_reset_budget_table_is_named_before_anyone_overspends(ledger: Ledger, actors: Actors) -> None:
+    """The operator sets `spent` back to 0 (or moves a dataset to a fresh pool): the next verify
+    compares the tables with the replayed charges and names the edit at once."""
+    populate(ledger, actors, runs=0)
+    _dataset(ledger, actors, "cdr", "y" * 64, total=1.0)
+    _charged_run(ledger, actors, "r0", "cdr", 0.4, 0.4)
+    ledger.verify(workers=0)
+    with ledger.db.transaction() as tx:
+        tx.execute("UPDATE budget SET spent = 0")
+    with pytest.raises(LedgerCorrupt, match=r"the budget table says ε=0 spent for dataset 'cdr', the signed run "
+                                            r"outcomes ε=0\.4; the database was edited"):
+        ledger.verify(workers=0)
+    with ledger.db.transaction() as tx:
+        tx.execute("UPDATE budget SET spent = 400000")
+        tx.execute("INSERT INTO budget(pool, total, spent, reserved) VALUES ('fresh', 10000000, 0, 0)")
+        tx.execute("UPDATE budget_owners SET pool = 'fresh' WHERE dataset = 'cdr'")
+    with pytest.raises(LedgerCorrupt, match="puts dataset 'cdr' in another pool than its signed dataset_registered"):
+        ledger.verify(workers=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opal.bench.algorithms import Algorithm, algorithms
+from benchmarks.algorithms import Algorithm, algorithms
 from opal.data.partition import partition
 from opal.data.synth import synthesize
 from opal.devloop import dataset_domains

@@ -217,6 +217,29 @@ def test_small_order_and_non_canonical_keys_are_refused_wherever_a_key_enters(tm
     assert message.startswith(f"ledger entry {entry.index} (key_added): the added key is")
 
 
+def test_a_key_entry_in_a_board_keys_name_without_its_signature_grants_nothing(tmp_path: Path) -> None:
+    """The operator appends a key_added row naming board key b1 as its signer but signed with his
+    own key (leaf hash recomputed): the node's decisions check the board's signature, not the name."""
+    from opal.trust.keyring import Signer
+
+    node = make_node(tmp_path)
+    digest = submitted(node, tmp_path, approvers=("rita",))
+    home = str(node.home.root)
+    assert CliRunner().invoke(cli, ["--home", home, "keys", "new", "r9", "--role", "reviewer"]).exit_code == 0
+    node = Node.open(node.home.root)
+    r9, b1, olga = (node.keyring.signer(n) for n in ("r9", "b1", "olga"))
+    posing = Signer(b1.info, olga._private)  # b1's id and role, the operator's private key
+    node.ledger.append(
+        type="key_added",
+        body={"name": "r9", "role": "reviewer", "key_id": r9.key_id, "public_key": r9.info.public_key},
+        signer=posing, subject=r9.key_id,
+    )
+    with pytest.raises(TrustError, match="not a reviewer key"):
+        approve(node, digest, signer=r9)
+    assert "1 valid approval(s)" in refused(node, digest)
+    assert "signature does not verify" in ledger_verdict(node)
+
+
 def test_rewritten_entry_bytes_under_an_untouched_leaf_hash_stop_every_decision(tmp_path: Path) -> None:
     # The auditor's incremental check rebuilds the audited prefix from the leaf-hash
     # column, so the bytes of an old revocation, rewritten alone, must not un-revoke.

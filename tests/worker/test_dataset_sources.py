@@ -164,9 +164,9 @@ def test_a_csv_dataset_runs_end_to_end_through_a_worker(tmp_path: Path, broker_u
     # A CSV once registered fine and then failed every run (the sandbox read only Parquet).
     import pyarrow.csv as pcsv
 
+    from benchmarks.scenario import build
     from opal.runs import request_run
     from opal.runs.dispatch import dispatch, wait
-    from opal.worker._scenario import build
     from tests.worker.workerkit import Workers
 
     monkeypatch.setenv("OPAL_BROKER_URL", broker_url)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.data import catalog
 from opal.data.partition import node_key, partition
 from opal.worker import state
-from opal.worker._scenario import Scenario, build
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ one task per partition, one combining step that noises once and charges once."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.bundle.registry import Bundle
 from opal.data import catalog
 from opal.data.partition import node_key, partition
@@ -21,7 +23,6 @@ from opal.runs import get_run, request_run
 from opal.runs.dispatch import dispatch, wait
 from opal.trust.review import approve, submit
 from opal.worker import state
-from opal.worker._scenario import Scenario, build
 from opal.worker.fanout import partials
 from tests.worker.workerkit import SPIN_PER_SECOND, Workers, outcomes_in_ledger, spent_events
 
@@ -251,18 +252,30 @@ def test_a_partition_lost_every_attempt_releases_over_the_others_charged_once(
 
 def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_node_does(
         tmp_path: Path, broker_url: str, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two homes (two nodes: each its own OPAL_HOME, its own operator key, its own workers) on one
+    PostgreSQL history, one Redis and the partition files on shared storage."""
+    from opal.node import Node
+
+    prefix = "opal.parts." + secrets.token_hex(4)   # both nodes' queues for the dataset
     monkeypatch.setenv("OPAL_BROKER_URL", broker_url)
     monkeypatch.setenv("OPAL_DB_URL", pg_url)
-    sc = build(tmp_path / "home", subscribers=600, days=2)
+    monkeypatch.setenv("OPAL_QUEUE_PREFIX", prefix)
+    sc = build(tmp_path / "node-a", subscribers=600, days=2)
     dataset = _with_partitions(sc)
-    workers = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env={"OPAL_RECOVERY_INTERVAL": "0"})
+    # node B: its own home and operator key, which the board (on node A's side) records
+    node_b = Node.open(tmp_path / "node-b")
+    node_b.keyring.new("otto", "operator", node_b.ledger, by=sc.node.keyring.signer("bea"))
+    env = {"OPAL_RECOVERY_INTERVAL": "0", "OPAL_QUEUE_PREFIX": prefix}
+    node_a_workers = Workers(home=sc.node.home.root, broker_url=broker_url, extra_env=env)
+    node_b_workers = Workers(home=node_b.home.root, broker_url=broker_url, extra_env=env)
     try:
-        workers.start(dataset, concurrency=1)
+        node_a_workers.start(dataset, concurrency=1)
         one_node = wait(sc.node, _request(sc, dataset, spin=SPIN_PER_SECOND // 4), timeout=180)
-        workers.start(dataset, concurrency=1)                  # a second node on the same queue
+        node_b_workers.start(dataset, key="otto", concurrency=1)     # a second node on the same queue
         run_id = _request(sc, dataset, spin=SPIN_PER_SECOND // 4 + 1)   # not the cached identical run
         two_nodes = wait(sc.node, run_id, timeout=180)
         assert one_node.state == two_nodes.state == "released", (one_node.error, two_nodes.error)
+        # each node runs one worker with one pool process: two serving processes are both nodes
         servers = {row["worker"].split(":")[1] for row in sc.node.db.query(
             "SELECT worker FROM run_partials WHERE run_id = ?", (run_id,))}
         assert len(servers) == 2, "both nodes served partitions of the run"
@@ -271,6 +284,9 @@ def test_two_nodes_sharing_postgresql_redis_and_the_partitions_release_what_one_
         assert _combined_truth_cells(sc, one_node.run_id) == _combined_truth_cells(sc, run_id) == truth
         _assert_within_intervals(two_nodes.result, truth)
         _assert_charged_once(sc, run_id, 1.0)
+        # one history, verified from either home
+        assert sc.node.ledger.verify().root == Node.open(node_b.home.root).ledger.verify().root
     finally:
-        workers.stop_all()
+        node_a_workers.stop_all()
+        node_b_workers.stop_all()
         state.close_runtimes()

@@ -17,6 +17,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.scenario import build
 from opal.bundle.registry import Bundle
 from opal.data import catalog
 from opal.data.partition import MANIFEST, buckets, node_key, read_partitioned
@@ -32,7 +33,6 @@ from opal.sandbox import Runtime
 from opal.sandbox.pseudonyms import run_pseudonymised
 from opal.trust.review import approve, submit
 from opal.worker import state
-from opal.worker._scenario import build
 from opal.worker.fanout import partials
 from tests.conftest import Opal
 from tests.worker.test_partitioned_runs import _MANIFEST, _SOURCE, REGION_COUNT

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.scenario import Scenario, build
 from opal.errors import BadInputError, TrustError
 from opal.runs import get_run, request_run
 from opal.runs.cancel import cancel_run
 from opal.runs.message import check_message, run_message
 from opal.worker import state
-from opal.worker._scenario import Scenario, build
 from opal.worker.pipeline import MAX_ATTEMPTS, execute_run, run_owner
 from tests.worker.workerkit import budget_of, outcomes_in_ledger, spent_events
 

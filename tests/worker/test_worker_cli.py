@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from opal.worker._scenario import build
+from benchmarks.scenario import build
 from tests.conftest import Opal, wait_for
 from tests.worker.workerkit import SPIN_PER_SECOND, Workers
 
@@ -90,3 +90,43 @@ def test_recover_without_a_broker_says_how_to_fix_it(opal: Opal, monkeypatch: py
     assert opal.json("runs", "list")[0]["state"] == "requested"  # recorded all the same
     rec = opal("worker", "recover")
     assert rec.returncode == 1 and "cannot reach the broker" in rec.stderr
+
+
+_SUBMIT_MANY = """
+import json, sys, time
+from opal.client import Client
+from opal.errors import BadInputError
+client = Client(home=sys.argv[1], key="sam")
+started = time.perf_counter()
+ids = [client.submit("spin_count", dataset="demo", params={"tag": i}, epsilon=0.01) for i in range(40)]
+submitted = time.perf_counter() - started
+try:
+    client.submit("spin_count", dataset="nope", params={"tag": 0}, epsilon=0.01)
+    refused = ""
+except BadInputError as exc:
+    refused = exc.message
+tables = [len(client.wait(i, timeout=120).table) for i in ids]
+print(json.dumps({"ids": ids, "rate": len(ids) / submitted, "refused": refused, "tables": tables}))
+"""
+
+
+def test_the_client_submits_many_runs_from_one_process_then_waits_for_each(opal: Opal) -> None:
+    """`Client.submit` is `opal run --no-wait` without a process (and its imports) per request."""
+    import subprocess
+    import sys
+
+    build(opal.home, subscribers=300, days=1)
+    workers = Workers(home=opal.home, broker_url=opal.broker_url)
+    try:
+        workers.start(concurrency=2)
+        proc = subprocess.run([sys.executable, "-c", _SUBMIT_MANY, str(opal.home)], env=opal.env, text=True,
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert len(set(out["ids"])) == 40 and all(n > 0 for n in out["tables"])
+        assert "nope" in out["refused"]
+        listed = {r["run_id"]: r["state"] for r in opal.json("runs", "list", "--limit", "100")}  # type: ignore[union-attr]
+        assert all(listed[i] == "released" for i in out["ids"])
+        print(f"client submits: {out['rate']:.0f} runs/s")  # informative; speed lives in make bench
+    finally:
+        workers.stop_all()

@@ -2,7 +2,7 @@
 ``count(DISTINCT unit) GROUP BY group`` over the same in-memory table.
 
 The table comes from the release team's own benchmark
-(``opal.release._bench``) when it is there, so both benchmarks measure the
+(``benchmarks.release_gate``) when it is there, so both benchmarks measure the
 same shape of data; otherwise an equivalent one is built here.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opal.bench.timing import Timing
+from benchmarks.timing import Timing
 
 __all__ = ["bench_gate", "contributions_table"]
 
@@ -32,12 +32,12 @@ def _own_table(rows: int, units: int, groups: int, seed: int = 7) -> tuple[pd.Da
 def contributions_table(rows: int, units: int, groups: int) -> tuple[pd.DataFrame, pd.Series, str]:
     """``(contributions [msisdn, cell], known units, where the table came from)``."""
     try:
-        from opal.release._bench import _table
+        from benchmarks.release_gate import _table
     except ImportError:
         frame, known = _own_table(rows, units, groups)
-        return frame, known, "opal.bench.gate (opal.release._bench not available)"
+        return frame, known, "benchmarks.gate (benchmarks.release_gate not available)"
     frame, known = _table(rows, units, groups)
-    return frame[["msisdn", "cell"]], known, "opal.release._bench._table"
+    return frame[["msisdn", "cell"]], known, "benchmarks.release_gate._table"
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, Timing]:

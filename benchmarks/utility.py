@@ -22,7 +22,7 @@ def bench_utility(*, subscribers: int = 2_000, days: int = 7, epsilon: float = 1
     import numpy as np
     import pandas as pd
 
-    from opal.bench.config import REPO
+    from benchmarks.config import REPO
     from opal.bundle.registry import Bundle
     from opal.data.catalog import default_policy
     from opal.data.synth import synthesize

@@ -3,7 +3,7 @@
 10 M contribution rows, 500 000 units, 3 000 groups (sizes can be changed on
 the command line). Prints timings; asserts nothing.
 
-    python -m opal.release._bench [--rows N] [--units U] [--groups G] [--repeat R]
+    python -m benchmarks.release_gate [--rows N] [--units U] [--groups G] [--repeat R]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark: runs/s end to end through Celery on this node, and the latency a
 run adds over its own compute time.
 
-    python -m opal.worker._bench [--runs 300] [--workers 2] [--latency-runs 30]
+    python -m benchmarks.worker_throughput [--runs 300] [--workers 2] [--latency-runs 30]
 
 A fresh node in a temporary home (10 000-row CDR dataset, the ``spin_count``
 bundle submitted and approved), real ``opal worker start`` processes and a
@@ -60,7 +60,9 @@ def _compute_seconds(sc: Any, n: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m opal.worker._bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.worker_throughput", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=300, help="runs requested at once for throughput")
     parser.add_argument("--latency-runs", type=int, default=30, help="sequential runs for latency")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one pool process each)")
@@ -70,11 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import subprocess
     import sys
 
-    from opal.bench.endtoend import choose_broker
+    from benchmarks.endtoend import choose_broker
+    from benchmarks.scenario import build
     from opal.release.policy import ReleasePolicy
     from opal.runs import request_run
     from opal.runs.dispatch import dispatch_many, wait
-    from opal.worker._scenario import build
 
     with tempfile.TemporaryDirectory(prefix="opal-bench-") as tmp:
         root = Path(tmp)

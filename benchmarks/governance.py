@@ -2,7 +2,7 @@
 entries in at most 10 s).
 
 The ledger is built once and cached under ``bench-data/`` as an OPAL home: a
-board-signed policy (``opal.ledger._bench.install_policy``), then run lifecycles
+board-signed policy (``benchmarks.ledger_audit.install_policy``), then run lifecycles
 (requested → started → finished) over three datasets and four algorithms, one
 in ten refused, spread over 30 days, signed in a process pool, and a signed
 checkpoint. The measurement is the real command, ``opal report --out``.
@@ -19,8 +19,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from opal.bench.config import size_label
-from opal.bench.timing import Timing
+from benchmarks.config import size_label
+from benchmarks.timing import Timing
 
 __all__ = ["bench_report", "ensure_run_ledger"]
 
@@ -32,9 +32,9 @@ _STEP = 3_000  # lifecycles per signing task
 def _sign_lifecycles(args: tuple[bytes, int, int, int, str]) -> list[tuple[int, bytes, bytes, str, str, str]]:
     from cryptography.hazmat.primitives import serialization
 
+    from benchmarks.ledger_audit import _signer
     from opal.canonical import canonical_json
     from opal.ledger import merkle
-    from opal.ledger._bench import _signer
     from opal.ledger.records import ENTRY_DOMAIN, ENTRY_VERSION, envelope
 
     pem, first_index, lo, hi, key_id = args
@@ -70,7 +70,7 @@ def ensure_run_ledger(data_dir: Path, entries: int, *, say: Any = print) -> Path
     """An OPAL home whose ledger holds about ``entries`` entries of run lifecycles (cached)."""
     from cryptography.hazmat.primitives import serialization
 
-    from opal.ledger._bench import _signer, install_policy
+    from benchmarks.ledger_audit import _signer, install_policy
     from opal.node import Node
 
     home = data_dir / f"report-ledger-{size_label(entries)}"
@@ -101,7 +101,7 @@ def ensure_run_ledger(data_dir: Path, entries: int, *, say: Any = print) -> Path
 
 def bench_report(home: Path, *, reps: int) -> dict[str, Any]:
     """Wall time of ``opal report --out`` (a fresh process each time, as the board runs it)."""
-    from opal.bench.ledger import _opal
+    from benchmarks.ledger import _opal
 
     out = home.parent / f"{home.name}-report.html"
     walls = []

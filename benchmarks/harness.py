@@ -22,10 +22,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opal.bench import algorithms as algos
-from opal.bench.config import BenchConfig, size_label
-from opal.bench.datasets import BenchDataset, ensure_dataset, load_frame
-from opal.bench.timing import Stopwatch, Timing, measure
+from benchmarks import algorithms as algos
+from benchmarks.config import BenchConfig, child_env, size_label
+from benchmarks.datasets import BenchDataset, ensure_dataset, load_frame
+from benchmarks.timing import Stopwatch, Timing, measure
 
 __all__ = ["main", "run"]
 
@@ -50,7 +50,7 @@ def _attempt(clock: Stopwatch, what: str, fn: Callable[[], T]) -> T | dict[str, 
 
 
 def _fmt(timing: dict[str, Any] | None) -> str:
-    from opal.bench.report import seconds
+    from benchmarks.report import seconds
 
     if not timing or "median" not in timing:
         return "-"
@@ -193,14 +193,14 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
 
 
 class _WarmDirect:
-    """(a′): ``opal.bench.warm_direct`` in a process of its own, one call per line."""
+    """(a′): ``benchmarks.warm_direct`` in a process of its own, one call per line."""
 
     def __init__(self, path: Path) -> None:
         import subprocess
 
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "opal.bench.warm_direct", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "benchmarks.warm_direct", str(path)],
+            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
 
     def __call__(self, name: str) -> float:
@@ -385,7 +385,7 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
 
 def run(config: BenchConfig) -> dict[str, Any]:
     """Measure everything ``config`` asks for; return the results (JSON-safe)."""
-    from opal.bench.endtoend import Deployment, choose_broker
+    from benchmarks.endtoend import Deployment, choose_broker
 
     clock = Stopwatch()
     if os.environ.pop("OPAL_DB_URL", None):
@@ -441,7 +441,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 results["workers"][ds.label] = worker
             results["algorithms"][ds.label] = rows
             if config.wants("partitioned") and deployment is not None:
-                from opal.bench.partitioned import bench_partitioned
+                from benchmarks.partitioned import bench_partitioned
 
                 results.setdefault("partitioned", {})[ds.label] = _attempt(
                     clock, f"{ds.label} partitioned", partial(
@@ -449,7 +449,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                         reps=config.e2e_reps(ds.target_rows), work=work, clock=clock))
 
         if config.wants("gate"):
-            from opal.bench.gate import bench_gate
+            from benchmarks.gate import bench_gate
 
             clock.say(f"release gate alone on {config.gate_rows:,} contribution rows vs DuckDB count(DISTINCT) ...")
             results["gate"] = _attempt(clock, "gate", lambda: bench_gate(
@@ -459,7 +459,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 clock.say(f"gate {_fmt(results['gate']['gate'])}, duckdb {_fmt(results['gate']['duckdb'])}")
 
         if config.wants("utility"):
-            from opal.bench.utility import bench_utility
+            from benchmarks.utility import bench_utility
 
             clock.say("utility: population_density, 2 000 subscribers x 7 days, ε = 1 ...")
             results["utility"] = _attempt(clock, "utility", lambda: bench_utility(runs=10 if config.quick else 30))
@@ -488,7 +488,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
 
 
 def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]:
-    from opal.bench import ledger
+    from benchmarks import ledger
 
     out: dict[str, Any] = {"appends": []}
     for processes in (1, 4):
@@ -524,7 +524,7 @@ def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]
 
 
 def _report(config: BenchConfig, reps: int) -> dict[str, Any]:
-    from opal.bench import governance
+    from benchmarks import governance
 
     entries = min(config.ledger_entries, 100_000)  # the issue's bound is stated for 100 000 entries
     home = governance.ensure_run_ledger(config.data_dir, entries, say=print)
@@ -532,7 +532,7 @@ def _report(config: BenchConfig, reps: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from opal.bench.report import render, write_report
+    from benchmarks.report import render, write_report
     from opal.errors import OpalError
 
     try:

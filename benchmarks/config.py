@@ -16,9 +16,9 @@ from pathlib import Path
 
 from opal.errors import BadInputError
 
-__all__ = ["REPO", "SECTIONS", "BenchConfig", "parse_size", "size_label"]
+__all__ = ["REPO", "SECTIONS", "BenchConfig", "child_env", "parse_size", "size_label"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("algorithms", "e2e", "partitioned", "gate", "utility", "ledger", "small")
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 FULL_SIZES = (1_000_000, 10_000_000, 100_000_000)
@@ -37,6 +37,16 @@ def parse_size(text: str) -> int:
     if rows < 1_000:
         raise BadInputError(f"dataset size must be at least 1000 rows, found {text!r}")
     return rows
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with the repository root
+    first on ``PYTHONPATH``, for a child started as ``python -m benchmarks.…``:
+    the package is not installed, so the child finds it there whatever its
+    working directory."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def size_label(rows: int) -> str:
@@ -101,7 +111,7 @@ class BenchConfig:
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> BenchConfig:
         env = dict(os.environ if environ is None else environ)
         ap = argparse.ArgumentParser(
-            prog="python -m opal.bench",
+            prog="python -m benchmarks",
             description="Benchmark OPAL against pandas and DuckDB on the same data; writes BENCHMARKS.md.",
         )
         ap.add_argument("--quick", action="store_true",

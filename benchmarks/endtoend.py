@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.algorithms import Algorithm
+from benchmarks.procmem import TreeSampler
 from opal._internal.procs import stop_group
-from opal.bench.algorithms import Algorithm
-from opal.bench.procmem import TreeSampler
 from opal.errors import InternalError
 
 __all__ = ["BENCH_POLICY", "Deployment", "RunTiming", "choose_broker"]

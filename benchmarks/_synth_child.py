@@ -1,7 +1,7 @@
 """Generate one benchmark dataset in a process of its own, so its peak memory
 (VmHWM) is the generator's alone. Prints one JSON line.
 
-    python -m opal.bench._synth_child OUT SUBSCRIBERS DAYS SEED
+    python -m benchmarks._synth_child OUT SUBSCRIBERS DAYS SEED
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from opal.bench.procmem import own_peak_bytes
+from benchmarks.procmem import own_peak_bytes
 from opal.data.synth import synthesize
 
 

@@ -1,4 +1,4 @@
-"""``python -m opal.bench``: the whole pipeline and its parts, side by side with
+"""``python -m benchmarks``: the whole pipeline and its parts, side by side with
 what a user would otherwise run (pandas, DuckDB), on the same data, in one
 process; writes ``BENCHMARKS.md``.
 
@@ -25,8 +25,8 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark (``python -m opal.bench``). Imported lazily, so the
-    helper processes that import ``opal.bench.*`` stay light."""
-    from opal.bench.harness import main as run_main
+    """Run the benchmark (``python -m benchmarks``). Imported lazily, so the
+    helper processes that import ``benchmarks.*`` stay light."""
+    from benchmarks.harness import main as run_main
 
     run_main(argv)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from opal.bench.config import REPO
+from benchmarks.config import REPO
 from opal.bundle.registry import Bundle
 
 __all__ = ["ALGORITHMS", "Algorithm", "algorithms", "compare", "duckdb_connect", "run_sql"]

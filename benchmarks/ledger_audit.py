@@ -1,6 +1,6 @@
 """Ledger benchmark (not a test): durable appends/s, audit times, proof times.
 
-    python -m opal.ledger._bench [--size N] [--new N] [--appends N] [--workers W] [--json]
+    python -m benchmarks.ledger_audit [--size N] [--new N] [--appends N] [--workers W] [--json]
 
 ``--size`` is the ledger built for the verify and proof measurements (default
 100 000; the issue's target is measured with ``--size 1000000``). It is built
@@ -201,7 +201,7 @@ def openssl_verify_seconds(samples: int = 20_000) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m opal.ledger._bench", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.ledger_audit", description=__doc__.splitlines()[0]
     )
     p.add_argument("--size", type=int, default=100_000, help="entries in the verify/proof ledger")
     p.add_argument("--appends", type=int, default=2_000, help="appends per append measurement")

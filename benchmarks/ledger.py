@@ -1,7 +1,7 @@
 """Ledger benchmarks: durable appends per second (1 and 4 processes), ``opal
 ledger verify`` on a large ledger, and RFC 9162 inclusion proofs.
 
-The ledger team's own benchmark (``opal.ledger._bench``) is used where it has
+The ledger team's own benchmark (``benchmarks.ledger_audit``) is used where it has
 the piece: its append measurement and its fast ledger builder. Without it,
 this module measures appends with processes of its own and builds the large
 ledger itself: run lifecycles (requested → started → finished) signed in a
@@ -27,20 +27,20 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from opal.bench.config import size_label
-from opal.bench.timing import Timing
+from benchmarks.config import child_env, size_label
+from benchmarks.timing import Timing
 from opal.errors import InternalError
 
 __all__ = ["bench_appends", "bench_proofs", "bench_verify", "cli_startup", "ensure_ledger"]
 
 
 def _team_bench() -> Any:
-    """``opal.ledger._bench`` if the ledger team's benchmark is installed, else None."""
+    """``benchmarks.ledger_audit`` (the ledger team's own benchmark) if it is there, else None."""
     try:
-        from opal.ledger import _bench
+        from benchmarks import ledger_audit
     except ImportError:
         return None
-    return _bench
+    return ledger_audit
 
 _CHUNK = 10_000
 _KEY = "olga"
@@ -58,7 +58,7 @@ def _env(home: Path) -> dict[str, str]:
 
 def bench_appends(root: Path, *, processes: int, seconds: float, appends: int) -> dict[str, Any]:
     """Appends/s by ``processes`` processes into one fresh ledger, each entry its own commit:
-    ``appends`` entries in all with ``opal.ledger._bench``, else for ``seconds``."""
+    ``appends`` entries in all with ``benchmarks.ledger_audit``, else for ``seconds``."""
     team = _team_bench()
     if team is not None and hasattr(team, "bench_appends"):
         folder = root / f"team-appends-{processes}"
@@ -69,7 +69,7 @@ def bench_appends(root: Path, *, processes: int, seconds: float, appends: int) -
             shutil.rmtree(folder, ignore_errors=True)
         done = appends // processes * processes
         return {"processes": processes, "entries": done, "seconds": done / rate if rate else 0.0,
-                "per_second": rate, "source": "opal.ledger._bench.bench_appends"}
+                "per_second": rate, "source": "benchmarks.ledger_audit.bench_appends"}
     return _own_appends(root, processes=processes, seconds=seconds)
 
 
@@ -83,8 +83,8 @@ def _own_appends(root: Path, *, processes: int, seconds: float) -> dict[str, Any
     start = time.time() + 2.0 + 0.5 * processes  # time for every child to import and open the database
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "opal.bench._append_child", str(home), _KEY, repr(start), repr(seconds)],
-            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "benchmarks._append_child", str(home), _KEY, repr(start), repr(seconds)],
+            env=child_env(_env(home)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(processes)
     ]
@@ -105,7 +105,7 @@ def _own_appends(root: Path, *, processes: int, seconds: float) -> dict[str, Any
         "seconds": window,
         "per_second": entries / window if window > 0 else 0.0,
         "ledger_size": size,
-        "source": "opal.bench._append_child",
+        "source": "benchmarks._append_child",
     }
 
 
@@ -186,10 +186,10 @@ def ensure_ledger(data_dir: Path, entries: int, *, say: Callable[[str], None] = 
     if team is not None and hasattr(team, "build_ledger"):
         ledger, signer = team.build_ledger(node.home.db_path, entries, os.cpu_count() or 1)
         ledger.checkpoint(signer)
-        source = "opal.ledger._bench.build_ledger"
+        source = "benchmarks.ledger_audit.build_ledger"
     else:
         _own_build(node, entries, say)
-        source = "opal.bench.ledger"
+        source = "benchmarks.ledger"
     info = {"entries": entries, "home": str(home), "build_seconds": time.perf_counter() - t0, "source": source}
     marker.write_text(json.dumps(info, indent=2) + "\n")
     say(f"ledger {size_label(entries)}: built in {info['build_seconds']:.1f}s ({source})")

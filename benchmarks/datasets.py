@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from opal.bench.config import size_label
+from benchmarks.config import child_env, size_label
 from opal.errors import InternalError
 
 __all__ = ["BenchDataset", "ensure_dataset", "load_frame", "subscribers_for"]
@@ -69,8 +69,8 @@ def ensure_dataset(
     say(f"dataset {label}: generating {subscribers:,} subscribers x {days} days (seed {seed}) ...")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "opal.bench._synth_child", str(path), str(subscribers), str(days), str(seed)],
-        capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "benchmarks._synth_child", str(path), str(subscribers), str(days), str(seed)],
+        env=child_env(), capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

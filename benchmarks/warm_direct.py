@@ -25,8 +25,8 @@ from opal.sandbox._warm import allocate_from_heap
 
 def main(argv: list[str]) -> None:
     allocate_from_heap()  # as a sandbox child does
-    from opal.bench.algorithms import algorithms
-    from opal.bench.datasets import load_frame
+    from benchmarks.algorithms import algorithms
+    from benchmarks.datasets import load_frame
 
     frame, _, _ = load_frame(Path(argv[0]))
     by_name = {a.name: a for a in algorithms()}

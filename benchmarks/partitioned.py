@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opal.bench import algorithms as algos
-from opal.bench.timing import Stopwatch, Timing
+from benchmarks import algorithms as algos
+from benchmarks.timing import Stopwatch, Timing
 
 __all__ = ["bench_partitioned", "parts_for"]
 
@@ -56,7 +56,7 @@ def bench_partitioned(deployment: Any, path: Path, label: str, algorithms: list[
     """Timings (seconds per algorithm) of the file and the partitions, DuckDB and pandas; memory peaks."""
     import pyarrow.parquet as pq
 
-    from opal.bench.datasets import load_frame
+    from benchmarks.datasets import load_frame
     from opal.data.partition import node_key, partition
 
     parts = parts_for()

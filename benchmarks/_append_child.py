@@ -2,7 +2,7 @@
 seconds), then appends single entries, each its own durable transaction,
 until START + SECONDS. Prints one JSON line: entries and the window used.
 
-    python -m opal.bench._append_child HOME KEY START SECONDS
+    python -m benchmarks._append_child HOME KEY START SECONDS
 """
 
 from __future__ import annotations
