@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opal.bundle.registry import Bundle
 from opal.data.catalog import SCHEMAS, default_policy, read_schema
@@ -14,7 +14,10 @@ from opal.errors import BadInputError
 from opal.release.domains import Label, check_cells, load_domains, sidecar_for
 from opal.release.policy import ReleasePolicy
 
-__all__ = ["check_bundle", "dataset_domains", "test_bundle"]
+if TYPE_CHECKING:
+    from opal.release.bounding import BoundedAggregate
+
+__all__ = ["check_bundle", "dataset_domains", "dataset_files", "local_aggregate", "test_bundle"]
 
 
 def check_bundle(folder: Path, *, policy: ReleasePolicy | None = None) -> Bundle:
@@ -52,6 +55,90 @@ def dataset_domains(dataset: Path, domains: Path | None = None) -> dict[str, tup
     return load_domains(sidecar) if sidecar.is_file() else {}
 
 
+def dataset_files(dataset: Path, *, schema: str) -> tuple[Path, ...]:
+    """The files of a local dataset, schema-checked: the file itself, or every
+    partition of a partitioned directory (``opal dataset partition``) in order.
+
+    A directory is held to the rules a registered one is: partitioned by the
+    schema's privacy unit, each unit in one partition only.
+
+    Raises:
+        BadInputError: an unreadable file or directory, columns that do not
+            match the schema, a directory partitioned by another column or
+            with a unit in two partitions.
+    """
+    from opal.data.partition import is_partitioned, read_partitioned
+
+    declared = SCHEMAS[schema]
+    if not dataset.is_dir():
+        arrow_schema, _ = read_schema(dataset)
+        declared.check(arrow_schema, where=str(dataset))
+        return (dataset,)
+    if not is_partitioned(dataset):
+        raise BadInputError(
+            f"{dataset} is a directory but not a partitioned dataset; pass a .parquet or .csv file, "
+            "or a directory made by opal dataset partition"
+        )
+    parted = read_partitioned(dataset)
+    if parted.unit != declared.unit:
+        raise BadInputError(
+            f"{dataset} is partitioned by {parted.unit!r}, but schema {schema!r} protects {declared.unit!r}; "
+            "partition it by the privacy unit"
+        )
+    for file in parted.files:
+        arrow_schema, _ = read_schema(file)
+        declared.check(arrow_schema, where=str(file))
+    parted.check_disjoint()
+    return parted.files
+
+
+def local_aggregate(
+    bundle: Bundle,
+    *,
+    files: tuple[Path, ...],
+    params: Any,
+    domains: dict[str, tuple[Label, ...]],
+) -> BoundedAggregate:
+    """The pre-noise aggregate of ``bundle`` on ``files`` (a file, or the
+    partitions of one dataset), strict: the first half of the gate.
+
+    Partition by partition exactly as a worker's partition tasks do: one
+    sandbox runtime per partition (started, run, stopped: one partition in
+    memory at a time), its own per-run pseudonyms, the unit check and
+    per-unit bounding on that partition alone (``gate.partial_aggregate``),
+    then the partials added (``bounding.combine``). One file is one partial.
+    """
+    from opal.release.bounding import combine
+    from opal.release.contributions import declared_columns
+    from opal.release.gate import partial_aggregate
+    from opal.sandbox import Runtime
+    from opal.sandbox.params import run_check_params
+    from opal.sandbox.pseudonyms import run_pseudonymised
+
+    manifest = bundle.manifest
+    schema = SCHEMAS[manifest.dataset]
+    partials = []
+    for index, file in enumerate(files):
+        with Runtime(tables={schema.name: file}) as runtime:
+            if index == 0:  # reads no data: once, as the worker's run task does (on the first partition)
+                run_check_params(runtime, source=bundle.source, params=params, table=schema.name,
+                                 column=schema.unit)
+            contributions, units = run_pseudonymised(
+                runtime,
+                table=schema.name,
+                column=schema.unit,
+                source=bundle.source,
+                entrypoint=manifest.entrypoint,
+                params=params,
+                columns=declared_columns(manifest.privacy),
+            )
+        partials.append(partial_aggregate(
+            contributions, privacy=manifest.privacy, domains=domains, known_units=units, strict=True
+        ))
+        del contributions
+    return partials[0] if len(partials) == 1 else combine(partials)
+
+
 def test_bundle(
     folder: Path,
     *,
@@ -61,44 +148,22 @@ def test_bundle(
     policy: ReleasePolicy | None = None,
     domains: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the bundle on ``dataset`` through the sandbox (on per-run pseudonyms)
-    and the gate, strict: on the caller's own data every problem is shown."""
-    from opal.release import release
-    from opal.release.contributions import declared_columns
+    """Run the bundle on ``dataset`` (a file, or a partitioned directory:
+    partition by partition, as a worker would) through the sandbox (on per-run
+    pseudonyms) and the gate, strict: on the caller's own data every problem
+    is shown. Noise is drawn once, over the whole dataset."""
     from opal.release.domains import cell_count, resolve
-    from opal.sandbox import Runtime
-    from opal.sandbox.params import run_check_params
-    from opal.sandbox.pseudonyms import run_pseudonymised
+    from opal.release.gate import release_aggregate
 
     policy = policy or default_policy()
     bundle = check_bundle(folder, policy=policy)
-    schema = SCHEMAS[bundle.manifest.dataset]
-    arrow_schema, _ = read_schema(dataset)
-    schema.check(arrow_schema, where=str(dataset))
+    files = dataset_files(dataset, schema=bundle.manifest.dataset)
     bundle.manifest.validate_params(params)
     resolved = resolve(bundle.manifest.privacy.groups, dataset_domains(dataset, domains))
     check_cells(cell_count(resolved), policy.max_cells)
     eps = policy.check_epsilon(policy.default_epsilon if epsilon is None else epsilon)
-    with Runtime(tables={schema.name: dataset}) as runtime:
-        run_check_params(runtime, source=bundle.source, params=params, table=schema.name, column=schema.unit)
-        contributions, units = run_pseudonymised(
-            runtime,
-            table=schema.name,
-            column=schema.unit,
-            source=bundle.source,
-            entrypoint=bundle.manifest.entrypoint,
-            params=params,
-            columns=declared_columns(bundle.manifest.privacy),
-        )
-    released = release(
-        contributions,
-        privacy=bundle.manifest.privacy,
-        domains=resolved,
-        policy=policy,
-        epsilon=eps,
-        known_units=units,
-        strict=True,
-    )
+    agg = local_aggregate(bundle, files=files, params=params, domains=resolved)
+    released = release_aggregate(agg, privacy=bundle.manifest.privacy, domains=resolved, policy=policy, epsilon=eps)
     return dict(
         released.to_dict(),
         bundle={"name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest},

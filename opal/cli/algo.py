@@ -61,15 +61,19 @@ def check(folder: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None, domains: Path | None,
          locality: bool, as_json: bool) -> None:
-    """Run an unsigned bundle through the real sandbox and release gate on a local file."""
+    """Run an unsigned bundle through the real sandbox and release gate on a local file,
+    or on a partitioned directory partition by partition (as a worker would; noise once)."""
     from opal.devloop import test_bundle
 
     parsed = parse_params(params)
     result = test_bundle(folder, dataset=dataset, params=parsed, epsilon=epsilon, domains=domains)
     if locality:
+        from opal.data.partition import is_partitioned, read_partitioned
         from opal.trust.locality import probe_folder
 
-        result["locality"] = probe_folder(folder, dataset=dataset, params=parsed).to_dict()
+        # a partition holds every row of its units: the probe samples units of the first one
+        probed = read_partitioned(dataset).files[0] if is_partitioned(dataset) else dataset
+        result["locality"] = probe_folder(folder, dataset=probed, params=parsed).to_dict()
     if as_json:
         emit_json(result)
         return

@@ -113,17 +113,22 @@ def partition(app: App, source: Path, out: Path, parts: int, schema: str, as_jso
 @click.option("--domains", "domains_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Public group domains (TOML: COLUMN = [labels] or { range = [lo, hi] }); "
                    "default: STEM.domains.toml next to the file, if present.")
+@click.option("--parts", type=int, default=None,
+              help="A PostgreSQL table only: snapshot it into a partitioned directory of N parts "
+                   "(bucketed by the node's keyed unit hash), at registration and every refresh.")
 @click.option("--key", default=None, help="Operator key that records the registration.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def register(
     app: App, name: str, source: str, schema: str, policy_file: Path | None, domains_file: Path | None,
-    key: str | None, as_json: bool,
+    parts: int | None, key: str | None, as_json: bool,
 ) -> None:
-    """Register a Parquet/CSV file or a PostgreSQL table under NAME, with its release policy and budget.
+    """Register a Parquet/CSV file, a partitioned directory or a PostgreSQL table under NAME,
+    with its release policy and budget.
 
     A table is copied to a Parquet snapshot under OPAL_HOME (the sandbox reads
-    the snapshot); its content fingerprint is the dataset version. Content
+    the snapshot; with --parts N, a partitioned directory streamed from the
+    table); its content fingerprint is the dataset version. Content
     registered already under another name shares that dataset's budget."""
     from opal.data import catalog
     from opal.release.policy import ReleasePolicy
@@ -132,7 +137,7 @@ def register(
     signer = app.node.keyring.signer_for(key, "operator")
     target: Path | str = source if catalog.is_table_url(source) else Path(source)
     ds = catalog.register(app.node, name, target, schema=schema, policy=policy, domains=domains_file,
-                          signer=signer)
+                          signer=signer, parts=parts)
     from opal.release.budget import show as budget_of
 
     state = budget_of(app.node, name)[0]
@@ -140,7 +145,8 @@ def register(
         emit_json(dict(ds.to_dict(), budget=state.to_dict()))
     else:
         shared = f" (shared with {', '.join(state.shared_with)}: same content)" if state.shared_with else ""
-        console.print(f"registered dataset [bold]{name}[/]: {ds.rows:,} rows, schema {schema}, "
+        split = f" in {len(ds.partition_files())} partitions" if ds.partitioned else ""
+        console.print(f"registered dataset [bold]{name}[/]: {ds.rows:,} rows{split}, schema {schema}, "
                       f"version {ds.version[:12]}, budget ε={state.total:g}{shared}, "
                       f"domains: {', '.join(ds.domains) or 'none'}")
 

@@ -6,7 +6,9 @@ partition file's SHA-256), or a PostgreSQL
 table (``postgresql://HOST/DB/TABLE`` or ``…/DB?table=TABLE``). A table is
 materialised to a Parquet snapshot under ``OPAL_HOME/data/NAME/`` at
 registration and again by ``refresh`` (every worker start); the sandbox reads
-the snapshot. The version is the SHA-256 of the file (or snapshot) bytes, so a
+the snapshot. Registered with ``parts``, a table is streamed into a
+partitioned snapshot directory instead, bucketed like ``opal dataset
+partition`` (``snapshot_table_partitioned``). The version is the SHA-256 of the file (or snapshot) bytes, so a
 change of the data is a new version: workers reload it and identical-run
 caching never serves a release computed on other data.
 
@@ -23,8 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import weakref
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -117,6 +122,7 @@ class Dataset:
     policy: ReleasePolicy
     registered: str
     source: str | None = None      # the PostgreSQL table (password removed) a snapshot was taken of
+    table_parts: int | None = None  # a table snapshotted partition by partition: into this many parts
     domains: dict[str, tuple[Label, ...]] = field(default_factory=dict)  # public group domains
 
     @property
@@ -206,15 +212,34 @@ def _check_name_and_schema(name: str, schema: str) -> None:
         raise BadInputError(f"unknown schema {schema!r}; known: {', '.join(SCHEMAS)}")
 
 
-def _load(node: Node, name: str, source: str | Path, schema: str) -> tuple[Path, int, str, str | None]:
-    """(file the sandbox reads, rows, version, table source or None), schema checked."""
+def _load(
+    node: Node, name: str, source: str | Path, schema: str, parts: int | None = None
+) -> tuple[Path, int, str, str | None]:
+    """(file or directory the sandbox reads, rows, version, table source or None), schema checked.
+
+    With ``parts``, a table is snapshotted into a partitioned directory.
+    """
     if is_table_url(source):
-        path, arrow_schema, rows, version = snapshot_table(
-            str(source),
-            node.home.root / "data" / name,
-            check=lambda sch: SCHEMAS[schema].check(sch, where=redact_url(str(source))),
+        where = redact_url(str(source))
+
+        def check(sch: pa.Schema) -> None:
+            SCHEMAS[schema].check(sch, where=where)
+
+        if parts is not None:
+            from opal.data.partition import node_key
+
+            folder, rows, version = snapshot_table_partitioned(
+                str(source), node.home.root / "data" / name, parts=parts, key=node_key(node.home),
+                unit=SCHEMAS[schema].unit, check=check,
+            )
+            return folder, rows, version, where
+        path, arrow_schema, rows, version = snapshot_table(str(source), node.home.root / "data" / name, check=check)
+        return path, rows, version, where
+    if parts is not None:
+        raise BadInputError(
+            "--parts applies to a PostgreSQL table; partition a file with opal dataset partition IN OUT --parts N "
+            "and register the directory"
         )
-        return path, rows, version, redact_url(str(source))
     path = Path(source).expanduser().absolute()
     if path.is_dir():
         return path, *_load_partitioned(path, schema), None
@@ -251,22 +276,31 @@ def register(
     policy: ReleasePolicy | None = None,
     domains: dict[str, tuple[Label, ...]] | Path | None = None,
     signer: Signer,
+    parts: int | None = None,
 ) -> Dataset:
-    """Register the file or PostgreSQL table ``path`` as dataset ``name``.
+    """Register the file, partitioned directory or PostgreSQL table ``path`` as dataset ``name``.
 
     ``domains`` are the public group domains (a mapping, or a domain file);
     by default the sidecar ``STEM.domains.toml`` next to a file, if present.
     A source whose content is registered already shares that dataset's budget.
+    ``parts`` (a table only) snapshots the table into that many partitions,
+    bucketed by the node's keyed unit hash; every refresh does the same.
 
     Raises:
         BadInputError: bad name or schema, unreadable source, columns that do
-            not match the schema, a bad domain file, or a name registered already.
+            not match the schema, a bad domain file, ``parts`` out of range or
+            given for a file, or a name registered already.
     """
     _check_name_and_schema(name, schema)
+    if parts is not None:
+        from opal.data.partition import MAX_PARTS
+
+        if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS:
+            raise BadInputError(f"--parts must be a whole number from 1 to {MAX_PARTS}, found {parts!r}")
     if node.db.one("SELECT 1 FROM datasets WHERE name = ?", (name,)) is not None:
         raise BadInputError(f"dataset {name!r} is registered already; see opal dataset show {name}")
     declared = _domains_for(path, domains)
-    file, rows, version, source = _load(node, name, path, schema)
+    file, rows, version, source = _load(node, name, path, schema, parts)
     policy = policy or default_policy()
     ds = Dataset(
         name=name,
@@ -277,6 +311,7 @@ def register(
         policy=policy,
         registered=utcnow(),
         source=source,
+        table_parts=parts,
         domains=declared,
     )
     _ensure_sources(node)
@@ -290,6 +325,8 @@ def register(
         )
         if source is not None:
             tx.execute("INSERT OR REPLACE INTO dataset_sources(name, source) VALUES (?,?)", (name, source))
+        if parts is not None:
+            tx.execute("INSERT OR REPLACE INTO dataset_table_parts(name, parts) VALUES (?,?)", (name, parts))
         domains_doc = domains_to_dict(declared)
         tx.execute(
             "INSERT OR REPLACE INTO dataset_domains(name, domains) VALUES (?,?)", (name, json.dumps(domains_doc))
@@ -304,6 +341,8 @@ def register(
         }
         if source is not None:
             body["source"] = source
+        if parts is not None:
+            body["parts"] = parts
         if shares is not None:
             body["budget_shared_with"] = shares
         node.ledger.append_in(tx, type="dataset_registered", body=body, signer=signer, subject=name)
@@ -320,13 +359,14 @@ def register(
 def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
     """Re-read the dataset's source; if its bytes changed, record the new version.
 
-    A table is snapshotted again; a file is hashed again. The columns are
+    A table is snapshotted again (into as many partitions as at registration,
+    if it was registered with ``parts``); a file is hashed again. The columns are
     checked against the schema before a new version is accepted. The budget
     is the dataset's and is unchanged.
     """
     ds = get(node, name)
     source: str | Path = ds.source if ds.source else ds.path
-    file, rows, version, _ = _load(node, name, source, ds.schema)
+    file, rows, version, _ = _load(node, name, source, ds.schema, ds.table_parts)
     if version == ds.fingerprint and file == ds.path:
         return ds
     with node.db.transaction() as tx:
@@ -348,11 +388,12 @@ def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
 
 _SOURCES_TABLE = "CREATE TABLE IF NOT EXISTS dataset_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)"
 _DOMAINS_TABLE = "CREATE TABLE IF NOT EXISTS dataset_domains (name TEXT PRIMARY KEY, domains TEXT NOT NULL)"
+_PARTS_TABLE = "CREATE TABLE IF NOT EXISTS dataset_table_parts (name TEXT PRIMARY KEY, parts INTEGER NOT NULL)"
 _sources_ready: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 def _ensure_sources(node: Node) -> None:
-    ensure_tables(node.db, (_SOURCES_TABLE, _DOMAINS_TABLE), _sources_ready)
+    ensure_tables(node.db, (_SOURCES_TABLE, _DOMAINS_TABLE, _PARTS_TABLE), _sources_ready)
 
 
 def _domains_for(
@@ -409,18 +450,29 @@ def _arrow_type(oid: int, column: str, where: str) -> pa.DataType:
     return types[oid]
 
 
-def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Schema, int, str]:
-    """Copy a table to a Parquet snapshot in ``folder``; (path, schema, rows, version).
+def _table_error(exc: Exception, table: str, where: str) -> BadInputError:
+    """A one-line refusal for a PostgreSQL error, naming no value of the table."""
+    # A server error about the rows (a failed cast, a constraint) can quote a
+    # value: name only its class and SQLSTATE. Connection errors carry none.
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        first = f"{type(exc).__name__} (SQLSTATE {sqlstate})"
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BadInputError(f"cannot read table {table} at {where}: {first}")
 
-    Rows are read in a stable order (by every column) so an unchanged table
-    gives a byte-identical snapshot, hence the same version.
+
+def _stream_table(url: str, *, check: Any) -> Generator[pa.Schema | pa.Table, None, None]:
+    """The table's Arrow schema (``check``-ed, before any row is read), then its
+    rows as Arrow tables of at most ``_BATCH_ROWS`` rows, in a stable order (by
+    every column), through a server-side cursor: one batch in memory at a time.
+
+    Raises:
+        BadInputError: a bad URL, an unreadable table, a column of a type OPAL
+            cannot read, or ``check``'s refusal.
     """
-    import os
-    import tempfile
-
     import psycopg
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from psycopg import sql
 
     conninfo, table = split_table_url(url)
@@ -433,41 +485,106 @@ def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Sche
                 desc = cur.description or []
             schema = pa.schema([(d.name, _arrow_type(d.type_code, d.name, where)) for d in desc])
             check(schema)
+            yield schema
             order = sql.SQL(", ").join(sql.Identifier(d.name) for d in desc)
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".parquet.tmp")
-            os.close(fd)
-            rows = 0
-            try:
-                with conn.cursor(name="opal_snapshot") as cur, pq.ParquetWriter(tmp, schema) as writer:
-                    cur.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(ident, order))
-                    while batch := cur.fetchmany(_BATCH_ROWS):
-                        columns = list(zip(*batch, strict=True))
-                        arrays = [
-                            pa.array([None if v is None else float(v) for v in col], pa.float64())
-                            if field.type == pa.float64() else pa.array(col, field.type)
-                            for field, col in zip(schema, columns, strict=True)
-                        ]
-                        writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-                        rows += len(batch)
-                    if rows == 0:
-                        writer.write_table(schema.empty_table())
-                version = fingerprint_file(Path(tmp))
-                final = folder / f"{version}.parquet"
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, final)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with conn.cursor(name="opal_snapshot") as cur:
+                cur.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(ident, order))
+                while batch := cur.fetchmany(_BATCH_ROWS):
+                    columns = list(zip(*batch, strict=True))
+                    arrays = [
+                        pa.array([None if v is None else float(v) for v in col], pa.float64())
+                        if field.type == pa.float64() else pa.array(col, field.type)
+                        for field, col in zip(schema, columns, strict=True)
+                    ]
+                    yield pa.Table.from_arrays(arrays, schema=schema)
     except psycopg.Error as exc:
-        # A server error about the rows (a failed cast, a constraint) can quote a
-        # value: name only its class and SQLSTATE. Connection errors carry none.
-        if exc.sqlstate:
-            first = f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
-        else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"cannot read table {table} at {where}: {first}") from None
+        raise _table_error(exc, table, where) from None
+
+
+def snapshot_table(url: str, folder: Path, *, check: Any) -> tuple[Path, pa.Schema, int, str]:
+    """Copy a table to a Parquet snapshot in ``folder``; (path, schema, rows, version).
+
+    Rows are read in a stable order (by every column) so an unchanged table
+    gives a byte-identical snapshot, hence the same version.
+    """
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stream = _stream_table(url, check=check)
+    schema = next(stream)
+    assert isinstance(schema, pa.Schema)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".parquet.tmp")
+    os.close(fd)
+    rows = 0
+    try:
+        with closing(stream), pq.ParquetWriter(tmp, schema) as writer:
+            for table in stream:
+                assert isinstance(table, pa.Table)
+                writer.write_table(table)
+                rows += table.num_rows
+            if rows == 0:
+                writer.write_table(schema.empty_table())
+        version = fingerprint_file(Path(tmp))
+        final = folder / f"{version}.parquet"
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return final, schema, rows, version
+
+
+def snapshot_table_partitioned(
+    url: str, folder: Path, *, parts: int, key: str, unit: str, check: Any
+) -> tuple[Path, int, str]:
+    """Stream a table into a partitioned snapshot ``folder/VERSION/`` of ``parts``
+    partitions, bucketed by ``opal.data.partition.PartitionWriter`` (the same
+    keyed unit hash as ``opal dataset partition``); (directory, rows, version).
+
+    Rows arrive in a stable order (by every column) and in batches of a fixed
+    size, so an unchanged table gives byte-identical partitions, hence the
+    same version (``Partitioned.version``) and the same directory.
+
+    Raises:
+        BadInputError: as ``snapshot_table``; ``parts`` out of range.
+    """
+    import secrets
+    import shutil
+
+    import pyarrow as pa
+
+    from opal.data.partition import MAX_PARTS, PartitionWriter, read_partitioned
+
+    if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= MAX_PARTS:
+        raise BadInputError(f"--parts must be a whole number from 1 to {MAX_PARTS}, found {parts!r}")
+    stream = _stream_table(url, check=check)
+    with closing(stream):
+        schema = next(stream)
+        assert isinstance(schema, pa.Schema)
+        folder.mkdir(parents=True, exist_ok=True)
+        incoming = folder / f".incoming-{secrets.token_hex(8)}"
+        with PartitionWriter(incoming, parts=parts, key=key, unit=unit, schema=schema) as writer:
+            for table in stream:
+                assert isinstance(table, pa.Table)
+                writer.write(table)
+    try:
+        written = read_partitioned(incoming)
+        version = written.version()
+        final = folder / version
+        os.chmod(incoming, 0o700)
+        if not final.exists():
+            try:
+                os.replace(incoming, final)
+            except OSError:
+                if not final.is_dir():   # not a concurrent snapshot of the same content
+                    raise
+        # else the same content was snapshotted before (byte for byte the same): keep that one
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    return final, sum(written.rows), version
 
 
 def _from_row(row: Any) -> Dataset:
@@ -480,13 +597,15 @@ def _from_row(row: Any) -> Dataset:
         policy=ReleasePolicy.from_dict(json.loads(row["policy"])),
         registered=row["registered"],
         source=row["source"],
+        table_parts=None if row["table_parts"] is None else int(row["table_parts"]),
         domains=domains_from_dict(json.loads(row["domains"] or "{}"), where=f"dataset {row['name']}"),
     )
 
 
 _SELECT = (
-    "SELECT d.*, s.source AS source, m.domains AS domains FROM datasets d "
-    "LEFT JOIN dataset_sources s ON s.name = d.name LEFT JOIN dataset_domains m ON m.name = d.name"
+    "SELECT d.*, s.source AS source, m.domains AS domains, p.parts AS table_parts FROM datasets d "
+    "LEFT JOIN dataset_sources s ON s.name = d.name LEFT JOIN dataset_domains m ON m.name = d.name "
+    "LEFT JOIN dataset_table_parts p ON p.name = d.name"
 )
 
 
