@@ -366,6 +366,8 @@ def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
     """
     ds = get(node, name)
     source: str | Path = ds.source if ds.source else ds.path
+    if ds.table_parts is not None:
+        _same_partition_key(node, ds)
     file, rows, version, _ = _load(node, name, source, ds.schema, ds.table_parts)
     if version == ds.fingerprint and file == ds.path:
         return ds
@@ -384,6 +386,24 @@ def refresh(node: Node, name: str, *, signer: Signer) -> Dataset:
                 subject=name,
             )
     return get(node, name)
+
+
+def _same_partition_key(node: Node, ds: Dataset) -> None:
+    """A table registered with ``parts`` is re-snapshotted with this node's partitioning key: a
+    node with another key would bucket the units otherwise and record a new version at every
+    start, in turn with the node that registered it. Refused instead, with the fix."""
+    from opal.data.partition import is_partitioned, key_id, node_key, read_partitioned
+
+    if not is_partitioned(ds.path):
+        return  # the snapshot is not on this node's storage: nothing to compare with
+    held = read_partitioned(ds.path).key_id
+    mine = key_id(node_key(node.home))
+    if held != mine:
+        raise BadInputError(
+            f"dataset {ds.name!r} was partitioned with key {held} and this node's "
+            f"{node.home.keys_dir / 'partition.key'} is key {mine}; every node serving it must "
+            "share one key: copy keys/partition.key from the node that registered it"
+        )
 
 
 _SOURCES_TABLE = "CREATE TABLE IF NOT EXISTS dataset_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)"

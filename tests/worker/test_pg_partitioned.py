@@ -273,3 +273,21 @@ def test_a_worker_run_on_the_partitioned_table_adds_up_to_the_unpartitioned_snap
             if not cell["suppressed"]:
                 half = (cell["ci_high"] - cell["ci_low"]) / 2
                 assert abs(cell["count"] - int(truth.get(cell["region"], 0))) <= 3 * half + 1, cell
+
+
+def test_a_node_with_another_partitioning_key_refuses_to_refresh_the_table(
+        operator: Opal, table_url: str) -> None:
+    """Nodes serving a `--parts` table must share keys/partition.key: with another key the units
+    would land in other partitions and every worker start would record a new version."""
+    first = _register(operator, "pgk", table_url, "--parts", str(PARTS))
+    key_file = operator.home / "keys" / "partition.key"
+    key_file.write_text("Another16charKey")
+    proc = operator("dataset", "refresh", "pgk")
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "was partitioned with key" in message and "copy keys/partition.key" in message
+    assert "Another16charKey" not in message      # keys are named by id, never shown
+    shown = operator.json("dataset", "show", "pgk")
+    assert isinstance(shown, dict) and shown["version"] == first["version"]
+    assert operator.json("ledger", "show", "--type", "dataset_updated") == []
