@@ -169,7 +169,7 @@ class Budget:
             self.requested[run_id] = (str(dataset), None)
 
     def charge(self, idx: int, run_id: str, detail: Any) -> None:
-        spent = detail[1]
+        _, spent, outcome, cached = detail
         held = self.requested.pop(run_id, None)
         if held is None:
             return  # requested before this audit's first entry and state
@@ -181,6 +181,10 @@ class Budget:
         if asked is not None and micro > asked:
             raise _bad(idx, f"(run_finished) charges run {run_id} ε={micro / 1e6:g}, more than the "
                             f"ε={asked / 1e6:g} it requested")
+        if asked is not None and outcome == "released" and not cached and micro != asked:
+            # a fresh release always spends what was reserved for it; less is a free query
+            raise _bad(idx, f"(run_finished) releases run {run_id} for ε={micro / 1e6:g}, not the "
+                            f"ε={asked / 1e6:g} it requested; only a release served from the cache is free")
         pool = self.pool_of.get(dataset)
         if pool is None:
             return
@@ -492,7 +496,7 @@ def _examine(
     elif type_ == "run_requested":
         detail = (str(body.get("run_id")), body.get("dataset"), body.get("epsilon"))
     elif type_ == "run_finished":
-        detail = (str(body.get("run_id")), body.get("epsilon_spent"))
+        detail = (str(body.get("run_id")), body.get("epsilon_spent"), body.get("outcome"), "cached_from" in body)
     elif type_ == "run_started":
         detail = (str(body.get("run_id")),)
     elif type_ == "dataset_registered":

@@ -401,14 +401,15 @@ def _dataset(ledger: Ledger, actors: Actors, name: str, version: str, total: flo
                          signer=actors.op, subject=name)
 
 
-def _charged_run(ledger: Ledger, actors: Actors, run_id: str, dataset: str, epsilon: float, spent: float) -> None:
+def _charged_run(ledger: Ledger, actors: Actors, run_id: str, dataset: str, epsilon: float, spent: float,
+                 outcome: str = "released") -> None:
     """A run as the node records it: the request, then the charge and its outcome in one transaction."""
     ledger.append(type="run_requested", body={"run_id": run_id, "dataset": dataset, "epsilon": epsilon},
                   signer=actors.stat, subject="pop")
     with ledger.db.transaction() as tx:
         tx.execute("UPDATE budget SET spent = MIN(total, spent + ?) WHERE pool = "
                    "(SELECT pool FROM budget_owners WHERE dataset = ?)", (round(spent * 1e6), dataset))
-        ledger.append_in(tx, type="run_finished", body={"run_id": run_id, "outcome": "released",
+        ledger.append_in(tx, type="run_finished", body={"run_id": run_id, "outcome": outcome,
                                                          "epsilon_spent": spent}, signer=actors.op, subject="pop")
 
 
@@ -434,10 +435,42 @@ def test_a_run_charged_more_than_it_requested_is_named(ledger: Ledger, actors: A
     populate(ledger, actors, runs=0)
     _dataset(ledger, actors, "cdr", "w" * 64, total=5.0)
     _charged_run(ledger, actors, "r0", "cdr", 0.1, 0.1)
-    _charged_run(ledger, actors, "r1", "cdr", 0.1, 0.0)  # refused before the data: nothing charged
+    _charged_run(ledger, actors, "r1", "cdr", 0.1, 0.0, outcome="refused")  # before the data: nothing charged
     assert ledger.verify(workers=0).runs == 2
     _charged_run(ledger, actors, "r2", "cdr", 0.1, 0.5)
     with pytest.raises(LedgerCorrupt, match=r"charges run r2 ε=0\.5, more than the ε=0\.1 it requested"):
+        ledger.verify(workers=0)
+
+
+def test_a_fresh_release_charged_less_than_requested_is_named(ledger: Ledger, actors: Actors) -> None:
+    """The operator records a release at ε=0 (a free query on the data): only a release served
+    from the cache (`cached_from`) may spend nothing."""
+    populate(ledger, actors, runs=0)
+    _dataset(ledger, actors, "cdr", "z" * 64, total=5.0)
+    _charged_run(ledger, actors, "r0", "cdr", 0.2, 0.2)
+    ledger.append(type="run_requested", body={"run_id": "r1", "dataset": "cdr", "epsilon": 0.2},
+                  signer=actors.stat, subject="pop")
+    ledger.append(type="run_finished", body={"run_id": "r1", "outcome": "released", "cached_from": "r0",
+                                             "epsilon_spent": 0.0}, signer=actors.op, subject="pop")
+    assert ledger.verify(workers=0).runs == 2
+    _charged_run(ledger, actors, "r2", "cdr", 0.2, 0.0)
+    with pytest.raises(LedgerCorrupt, match=r"releases run r2 for ε=0, not the ε=0\.2 it requested"):
+        ledger.verify(workers=0)
+
+
+def test_a_key_revoked_after_it_signed_is_refused_for_what_it_signs_next(ledger: Ledger, actors: Actors) -> None:
+    """Rule 3 is decided once per (type, signer, role) until the authority changes: a revocation
+    must end that, so the same key's next entry of the same type is refused."""
+    populate(ledger, actors, runs=0)
+    second = make_signer("op2", "operator")
+    add_key(ledger, second)
+    notes(ledger, second, 5)
+    assert ledger.verify(workers=0).size == ledger.size()
+    revocation = ledger.append(type="key_revoked", body={"name": "op2", "key_id": second.key_id, "reason": "lost"},
+                               signer=actors.board, subject=second.key_id)
+    notes(ledger, second, 1)
+    with pytest.raises(LedgerCorrupt, match=rf"\(note\) is signed by key {second.key_id[:16]}, "
+                                            rf"revoked at entry {revocation.index}"):
         ledger.verify(workers=0)
 
 
