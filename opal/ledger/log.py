@@ -60,7 +60,7 @@ from opal.ledger.records import (
     VerifyReport,
     envelope,
 )
-from opal.ledger.verify import Authority, RowSource, verify_entries
+from opal.ledger.verify import Authority, RowSource, budget_tables, check_budget_tables, verify_entries
 from opal.trust.keys import utcnow
 
 __all__ = [
@@ -463,7 +463,7 @@ class Ledger:
         # run_finished entry commit together, so the tables must equal the replay.
         with self.db.snapshot() as tx:
             total = int(tx.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger").fetchone()[0])
-            tables = _budget_tables(tx)
+            tables = budget_tables(tx)
         start, auth, runs_open = 0, None, None
         prove_held: Callable[[], merkle.MerkleTree] | None = None
         if held is not None:
@@ -523,7 +523,7 @@ class Ledger:
                 path=str(self.db.path) if self.db.path is not None else None, url=self.db.url
             ),
         )
-        _check_budget_tables(tables, resume["authority"].get("budget", {}))
+        check_budget_tables(tables, resume["authority"].get("budget", {}))
         if state is None:
             return report
         latest = max(checkpoints, key=lambda c: c.size, default=None)
@@ -536,34 +536,6 @@ class Ledger:
         ).save(state)
         info = {"path": str(state), "from_size": held.size if held else 0, "recorded_size": report.size}
         return dataclasses.replace(report, state=info)
-
-
-def _budget_tables(tx: Any) -> tuple[dict[str, int], dict[str, str]]:
-    """(pool -> spent micro-ε, dataset -> pool) as the node's tables hold them."""
-    spent = {str(p): int(v) for p, v in tx.execute("SELECT pool, spent FROM budget").fetchall()}
-    owners = {str(d): str(p) for d, p in tx.execute("SELECT dataset, pool FROM budget_owners").fetchall()}
-    return spent, owners
-
-
-def _check_budget_tables(tables: tuple[dict[str, int], dict[str, str]], replay: dict[str, Any]) -> None:
-    """The node's budget tables must say what the signed ledger says (rule 8 replayed every
-    charge): a reset ``spent`` or a dataset moved to a fresh pool is named at once, before
-    it lets anyone overspend."""
-    spent, owners = tables
-    for dataset, pool in sorted(replay.get("pool_of", {}).items()):
-        if owners.get(dataset) != pool:
-            raise LedgerCorrupt(
-                f"the budget_owners table puts dataset {dataset!r} in another pool than its signed "
-                "dataset_registered entry; the database was edited"
-            )
-    for pool, micro in sorted(replay.get("spent", {}).items()):
-        if spent.get(pool) != micro:
-            dataset = replay.get("opened_by", {}).get(pool, pool[:12])
-            shown = "no row" if spent.get(pool) is None else f"ε={spent[pool] / 1e6:g} spent"
-            raise LedgerCorrupt(
-                f"the budget table says {shown} for dataset {dataset!r}, the signed run outcomes "
-                f"ε={micro / 1e6:g}; the database was edited"
-            )
 
 
 def _matching_leaf(idx: int, raw: bytes, leaf: Any) -> bytes:

@@ -75,6 +75,9 @@ from opal.trust.policy import TrustPolicy, verify_rotation
 __all__ = [
     "SIGNERS",
     "Authority",
+    "Budget",
+    "budget_tables",
+    "check_budget_tables",
     "RowSource",
     "check_against",
     "check_checkpoint_signature",
@@ -217,6 +220,34 @@ class Budget:
             str(k): (str(v[0]), None if v[1] is None else int(v[1])) for k, v in data.get("requested", {}).items()
         }
         return b
+
+
+def budget_tables(tx: Any) -> tuple[dict[str, int], dict[str, str]]:
+    """(pool -> spent micro-ε, dataset -> pool) as the node's tables hold them."""
+    spent = {str(p): int(v) for p, v in tx.execute("SELECT pool, spent FROM budget").fetchall()}
+    owners = {str(d): str(p) for d, p in tx.execute("SELECT dataset, pool FROM budget_owners").fetchall()}
+    return spent, owners
+
+
+def check_budget_tables(tables: tuple[dict[str, int], dict[str, str]], replay: dict[str, Any]) -> None:
+    """The node's budget tables must say what the signed ledger says (rule 8 replayed every
+    charge): a reset ``spent`` or a dataset moved to a fresh pool is named at once, before
+    it lets anyone overspend."""
+    spent, owners = tables
+    for dataset, pool in sorted(replay.get("pool_of", {}).items()):
+        if owners.get(dataset) != pool:
+            raise LedgerCorrupt(
+                f"the budget_owners table puts dataset {dataset!r} in another pool than its signed "
+                "dataset_registered entry; the database was edited"
+            )
+    for pool, micro in sorted(replay.get("spent", {}).items()):
+        if spent.get(pool) != micro:
+            dataset = replay.get("opened_by", {}).get(pool, pool[:12])
+            shown = "no row" if spent.get(pool) is None else f"ε={spent[pool] / 1e6:g} spent"
+            raise LedgerCorrupt(
+                f"the budget table says {shown} for dataset {dataset!r}, the signed run outcomes "
+                f"ε={micro / 1e6:g}; the database was edited"
+            )
 
 
 def _micro(epsilon: Any) -> int:
