@@ -144,13 +144,15 @@ def algorithms() -> list[Algorithm]:
 
 
 def duckdb_connect(path: Path) -> Any:
-    """A DuckDB connection with ``cdr`` a view over the Parquet file (read at each query)."""
+    """A DuckDB connection with ``cdr`` a view over the Parquet file, or over
+    every partition file of a partitioned dataset directory (read at each query)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    quoted = str(path).replace("'", "''")
-    con.execute(f"CREATE VIEW cdr AS SELECT * FROM read_parquet('{quoted}')")
+    source = Path(path) / "*" / "*.parquet" if Path(path).is_dir() else Path(path)
+    quoted = str(source).replace("'", "''")
+    con.execute(f"CREATE VIEW cdr AS SELECT * FROM read_parquet('{quoted}', hive_partitioning = false)")
     return con
 
 

@@ -19,9 +19,10 @@ from opal.errors import BadInputError
 __all__ = ["REPO", "SECTIONS", "BenchConfig", "child_env", "parse_size", "size_label"]
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("algorithms", "e2e", "partitioned", "gate", "utility", "ledger", "small")
+SECTIONS = ("algorithms", "e2e", "partitioned", "large", "gate", "utility", "ledger", "small")
+# ``large`` (10 M and 100 M rows in partitions, ~25 min) runs with BENCH_FULL=1 / --full or --only large.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "large")
 DEFAULT_SIZES = (1_000_000, 10_000_000)
-FULL_SIZES = (1_000_000, 10_000_000, 100_000_000)
 QUICK_SIZES = (20_000,)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
@@ -86,7 +87,7 @@ class BenchConfig:
     proofs: int = 1_000
     small_rows: int = 50_000
     small_runs: int = 20
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
 
     def reps(self, rows: int) -> int:
         """Repetitions of each in-process measurement at ``rows``."""
@@ -117,7 +118,8 @@ class BenchConfig:
         ap.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repetitions (a smoke run; writes no BENCHMARKS.md unless --output)")
         ap.add_argument("--sizes", default=None, help="comma-separated CDR row counts, e.g. 1M,10M (env BENCH_SIZES)")
-        ap.add_argument("--full", action="store_true", help="also 100M rows (env BENCH_FULL=1)")
+        ap.add_argument("--full", action="store_true",
+                        help="also the large section: 10M and 100M rows in partitions (env BENCH_FULL=1)")
         ap.add_argument("--repeat", type=int, default=None, help="repetitions of every measurement (env BENCH_REPEAT)")
         ap.add_argument(
             "--data-dir", type=Path, default=None, help="dataset cache (env BENCH_DATA, default bench-data/)"
@@ -144,8 +146,6 @@ class BenchConfig:
         sizes_text = args.sizes or env.get("BENCH_SIZES")
         if sizes_text:
             config = replace(config, sizes=_sizes(sizes_text))
-        elif full:
-            config = replace(config, sizes=FULL_SIZES)
         repeat = args.repeat if args.repeat is not None else env.get("BENCH_REPEAT")
         if repeat is not None:
             if int(repeat) < 1:
@@ -163,7 +163,9 @@ class BenchConfig:
         entries = args.ledger_entries or env.get("BENCH_LEDGER_ENTRIES")
         if entries:
             config = replace(config, ledger_entries=parse_size(entries))
-        sections = list(SECTIONS)
+        sections = list(SECTIONS if full else DEFAULT_SECTIONS)
+        if args.only:
+            sections = list(SECTIONS)
         for flag, keep in ((args.only, True), (args.skip, False)):
             if flag:
                 named = [s.strip() for s in flag.split(",") if s.strip()]

@@ -414,14 +414,15 @@ def run(config: BenchConfig) -> dict[str, Any]:
     broker_url, embedded = None, None
     deployment = None
     try:
-        if config.wants("e2e") or config.wants("small") or config.wants("partitioned"):
+        if any(config.wants(s) for s in ("e2e", "small", "partitioned", "large")):
             broker_url, embedded = choose_broker(work)
             deployment = Deployment(root=work / "node", broker_url=broker_url)
             deployment.setup(algorithms)
             clock.say(f"broker {broker_url}; node {deployment.node.home.root} with 6 approved bundles")
         results["versions"] = _versions(broker_url)
 
-        for size in config.sizes:
+        per_size = any(config.wants(s) for s in ("algorithms", "e2e", "partitioned"))
+        for size in config.sizes if per_size else ():
             ds = ensure_dataset(config.data_dir, size, seed=config.seed, days=config.days, say=clock.say)
             entry = ds.to_dict()
             results["datasets"].append(entry)
@@ -447,6 +448,13 @@ def run(config: BenchConfig) -> dict[str, Any]:
                     clock, f"{ds.label} partitioned", partial(
                         bench_partitioned, deployment, ds.path, ds.label, algorithms,
                         reps=config.e2e_reps(ds.target_rows), work=work, clock=clock))
+
+        if config.wants("large") and deployment is not None:
+            from benchmarks.large import bench_large
+
+            results["large"] = _attempt(clock, "large (100 M rows)", partial(
+                bench_large, deployment, algorithms, data_dir=config.data_dir, seed=config.seed,
+                days=config.days, quick=config.quick, clock=clock))
 
         if config.wants("gate"):
             from benchmarks.gate import bench_gate

@@ -145,7 +145,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         (f"- **What was run:** sizes {', '.join(size_label(s) for s in c['sizes'])}; in-process repetitions "
         f"{_reps(c['reps'])}, end-to-end repetitions {_reps(c['e2e_reps'])}; sections "
         f"{', '.join(c['sections'])}. Every figure is the median, with min–max in brackets."),
-        ("- **Reproduce:** `make bench` (1 M and 10 M rows), `BENCH_FULL=1 make bench` (adds 100 M), "
+        ("- **Reproduce:** `make bench` (1 M and 10 M rows), `BENCH_FULL=1 make bench` (adds the large section: 10 M and 100 M rows in partitions), "
         "`BENCH_SIZES=1000000 make bench`, `python -m benchmarks --quick` (a tiny smoke run). Datasets and the "
         "large ledger are cached in `bench-data/`; raw samples go to `bench-data/last-run.json`."),
         "",
@@ -340,6 +340,50 @@ def _partitioned(results: dict[str, Any]) -> list[str]:
             ),
             "",
         ]
+    return out
+
+
+def _large(results: dict[str, Any]) -> list[str]:
+    lg = results.get("large")
+    if not lg:
+        return []
+    out = ["## 100 M rows: partitions, two pool processes, memory bounded by a partition", ""]
+    if "error" in lg:
+        return out + [f"Failed: {lg['error']}", ""]
+    for label, p in lg["sizes"].items():
+        worker = p.get("worker") or {}
+        made = ("cached" if p["generation_cached"] else "made now") + (
+            f", {seconds(p['generation_seconds'])}, generator peak {_mb(p['generation_peak_bytes'])}")
+        out += [
+            (f"{label} rows ({p['rows']:,}) synthesized straight into {p['parts']} partitions "
+             f"({_mb(p['parquet_bytes'])} of Parquet; {made}); largest partition {p['largest_part_rows']:,} rows, "
+             f"{_mb(p['largest_part_memory_bytes'])} in memory. Registered (every partition hashed, units "
+             f"checked disjoint) in {seconds(p['register_seconds'])}. One worker of two pool processes with "
+             f"`--memory {p['memory_flag']}` (about one partition resident per pool process: each task loads "
+             f"its partition into a fresh zygote); first release {seconds(p.get('first_release_seconds'))} "
+             f"after the worker started. Worker tree peak: {_mb(worker.get('tree_pss_peak_bytes'))} PSS, "
+             f"{_mb(worker.get('tree_rss_peak_bytes'))} RSS. DuckDB reads the same partition files (all cores)."),
+            "",
+            _table(["algorithm", "OPAL end to end", "DuckDB", "OPAL / DuckDB"],
+                   [[a["name"], _span(a["opal"]), _span(a["duckdb"]), _x(_ratio(a["opal"], a["duckdb"]))]
+                    for a in p["algorithms"]], "lrrr"),
+            "",
+        ]
+    t = lg["targets"]
+    verdict = {True: "met", False: "**not met**"}
+    out += [
+        f"Targets (issue #18), {lg['big_label']} against {lg['small_label']}, same configuration:",
+        "",
+        _table(["algorithm", f"OPAL / DuckDB at {lg['big_label']} (target ≤ 1.5)",
+                f"t({lg['big_label']}) / t({lg['small_label']}) (target ≤ 11)"],
+               [[a["name"], f"{_x(a['ratio'])} ({verdict[a['ratio_met']]})",
+                 f"{a['growth']:.1f} ({verdict[a['growth_met']]})"] for a in t["algorithms"]], "lrr"),
+        "",
+        (f"Worker tree peak RSS at {lg['big_label']}: {_mb(t['rss_peak_bytes'])} against a bound of "
+         f"{_mb(t['rss_bound_bytes'])} (2 GB plus twice the largest resident partition): "
+         f"{verdict[bool(t['rss_met'])]}; PSS {_mb(t['pss_peak_bytes'])}."),
+        "",
+    ]
     return out
 
 
@@ -549,7 +593,7 @@ def render(results: dict[str, Any], *, previous: Path | None = None) -> str:
     """The whole report; the hand-written block comes from ``previous`` when it has one."""
     lines = (
         _header(results) + _datasets(results) + _algorithms(results) + _memory(results) + _partitioned(results)
-        + _gate(results) + _utility(results) + _ledger(results) + _small(results) + _why(results)
+        + _large(results) + _gate(results) + _utility(results) + _ledger(results) + _small(results) + _why(results)
         + ["### Why (hand-written)", "", HAND_BEGIN, _hand_written(previous).rstrip("\n"), HAND_END, ""]
         + _sql(results)
     )

@@ -1,0 +1,185 @@
+"""The 100 M-row section (``large``): issue #18's targets, measured.
+
+Run with ``BENCH_FULL=1 make bench`` (or ``python -m benchmarks --only
+large``). Nothing here holds a whole dataset in one frame:
+
+* **Data.** 10 M and 100 M rows are synthesized straight into
+  ``BENCH_LARGE_PARTS`` (default 32) partitions (``opal dataset synth
+  --parts``), in a process of their own whose peak memory is reported, and
+  cached under ``bench-data/``. They are bucketed with a fixed benchmark
+  key, so the cache survives the benchmark's throw-away node (a directory
+  may come from another node: registration checks that no unit is in two
+  partitions).
+* **DuckDB** runs each algorithm's SQL over the same partition files (all
+  cores, reading the files at each query).
+* **OPAL** runs each algorithm end to end through one worker of two pool
+  processes, with ``--memory`` set to hold about one partition per pool
+  process: the configuration of the memory target, and at 100 M the only
+  one that fits (every partition resident would need more than this
+  machine's memory). Every task therefore loads its partition into a fresh
+  zygote.
+* **Targets** (issue #18): OPAL / DuckDB at most 1.5 at 100 M for every
+  algorithm; t(100 M) / t(10 M) at most 11 in the same configuration; the
+  worker tree's peak RSS at 100 M at most 2 GB plus twice the largest
+  resident partition (its in-memory size, Arrow's count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import algorithms as algos
+from benchmarks.config import child_env, size_label
+from benchmarks.datasets import subscribers_for
+from benchmarks.timing import Stopwatch, Timing
+from opal.errors import InternalError
+
+__all__ = ["BENCH_PARTITION_KEY", "LARGE_SIZES", "bench_large", "ensure_partitioned", "large_parts"]
+
+# 16 ASCII characters (SipHash's key); fixed so a cached directory stays valid.
+BENCH_PARTITION_KEY = "opal-bench-parts"
+LARGE_SIZES = (10_000_000, 100_000_000)
+RATIO_TARGET = 1.5
+GROWTH_TARGET = 11.0
+RSS_BASE_BYTES = 2 * 10**9
+
+
+def large_parts() -> int:
+    return int(os.environ.get("BENCH_LARGE_PARTS", "32"))
+
+
+def ensure_partitioned(data_dir: Path, rows: int, *, parts: int, seed: int, days: int,
+                       say: Any = print) -> tuple[Path, dict[str, Any]]:
+    """The partitioned dataset of ``rows`` target rows: cached, or synthesized now
+    partition by partition in a child process (its peak memory measured alone)."""
+    subscribers = subscribers_for(rows, days)
+    label = size_label(rows)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"cdr-{label}-seed{seed}-days{days}-subs{subscribers}-parts{parts}"
+    meta_path = path.with_name(path.name + ".json")
+    if path.is_dir() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("bytes") == sum(f.stat().st_size for f in path.rglob("*.parquet")):
+            say(f"dataset {label} in {parts} parts: cached {path.name} ({meta['rows']:,} rows)")
+            return path, {**meta, "cached": True}
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    say(f"dataset {label}: synthesizing {subscribers:,} subscribers x {days} days into {parts} partitions ...")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._synth_child", str(path), str(subscribers), str(days), str(seed),
+         str(parts), BENCH_PARTITION_KEY],
+        env=child_env(), capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InternalError(f"synthesizing the {label} partitioned benchmark dataset failed: {tail}")
+    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    say(f"dataset {label}: {meta['rows']:,} rows in {parts} partitions in {meta['seconds']:.1f}s, "
+        f"generator peak {meta['peak_bytes'] / 1e6:.0f} MB")
+    return path, {**meta, "cached": False}
+
+
+def _largest_in_memory(files: tuple[Path, ...], rows: tuple[int, ...]) -> int:
+    """Arrow's in-memory size of the partition with the most rows."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(files[rows.index(max(rows))])
+    nbytes = int(table.nbytes)
+    del table
+    return nbytes
+
+
+def _one_size(deployment: Any, rows: int, algorithms: list[algos.Algorithm], *, data_dir: Path, parts: int,
+              seed: int, days: int, reps: int, clock: Stopwatch) -> dict[str, Any]:
+    from opal.data.partition import read_partitioned
+    from opal.sandbox import Limits
+    from opal.worker.state import partition_estimate
+
+    label = size_label(rows)
+    path, meta = ensure_partitioned(data_dir, rows, parts=parts, seed=seed, days=days, say=clock.say)
+    parted = read_partitioned(path)
+    largest = parted.files[parted.rows.index(max(parted.rows))]
+    out: dict[str, Any] = {
+        "label": label, "parts": parts, "rows": sum(parted.rows), "largest_part_rows": max(parted.rows),
+        "largest_part_file_bytes": largest.stat().st_size,
+        "largest_part_memory_bytes": _largest_in_memory(parted.files, parted.rows),
+        "parquet_bytes": meta["bytes"], "generation_seconds": meta["seconds"],
+        "generation_peak_bytes": meta.get("peak_bytes"), "generation_cached": meta["cached"],
+    }
+    name = f"large_{label.lower()}"
+    t0 = time.perf_counter()
+    deployment.register(name, path)
+    out["register_seconds"] = time.perf_counter() - t0
+    clock.say(f"{label}: registered in {out['register_seconds']:.1f}s")
+
+    budget = f"{2 * partition_estimate(largest, Limits()) // (1 << 20) + 1}M"
+    out["memory_flag"] = budget
+    samples: dict[str, list[float]] = {a.name: [] for a in algorithms}
+    t0 = time.perf_counter()
+    deployment.start_worker(name, concurrency=2, memory=budget)
+    try:
+        for rep in range(reps):
+            for algorithm in algorithms:
+                timing = deployment.run(algorithm, name, timeout=3600)
+                if timing.state != "released":
+                    raise RuntimeError(f"{algorithm.name} ended {timing.state}: {timing.error}")
+                samples[algorithm.name].append(timing.seconds)
+                if rep == 0 and algorithm is algorithms[0]:
+                    out["first_release_seconds"] = time.perf_counter() - t0
+                clock.say(f"{label} {algorithm.name}: {timing.seconds:.1f}s end to end")
+    finally:
+        out["worker"] = deployment.stop_worker()
+
+    con = algos.duckdb_connect(path)
+    duck: dict[str, list[float]] = {a.name: [] for a in algorithms}
+    for _ in range(max(reps, 2)):
+        for algorithm in algorithms:
+            t = time.perf_counter()
+            algos.run_sql(con, algorithm)
+            duck[algorithm.name].append(time.perf_counter() - t)
+    con.close()
+    out["algorithms"] = [
+        {"name": a.name, "opal": Timing(samples=tuple(samples[a.name])).to_dict(),
+         "duckdb": Timing(samples=tuple(duck[a.name])).to_dict()}
+        for a in algorithms
+    ]
+    return out
+
+
+def bench_large(deployment: Any, algorithms: list[algos.Algorithm], *, data_dir: Path, seed: int, days: int,
+                quick: bool, clock: Stopwatch) -> dict[str, Any]:
+    """Both sizes, then the three targets read off them."""
+    parts = large_parts()
+    sizes = (20_000, 200_000) if quick else LARGE_SIZES
+    out: dict[str, Any] = {"parts": parts, "sizes": {}}
+    for rows in sizes:
+        out["sizes"][size_label(rows)] = _one_size(
+            deployment, rows, algorithms, data_dir=data_dir, parts=parts, seed=seed, days=days,
+            reps=1 if quick or rows >= 50_000_000 else 2, clock=clock)
+    small, big = (out["sizes"][size_label(r)] for r in sizes)
+    out["small_label"], out["big_label"] = small["label"], big["label"]
+    targets = []
+    for s, b in zip(small["algorithms"], big["algorithms"], strict=True):
+        ratio = b["opal"]["median"] / b["duckdb"]["median"]
+        growth = b["opal"]["median"] / s["opal"]["median"]
+        targets.append({"name": b["name"], "ratio": ratio, "growth": growth,
+                        "ratio_met": ratio <= RATIO_TARGET, "growth_met": growth <= GROWTH_TARGET})
+    worker = big.get("worker") or {}
+    bound = RSS_BASE_BYTES + 2 * big["largest_part_memory_bytes"]
+    out["targets"] = {
+        "algorithms": targets,
+        "rss_peak_bytes": worker.get("tree_rss_peak_bytes"),
+        "pss_peak_bytes": worker.get("tree_pss_peak_bytes"),
+        "rss_bound_bytes": bound,
+        "rss_met": (worker.get("tree_rss_peak_bytes") or 0) <= bound,
+    }
+    return out
