@@ -421,12 +421,43 @@ class Zygote:
             if message.get("op") == "units" and len(fds) == 1:
                 self._units(message, fds[0])
                 continue
+            if message.get("op") == "load" and not fds:
+                self._load(message)
+                continue
             if message.get("op") != "run" or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
                 _protocol.send(self.sock, {"op": "error", "message": "bad request"})
                 continue
             self._run(message["job"], fds[0])
+
+    def _load(self, message: dict[str, Any]) -> None:
+        """Replace the resident tables by others of the same kind (the next
+        partition of a dataset this process cannot hold whole): what a fresh
+        zygote would hold, without its start (interpreter, imports, layer
+        probes, warm-up run), which costs more than loading a partition.
+        Trusted code only, between jobs; the warm heap is kept. A failure
+        ends the zygote (its tables are gone); the reply names the type only,
+        as at start."""
+        import pyarrow as pa
+
+        gc.unfreeze()
+        self.tables = {}
+        pseudonyms.forget()
+        gc.collect()
+        pa.default_memory_pool().release_unused()
+        try:
+            tables = {name: _load_table(path)[0] for name, path in message["tables"].items()}
+        except Exception as exc:  # noqa: BLE001 - reported to the Runtime, then exit
+            _protocol.send(self.sock, {"op": "failed", "message": f"{type(exc).__name__} while loading the dataset"})
+            sys.exit(1)
+        self.tables = tables
+        gc.collect()
+        gc.freeze()
+        _protocol.send(self.sock, {
+            "op": "loaded",
+            "tables": {n: {"rows": int(len(f)), "columns": [str(c) for c in f.columns]} for n, f in tables.items()},
+        })
 
     def _units(self, message: dict[str, Any], out_fd: int) -> None:
         """Distinct values of one column, for the release gate's unit check.

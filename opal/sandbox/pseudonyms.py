@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunPseudonyms", "apply", "for_run", "pseudonym_at", "pseudonym_base", "run_pseudonymised"]
+__all__ = ["RunPseudonyms", "apply", "for_run", "forget", "pseudonym_at", "pseudonym_base", "run_pseudonymised"]
 
 # Pseudonyms have 16 digits, so none is an E.164 phone number (at most 15), and
 # stay below 2**53, so an algorithm that turns the unit column into floats (a
@@ -87,6 +87,12 @@ class RunPseudonyms:
         else:
             return np.zeros(len(index), dtype=bool)
         return (ids >= self.base) & (ids < self.base + self.count)
+
+
+def forget() -> None:
+    """Drop the unit dictionaries (the zygote is about to hold other tables:
+    a new frame may even reuse a freed frame's id)."""
+    _DICTIONARIES.clear()
 
 
 def _dictionary(name: str, column: str, frame: Any) -> tuple[Any, int]:

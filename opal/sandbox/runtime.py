@@ -255,6 +255,47 @@ class Runtime:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
+    def reload(self, *, tables: dict[str, Path], limits: Limits | None = None) -> None:
+        """Hold ``tables`` instead of the current ones, in the same zygote.
+
+        For a worker streaming the partitions of a dataset it cannot hold
+        whole: loading a partition costs less than starting a zygote
+        (interpreter, imports, layer probes, warm-up run). The isolation of
+        the jobs is the same as in a fresh runtime: every job still runs in
+        a fresh child forked after the load. The warm heap is kept.
+
+        Raises:
+            BadInputError: a table path does not exist or a name is not an identifier.
+            InternalError: the zygote could not load them (it is stopped; the
+                runtime starts afresh on its next job).
+        """
+        checked = _check_tables(tables)
+        with self._lock:
+            self._tables = checked
+            if limits is not None:
+                self.limits = limits
+            self._units_cache.clear()
+            if self._owner != os.getpid() or self._proc is None or self._proc.poll() is not None:
+                self._ensure_started()  # a fresh zygote loads the new tables itself
+                return
+            assert self._sock is not None
+            try:
+                _protocol.send(self._sock, {"op": "load", "tables": checked})
+                self._sock.settimeout(_START_TIMEOUT)
+                message, _ = _protocol.recv(self._sock)
+                self._sock.settimeout(None)
+            except (OSError, _protocol.ChannelClosed, ValueError) as exc:
+                detail = self._log_tail()
+                self._kill()
+                raise InternalError(f"sandbox zygote did not load its tables ({type(exc).__name__}){detail}") from None
+            if message.get("op") != "loaded":
+                self._kill()
+                raise InternalError(
+                    f"sandbox zygote failed to load its tables: {message.get('message', 'unknown error')}"
+                )
+            self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
+            self.table_columns = {n: [str(c) for c in v.get("columns", [])] for n, v in message["tables"].items()}
+
     def layers(self) -> dict[str, bool]:
         """Which isolation layers are active for jobs of this runtime."""
         return dict(self._layers)

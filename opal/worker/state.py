@@ -102,6 +102,7 @@ def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
     process's memory budget (``memory_budget``); beyond it the least recently
     used are stopped, so a process holds what it serves, not the dataset.
     """
+    from opal.errors import OpalError
     from opal.sandbox import Runtime
 
     index = (part or 0) if ds.partitioned else None
@@ -118,10 +119,36 @@ def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
         if index is not None:
             run_limits = _partition_limits(run_limits, file)
         _costs[key] = partition_estimate(file, run_limits)
+        reused = _make_room(ds, keep=key, need=_costs[key]) if index is not None else None
         _evict(keep=key, need=_costs[key])
-        rt = Runtime(tables={ds.schema: file}, limits=run_limits)
+        rt = None
+        if reused is not None:
+            try:
+                reused.reload(tables={ds.schema: file}, limits=run_limits)
+                rt = reused
+            except OpalError:
+                reused.close()  # a fresh runtime below reports what is wrong
+        if rt is None:
+            rt = Runtime(tables={ds.schema: file}, limits=run_limits)
         _runtimes[key] = (ds.version, rt)
         return rt
+
+
+def _make_room(ds: Dataset, *, keep: str, need: int) -> Runtime | None:
+    """When ``keep`` (a partition of ``ds``) does not fit beside what is held,
+    the least recently used partition runtime of the same dataset version, taken
+    out to be reloaded with it: a worker that streams the partitions of a
+    dataset larger than its memory loads each into a running zygote instead of
+    starting one per task (docs/scale.md)."""
+    held = sum(_costs.get(k, 0) for k in _runtimes if k != keep)
+    if held + need <= memory_budget():
+        return None
+    for name, (version, rt) in _runtimes.items():  # least recently used first
+        if name != keep and "/" in name and name.split("/")[0] == ds.name and version == ds.version:
+            del _runtimes[name]
+            _costs.pop(name, None)
+            return rt
+    return None
 
 
 # Measured at 10 M rows (docs/scale.md): a zygote holds ~180 MB of interpreter,

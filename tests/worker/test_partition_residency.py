@@ -47,6 +47,75 @@ def test_a_budget_smaller_than_one_partition_still_serves_it_alone(
         assert list(state.resident()) == [f"parted/{part}"]
 
 
+_BY_REGION = (
+    "def contributions(data, params):\n"
+    "    t = data.cdr\n"
+    "    return t.groupby(['msisdn', 'region'], as_index=False).size()\n"
+)
+
+
+def _zygote_pid(runtime: object) -> int:
+    proc = runtime._proc  # type: ignore[attr-defined]
+    assert proc is not None and proc.poll() is None
+    return int(proc.pid)
+
+
+def test_partitions_streamed_through_a_budget_of_one_reuse_one_zygote_and_hold_each_partition(
+        parted: tuple[Scenario, catalog.Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import for_run
+
+    _, ds = parted
+    monkeypatch.setenv("OPAL_WORKER_CONCURRENCY", "1")
+    monkeypatch.setenv("OPAL_WORKER_MEMORY", "1")
+    first = state.runtime_for(ds, 0)
+    zygote = _zygote_pid(first)
+    for part in (1, 2, 0, 2):
+        runtime = state.runtime_for(ds, part)
+        assert runtime is first and _zygote_pid(runtime) == zygote   # reloaded, not restarted
+        assert list(state.resident()) == [f"parted/{part}"]
+        file = ds.partition_files()[part]
+        truth = pq.read_table(file, columns=["msisdn"]).column(0).to_pandas()
+        assert runtime.table_rows == {"cdr": len(truth)}
+        assert sorted(runtime.units("msisdn", table="cdr")) == sorted(truth.unique())
+        # the same table as a zygote started on that partition alone, pseudonyms included
+        # (a unit dictionary left from the previous partition would give other pseudonyms)
+        spec = for_run(table="cdr", column="msisdn", seed=bytes(32))
+        got = runtime.run(source=_BY_REGION, entrypoint="contributions", params={}, pseudonyms=spec)
+        with Runtime(tables={"cdr": file}, limits=runtime.limits) as fresh:
+            want = fresh.run(source=_BY_REGION, entrypoint="contributions", params={}, pseudonyms=spec)
+        key = ["msisdn", "region"]
+        assert got.sort_values(key).reset_index(drop=True).equals(want.sort_values(key).reset_index(drop=True))
+        assert len(got) > 0
+
+
+def test_a_reload_that_fails_leaves_a_runtime_that_restarts_on_its_next_job(
+        parted: tuple[Scenario, catalog.Dataset], tmp_path: Path) -> None:
+    from opal.errors import InternalError
+    from opal.sandbox import Runtime
+
+    _, ds = parted
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is no parquet file PAR1")
+    with Runtime(tables={"cdr": ds.partition_files()[0]}) as runtime:
+        before = _zygote_pid(runtime)
+        with pytest.raises(InternalError, match="failed to load its tables: ArrowInvalid while loading"):
+            runtime.reload(tables={"cdr": broken})
+        runtime.reload(tables={"cdr": ds.partition_files()[1]})     # a fresh zygote, the new partition
+        assert _zygote_pid(runtime) != before
+        rows = pq_rows(ds.partition_files()[1])
+        assert runtime.table_rows == {"cdr": rows}
+        assert len(runtime.run(source=_BY_REGION, entrypoint="contributions", params={})) > 0
+
+
+def pq_rows(file: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file).metadata.num_rows)
+
+
 def test_the_budget_is_shared_by_the_pool_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPAL_WORKER_MEMORY", str(8 << 30))
     monkeypatch.setenv("OPAL_WORKER_CONCURRENCY", "2")

@@ -153,6 +153,21 @@ def test_partitioned_run_releases_the_ground_truth_within_its_intervals(sc: Scen
     assert len(started) == 1
 
 
+def test_a_worker_that_holds_less_than_a_partition_streams_them_and_counts_exactly(
+        sc: Scenario, workers: Workers) -> None:
+    # --memory below one partition: every task loads its partition into the pool
+    # process's one zygote (reloaded, not restarted); nothing is counted twice or lost
+    dataset = _with_partitions(sc)
+    workers.start(dataset, concurrency=1, memory="1M")
+    run_ids = [_request(sc, dataset, eps=0.5), _request(sc, dataset, eps=0.25)]
+    truth = _truth(sc)
+    for run_id, eps in zip(run_ids, (0.5, 0.25), strict=True):
+        record = wait(sc.node, run_id, timeout=180)
+        assert record.state == "released", record.error
+        assert _combined_truth_cells(sc, run_id) == {r: truth.get(r, 0) for r in truth}
+        _assert_charged_once(sc, run_id, eps)
+
+
 def test_partitioned_release_matches_the_one_file_release(sc: Scenario, workers: Workers) -> None:
     dataset = _with_partitions(sc)
     workers.start(dataset, concurrency=1)

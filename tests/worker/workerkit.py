@@ -36,11 +36,14 @@ class Workers:
         return env
 
     def start(self, dataset: str = "demo", *, key: str = "olga", concurrency: int = 1,
-              run_timeout: float | None = None, ready: bool = True) -> subprocess.Popen[bytes]:
+              run_timeout: float | None = None, ready: bool = True,
+              memory: str | None = None) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "opal", "worker", "start", "--dataset", dataset, "--key", key,
                 "--concurrency", str(concurrency), "--loglevel", "INFO"]
         if run_timeout is not None:
             args += ["--run-timeout", str(run_timeout)]
+        if memory is not None:
+            args += ["--memory", memory]
         log = self.home / f"worker-{len(self.procs)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
