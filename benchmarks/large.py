@@ -16,8 +16,8 @@ large``). Nothing here holds a whole dataset in one frame:
   processes, with ``--memory`` set to hold about one partition per pool
   process: the configuration of the memory target, and at 100 M the only
   one that fits (every partition resident would need more than this
-  machine's memory). Every task therefore loads its partition into a fresh
-  zygote.
+  machine's memory). A task whose partition is not resident reloads its
+  pool process's zygote with it (``Runtime.reload``).
 * **Targets** (issue #18): OPAL / DuckDB at most 1.5 at 100 M for every
   algorithm; t(100 M) / t(10 M) at most 11 in the same configuration; the
   worker tree's peak RSS at 100 M at most 2 GB plus twice the largest

@@ -359,8 +359,8 @@ def _large(results: dict[str, Any]) -> list[str]:
              f"({_mb(p['parquet_bytes'])} of Parquet; {made}); largest partition {p['largest_part_rows']:,} rows, "
              f"{_mb(p['largest_part_memory_bytes'])} in memory. Registered (every partition hashed, units "
              f"checked disjoint) in {seconds(p['register_seconds'])}. One worker of two pool processes with "
-             f"`--memory {p['memory_flag']}` (about one partition resident per pool process: each task loads "
-             f"its partition into a fresh zygote); first release {seconds(p.get('first_release_seconds'))} "
+             f"`--memory {p['memory_flag']}` (about one partition resident per pool process: a task whose "
+             f"partition is not resident reloads its pool process's zygote with it); first release {seconds(p.get('first_release_seconds'))} "
              f"after the worker started. Worker tree peak: {_mb(worker.get('tree_pss_peak_bytes'))} PSS, "
              f"{_mb(worker.get('tree_rss_peak_bytes'))} RSS. DuckDB reads the same partition files (all cores)."),
             "",
@@ -381,7 +381,9 @@ def _large(results: dict[str, Any]) -> list[str]:
         "",
         (f"Worker tree peak RSS at {lg['big_label']}: {_mb(t['rss_peak_bytes'])} against a bound of "
          f"{_mb(t['rss_bound_bytes'])} (2 GB plus twice the largest resident partition): "
-         f"{verdict[bool(t['rss_met'])]}; PSS {_mb(t['pss_peak_bytes'])}."),
+         f"{verdict[bool(t['rss_met'])]}. The RSS sum counts every page a run child shares with its "
+         f"zygote (the data it reads) once per process; counting each page once (PSS): "
+         f"{_mb(t['pss_peak_bytes'])}, {verdict[(t['pss_peak_bytes'] or 0) <= t['rss_bound_bytes']]}."),
         "",
     ]
     return out
