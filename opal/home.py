@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,8 @@ class Home:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.keys_dir, 0o700)
         if not self.config_path.exists():
+            import secrets
+
             self._write_config({"home_id": secrets.token_hex(6)})
         return self
 

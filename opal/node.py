@@ -6,13 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from opal.bundle.registry import Registry
 from opal.db import Database
 from opal.home import Home
-from opal.ledger import Ledger
-from opal.trust.keyring import Keyring
-from opal.trust.policy import TrustPolicy
+
+if TYPE_CHECKING:
+    # Each part loads when a command first uses it, so a verb pays for what it uses.
+    from opal.bundle.registry import Registry
+    from opal.ledger import Ledger
+    from opal.trust.keyring import Keyring
+    from opal.trust.policy import TrustPolicy
 
 __all__ = ["Node"]
 
@@ -31,14 +35,20 @@ class Node:
 
     @cached_property
     def ledger(self) -> Ledger:
+        from opal.ledger import Ledger
+
         return Ledger(self.db, origin=f"opal/{self.home.home_id}")
 
     @cached_property
     def keyring(self) -> Keyring:
+        from opal.trust.keyring import Keyring
+
         return Keyring(self.home, self.db)
 
     @cached_property
     def registry(self) -> Registry:
+        from opal.bundle.registry import Registry
+
         return Registry(self.home.registry_dir, self.db)
 
     @property

@@ -9,8 +9,6 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-
 from opal.errors import BadInputError
 from opal.release.policy import PrivacySpec
 
@@ -91,6 +89,8 @@ class Manifest:
 
     def validate_params(self, params: Any) -> None:
         """Raise BadInputError unless ``params`` satisfies the bundle's JSON Schema."""
+        import jsonschema  # ~80 ms: only where a schema is checked, not on every client start
+
         validator = jsonschema.Draft202012Validator(self.parameters)
         errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
         if errors:
@@ -120,6 +120,8 @@ def _schema_problem(schema: Any) -> str | None:
     Checking a schema against the meta-schema takes milliseconds and every run
     re-parses its bundle's manifest: the verdict on the same text is cached.
     """
+    import jsonschema
+
     try:
         jsonschema.Draft202012Validator.check_schema(json.loads(schema) if isinstance(schema, str) else schema)
     except jsonschema.SchemaError as exc:

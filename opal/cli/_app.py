@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -14,29 +14,42 @@ if TYPE_CHECKING:
 
     from opal.node import Node
 
-__all__ = ["App", "pass_app", "emit_json", "console", "err_console", "check_out"]
+__all__ = ["App", "pass_app", "emit_json", "console", "err_console", "check_out", "rich_console"]
 
-console: Console
-err_console: Console
 _PIPE_WIDTH = 400
 
 
-def __getattr__(name: str) -> Any:
-    # The consoles (and rich) load when a command first asks for them, not
-    # for --help or --version.
-    if name in ("console", "err_console"):
+_consoles: dict[bool, Console] = {}
+
+
+def rich_console(*, stderr: bool = False) -> Console:
+    """The rich Console itself, for rich objects that take one (``Progress``)."""
+    made = _consoles.get(stderr)
+    if made is None:
         import sys
 
         from rich.console import Console
 
+        stream = sys.stderr if stderr else sys.stdout
         # A terminal's own width; a pipe or file has none, so tables there are
         # never cut to rich's default 80 columns (COLUMNS still wins).
-        out_width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
-        err_width = None if sys.stderr.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
-        globals()["console"] = Console(highlight=False, soft_wrap=True, width=out_width)
-        globals()["err_console"] = Console(stderr=True, highlight=False, soft_wrap=True, width=err_width)
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        width = None if stream.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
+        made = _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    return made
+
+
+class _LazyConsole:
+    # Made on first use: importing a command module (so `opal --help`,
+    # `--version`, `opal run --no-wait`) loads no rich.
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(rich_console(stderr=self._stderr), name)
+
+
+console = cast("Console", _LazyConsole(stderr=False))
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 
 class App:
@@ -51,6 +64,13 @@ class App:
         from opal.node import Node
 
         return Node.open(self.home)
+
+    def close(self) -> None:
+        """Close the node's database connection, if a command opened one (SQLite then
+        checkpoints its write-ahead log and removes it, as at any clean close)."""
+        node = self.__dict__.get("node")
+        if node is not None and "db" in node.__dict__:
+            node.db.close()
 
 
 pass_app = click.make_pass_decorator(App)

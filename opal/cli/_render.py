@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from opal.cli._app import console
 
 __all__ = ["render_release", "parse_params"]
@@ -16,6 +14,8 @@ def render_release(result: dict[str, Any], *, title: str = "released", max_rows:
     """The released table and one line on what it cost. ``local``: an ``opal
     algo test`` on the caller's own data, where ε is the noise level used and
     nothing is spent."""
+    from rich.table import Table
+
     table_doc = result.get("table") or {"columns": [], "rows": []}
     columns = list(table_doc.get("columns", []))
     rows = list(table_doc.get("rows", []))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from opal.cli._app import App, console, emit_json, pass_app
 
@@ -26,6 +25,8 @@ def show(app: App, dataset: str | None, as_json: bool) -> None:
     if as_json:
         emit_json([s.to_dict() for s in items])
         return
+    from rich.table import Table
+
     table = Table("dataset", "total ε", "spent", "reserved", "left", "spent by", "shared with (same data)")
     for s in items:
         by = ", ".join(f"{x['requester']} {x['epsilon']:g} ({x['runs']} run(s))" for x in s.spenders)
@@ -47,6 +48,8 @@ def history(app: App, dataset: str | None, as_json: bool) -> None:
     if as_json:
         emit_json([c.to_dict() for c in charges])
         return
+    from rich.table import Table
+
     table = Table("#", "time", "dataset", "requester", "algorithm", "run", "outcome", "ε", "running total")
     for c in charges:
         table.add_row(str(c.index), c.time[:19], c.dataset, c.requester_name, c.algorithm, c.run_id[:12],

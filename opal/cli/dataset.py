@@ -8,7 +8,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from opal.cli._app import App, console, emit_json, err_console, pass_app
+from opal.cli._app import App, console, emit_json, pass_app, rich_console
 
 
 @click.group("dataset")
@@ -43,7 +43,7 @@ def synth(ctx: click.Context, out: Path, subscribers: int, days: int, seed: int,
     if all(given):
         shock = Shock(day=shock_day, region=shock_region, share=shock_share)  # type: ignore[arg-type]
     with Progress(TextColumn("synthesizing"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
-                  TimeRemainingColumn(), console=err_console, transient=True, disable=as_json) as bar:
+                  TimeRemainingColumn(), console=rich_console(stderr=True), transient=True, disable=as_json) as bar:
         task = bar.add_task("synth", total=days)
 
         def progress(done: int, total: int) -> None:

@@ -12,7 +12,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from opal.cli._app import App, console, emit_json, err_console, pass_app
+from opal.cli._app import App, console, emit_json, err_console, pass_app, rich_console
 from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
 from opal.ledger.audit_state import default_state_path, refuse_inside_home
@@ -107,7 +107,7 @@ def verify(
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
-        console=err_console,
+        console=rich_console(stderr=True),
         transient=True,
         disable=as_json or not err_console.is_terminal,
     ) as bar:

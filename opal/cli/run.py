@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
 from opal.cli._app import App, check_out, console, emit_json, err_console, pass_app
 from opal.cli._render import parse_params, render_release
@@ -85,6 +84,8 @@ def list_(app: App, dataset: str | None, state: str | None, limit: int, as_json:
     if as_json:
         emit_json([r.to_dict(with_result=False) for r in items])
         return
+    from rich.table import Table
+
     table = Table("run id", "algorithm", "dataset", "requester", "ε", "state", "updated")
     for r in items:
         table.add_row(r.run_id, r.algorithm, r.dataset, r.requester, f"{r.epsilon:g}", r.state, r.updated)

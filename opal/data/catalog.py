@@ -31,7 +31,6 @@ import weakref
 from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +160,8 @@ class Dataset:
 
 
 def default_policy() -> ReleasePolicy:
+    from importlib import resources
+
     text = resources.files("opal").joinpath("_defaults/release_policy.toml").read_text()
     import tomllib
 

@@ -44,13 +44,12 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opal.canonical import canonical_json
 from opal.db import Database
 from opal.errors import BadInputError, LedgerCorrupt
 from opal.ledger import merkle
-from opal.ledger.audit_state import AuditState
 from opal.ledger.records import (
     ENTRY_DOMAIN,
     ENTRY_VERSION,
@@ -60,8 +59,12 @@ from opal.ledger.records import (
     VerifyReport,
     envelope,
 )
-from opal.ledger.verify import Authority, RowSource, budget_tables, check_budget_tables, verify_entries
 from opal.trust.keys import utcnow
+
+if TYPE_CHECKING:
+    # The verifier and the auditor's state load only to verify: appending a
+    # run request or reading entries does not pay for them.
+    from opal.ledger.verify import Authority
 
 __all__ = [
     "ENTRY_DOMAIN",
@@ -70,7 +73,6 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "VerifyReport",
-    "verify_entries",
 ]
 
 _PAGE = 20_000
@@ -397,7 +399,7 @@ class Ledger:
         Raises:
             LedgerCorrupt: one of them does not verify.
         """
-        from opal.ledger.verify import check_entry
+        from opal.ledger.verify import Authority, check_entry
 
         auth = Authority()
         found = [e for t in ("trust_policy", "key_added", "key_revoked") for e in self.entries(type=t, stop=stop)]
@@ -456,6 +458,9 @@ class Ledger:
         Raises:
             LedgerCorrupt: naming the first bad entry or checkpoint, or the held checkpoint.
         """
+        from opal.ledger.audit_state import AuditState
+        from opal.ledger.verify import Authority, RowSource, budget_tables, check_budget_tables, verify_entries
+
         held = AuditState.load(state) if state is not None else None
         checkpoints = self.checkpoints()
         cosignatures = self.cosignatures()
