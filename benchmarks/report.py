@@ -145,7 +145,8 @@ def _header(results: dict[str, Any]) -> list[str]:
         (f"- **What was run:** sizes {', '.join(size_label(s) for s in c['sizes'])}; in-process repetitions "
         f"{_reps(c['reps'])}, end-to-end repetitions {_reps(c['e2e_reps'])}; sections "
         f"{', '.join(c['sections'])}. Every figure is the median, with min–max in brackets."),
-        ("- **Reproduce:** `make bench` (1 M and 10 M rows), `BENCH_FULL=1 make bench` (adds the large section: 10 M and 100 M rows in partitions), "
+        ("- **Reproduce:** `make bench` (1 M and 10 M rows), `BENCH_FULL=1 make bench` "
+         "(adds the large section: 10 M and 100 M rows in partitions), "
         "`BENCH_SIZES=1000000 make bench`, `python -m benchmarks --quick` (a tiny smoke run). Datasets and the "
         "large ledger are cached in `bench-data/`; raw samples go to `bench-data/last-run.json`."),
         "",
@@ -360,7 +361,8 @@ def _large(results: dict[str, Any]) -> list[str]:
              f"{_mb(p['largest_part_memory_bytes'])} in memory. Registered (every partition hashed, units "
              f"checked disjoint) in {seconds(p['register_seconds'])}. One worker of two pool processes with "
              f"`--memory {p['memory_flag']}` (about one partition resident per pool process: a task whose "
-             f"partition is not resident reloads its pool process's zygote with it); first release {seconds(p.get('first_release_seconds'))} "
+             f"partition is not resident reloads its pool process's zygote with it); first release "
+             f"{seconds(p.get('first_release_seconds'))} "
              f"after the worker started. Worker tree peak: {_mb(worker.get('tree_pss_peak_bytes'))} PSS, "
              f"{_mb(worker.get('tree_rss_peak_bytes'))} RSS. DuckDB reads the same partition files (all cores)."),
             "",

@@ -94,10 +94,40 @@ def test_sizes_and_quick_come_from_the_environment_and_the_command_line() -> Non
     from benchmarks.config import BenchConfig
 
     assert BenchConfig.from_args([], {}).sizes == (1_000_000, 10_000_000)
-    assert BenchConfig.from_args([], {"BENCH_FULL": "1"}).sizes == (1_000_000, 10_000_000, 100_000_000)
+    # BENCH_FULL adds the large section (10 M and 100 M rows in partitions), not a 100 M one-file size
+    assert "large" not in BenchConfig.from_args([], {}).sections
+    full = BenchConfig.from_args([], {"BENCH_FULL": "1"})
+    assert full.sizes == (1_000_000, 10_000_000) and "large" in full.sections
+    assert BenchConfig.from_args(["--full", "--skip", "large"], {}).sections == BenchConfig.from_args([], {}).sections
+    assert BenchConfig.from_args(["--only", "large"], {}).sections == ("large",)
     assert BenchConfig.from_args([], {"BENCH_SIZES": "1000000"}).sizes == (1_000_000,)
     assert BenchConfig.from_args(["--sizes", "250k,1M"], {"BENCH_SIZES": "5M"}).sizes == (250_000, 1_000_000)
     quick = BenchConfig.from_args(["--quick"], {})
     assert quick.quick and quick.sizes == (20_000,) and quick.output is None
     assert BenchConfig.from_args(["--only", "gate,ledger"], {}).sections == ("gate", "ledger")
     assert "e2e" not in BenchConfig.from_args(["--skip", "e2e"], {}).sections
+
+
+def test_the_large_section_runs_at_a_tiny_size_and_reads_off_the_three_targets(
+        tmp_path: Path, broker_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPAL_", "BENCH_"))}
+    env.update(OPAL_BROKER_URL=broker_url, BENCH_LARGE_PARTS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "large", "--data-dir", str(tmp_path / "data"),
+         "--output", str(tmp_path / "BENCHMARKS.md"), "--json", str(tmp_path / "results.json")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())["large"]
+    assert sorted(results["sizes"]) == ["200k", "20k"]
+    for size in results["sizes"].values():
+        assert size["parts"] == 2 and 0 < size["largest_part_rows"] < size["rows"]
+        # synthesized straight into partitions, never one file
+        assert not list((tmp_path / "data").glob("*.parquet"))
+        assert sorted(a["name"] for a in size["algorithms"]) == sorted(NAMES)
+        assert size["worker"]["tree_pss_peak_bytes"] > 0
+    targets = results["targets"]
+    assert sorted(a["name"] for a in targets["algorithms"]) == sorted(NAMES)
+    assert targets["rss_bound_bytes"] == 2 * 10**9 + 2 * results["sizes"]["200k"]["largest_part_memory_bytes"]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## 100 M rows: partitions, two pool processes" in text and "OPAL / DuckDB at 200k" in text

@@ -10,7 +10,7 @@ import hashlib
 import json
 
 import pytest
-from ed25519_reference import G, IDENTITY, encode, order8_point, point_mul, ref_sign, ref_verify, secret_scalar
+from ed25519_reference import IDENTITY, G, encode, order8_point, point_mul, ref_sign, ref_verify, secret_scalar
 from ledger_fixtures import Actors, flip_signature, notes, populate, raw_conn, reopen
 
 from opal.canonical import canonical_json

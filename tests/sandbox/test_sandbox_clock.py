@@ -138,7 +138,7 @@ def test_every_route_reads_the_clock_outside_the_sandbox() -> None:
         capture_output=True, text=True, check=True, cwd=Path(__file__).parent,
     )
     results = json.loads(proc.stdout)
-    this_year = str(datetime.datetime.now(datetime.timezone.utc).year)
+    this_year = str(datetime.datetime.now(datetime.UTC).year)
     # these show the clock through a comparison or a bin edge, not a printed year
     comparisons = {"compare_operator", "compare_with_series", "between", "searchsorted", "clip", "truncate",
                    "grouper_origin", "resample_origin"}

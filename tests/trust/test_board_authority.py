@@ -15,8 +15,8 @@ from trust_world import bundle_folder, make_node, submitted
 from opal.canonical import canonical_json
 from opal.cli import cli
 from opal.errors import LedgerCorrupt, TrustError
-from opal.ledger.records import ENTRY_DOMAIN, envelope
 from opal.ledger import merkle
+from opal.ledger.records import ENTRY_DOMAIN, envelope
 from opal.node import Node
 from opal.trust.review import approve, verify_for_run
 

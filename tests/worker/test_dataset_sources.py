@@ -189,7 +189,7 @@ def test_a_csv_dataset_runs_end_to_end_through_a_worker(tmp_path: Path, broker_u
     frame = pq.read_table(sc.data).to_pandas()
     truth = frame[["msisdn", "region"]].drop_duplicates().groupby("region").size()
     table = done.result["table"]
-    rows = [dict(zip(table["columns"], row)) for row in table["rows"]]
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
     # Each subscriber counts in one of its regions (max_groups_per_unit = 1), so a
     # released count is at most its region's distinct subscribers, and all the
     # counts add up to the 300 subscribers (up to noise; a suppressed cell holds
