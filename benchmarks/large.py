@@ -37,6 +37,7 @@ from typing import Any
 from benchmarks import algorithms as algos
 from benchmarks.config import child_env, size_label
 from benchmarks.datasets import subscribers_for
+from benchmarks.partitioned import serve
 from benchmarks.timing import Stopwatch, Timing
 from opal.errors import InternalError
 
@@ -123,25 +124,10 @@ def _one_size(deployment: Any, rows: int, algorithms: list[algos.Algorithm], *, 
 
     budget = f"{2 * partition_estimate(largest, Limits()) // (1 << 20) + 1}M"
     out["memory_flag"] = budget
-    samples: dict[str, list[float]] = {a.name: [] for a in algorithms}
-    t0 = time.perf_counter()
-    deployment.start_worker(name, concurrency=2, memory=budget)
-    try:
-        # untimed: the first run also waits for the pool processes' first zygotes
-        first = deployment.run(algorithms[0], name, timeout=3600)
-        if first.state != "released":
-            raise RuntimeError(f"warm-up run ended {first.state}: {first.error}")
-        out["first_release_seconds"] = time.perf_counter() - t0
-        clock.say(f"{label}: worker up, first run released after {out['first_release_seconds']:.1f}s")
-        for _ in range(reps):
-            for algorithm in algorithms:
-                timing = deployment.run(algorithm, name, timeout=3600)
-                if timing.state != "released":
-                    raise RuntimeError(f"{algorithm.name} ended {timing.state}: {timing.error}")
-                samples[algorithm.name].append(timing.seconds)
-                clock.say(f"{label} {algorithm.name}: {timing.seconds:.1f}s end to end")
-    finally:
-        out["worker"] = deployment.stop_worker()
+    # an untimed first run, then every algorithm reps times (the first also waits for the first zygotes)
+    samples, served = serve(deployment, name, algorithms, reps, memory=budget, clock=clock, label=label)
+    out["first_release_seconds"] = served["first_run_seconds"]
+    out["worker"] = served["memory"]
 
     con = algos.duckdb_connect(path)
     duck: dict[str, list[float]] = {a.name: [] for a in algorithms}

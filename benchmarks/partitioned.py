@@ -22,15 +22,18 @@ from typing import Any
 from benchmarks import algorithms as algos
 from benchmarks.timing import Stopwatch, Timing
 
-__all__ = ["bench_partitioned", "parts_for"]
+__all__ = ["bench_partitioned", "parts_for", "serve"]
 
 
 def parts_for() -> int:
     return int(os.environ.get("BENCH_PARTS", "8"))
 
 
-def _serve(deployment: Any, dataset: str, algorithms: list[algos.Algorithm], reps: int, *,
+def serve(deployment: Any, dataset: str, algorithms: list[algos.Algorithm], reps: int, *,
            memory: str | None, clock: Stopwatch, label: str) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Start a worker of two pool processes on ``dataset``; one untimed run, then
+    ``reps`` timed runs of every algorithm; stop it. Seconds per algorithm, and
+    the first run's wait and the worker tree's memory peaks."""
     samples: dict[str, list[float]] = {a.name: [] for a in algorithms}
     t0 = time.perf_counter()
     deployment.start_worker(dataset, concurrency=2, memory=memory)
@@ -80,9 +83,9 @@ def bench_partitioned(deployment: Any, path: Path, label: str, algorithms: list[
         "file_bytes": path.stat().st_size,
         "largest_part_bytes": max(f.stat().st_size for f in parted.files),
     }
-    one_file, out["one_file_worker"] = _serve(deployment, whole, algorithms, reps, memory=None, clock=clock,
+    one_file, out["one_file_worker"] = serve(deployment, whole, algorithms, reps, memory=None, clock=clock,
                                               label=f"{label} one file")
-    partitioned, out["partitioned_worker"] = _serve(deployment, split, algorithms, reps, memory=None, clock=clock,
+    partitioned, out["partitioned_worker"] = serve(deployment, split, algorithms, reps, memory=None, clock=clock,
                                                     label=f"{label} {parts} partitions")
     # about one partition resident per pool process: memory follows the partition
     from opal.sandbox import Limits
@@ -90,7 +93,7 @@ def bench_partitioned(deployment: Any, path: Path, label: str, algorithms: list[
 
     largest = parted.files[parted.rows.index(max(parted.rows))]
     budget = f"{2 * partition_estimate(largest, Limits()) // (1 << 20) + 1}M"
-    bounded, out["bounded_worker"] = _serve(deployment, split, algorithms[:1], 1, memory=budget, clock=clock,
+    bounded, out["bounded_worker"] = serve(deployment, split, algorithms[:1], 1, memory=budget, clock=clock,
                                             label=f"{label} {parts} partitions, --memory {budget}")
     out["bounded_memory_flag"] = budget
     out["bounded_seconds"] = Timing(samples=tuple(bounded[algorithms[0].name])).to_dict()
