@@ -65,9 +65,6 @@ _P = 2**255 - 19
 _C8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
 _SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _C8, _P - _C8})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# RFC 8410 §7: the PKCS#8 (v1) DER of an Ed25519 private key is this fixed
-# prefix and the 32-byte seed. write_private_key writes exactly that.
-_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
 
 
 def utcnow() -> str:
@@ -252,8 +249,6 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             key, _, _ = pkcs12.load_key_and_certificates(data, passphrase)
         except ValueError:
             raise TrustError(f"cannot open private key {path.name}: wrong passphrase (OPAL_PASSPHRASE)") from None
-    elif (seed := _pkcs8_ed25519_seed(data)) is not None:
-        key = Ed25519PrivateKey.from_private_bytes(seed)
     else:
         from cryptography.hazmat.primitives import serialization
 
@@ -267,26 +262,6 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise TrustError(f"{path.name} is not an Ed25519 key")
     return key
-
-
-def _pkcs8_ed25519_seed(pem: bytes) -> bytes | None:
-    """The seed of an unencrypted PKCS#8 PEM Ed25519 key in the one form write_private_key
-    writes, or None for anything else (which goes to OpenSSL's parser).
-
-    Every command that signs loads a key: taking the seed from this fixed form
-    spares it loading cryptography's serialization modules (about 45 ms); the key
-    object is still OpenSSL's.
-    """
-    lines = pem.strip().splitlines()
-    if len(lines) != 3 or lines[0] != b"-----BEGIN PRIVATE KEY-----" or lines[2] != b"-----END PRIVATE KEY-----":
-        return None
-    try:
-        der = base64.b64decode(lines[1], validate=True)
-    except (ValueError, binascii.Error):
-        return None
-    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
-        return None
-    return der[len(_PKCS8_ED25519):]
 
 
 def sign_bytes(private: Ed25519PrivateKey, domain: str, message: bytes) -> str:

@@ -1,5 +1,6 @@
-"""Private key files: what opal keys new writes is read back as the same key, whichever
-parser reads it; any other form goes to OpenSSL's parser with the messages it always had."""
+"""Private key files, read by cryptography's (OpenSSL's) parser only: what opal keys new
+writes is read back as the same key, other valid wrappings too; other curves and damaged
+files are refused with one line."""
 
 from __future__ import annotations
 
