@@ -19,7 +19,7 @@ import pandas as pd
 from benchmarks.config import child_env, size_label
 from opal.errors import InternalError
 
-__all__ = ["BenchDataset", "ensure_dataset", "load_frame", "subscribers_for"]
+__all__ = ["BenchDataset", "ensure_dataset", "load_frame", "subscribers_for", "synth_in_child"]
 
 # opal.data.synth at 5 events per subscriber-day writes ~4.7 rows per
 # subscriber-day once activity, weekends and Poisson counts are applied.
@@ -68,18 +68,33 @@ def ensure_dataset(
             return _dataset(label, rows, path, meta, cached=True)
     say(f"dataset {label}: generating {subscribers:,} subscribers x {days} days (seed {seed}) ...")
     t0 = time.perf_counter()
+    meta = synth_in_child(path, subscribers=subscribers, days=days, seed=seed, what=f"the {label} benchmark dataset")
+    say(f"dataset {label}: {meta['rows']:,} rows in {time.perf_counter() - t0:.1f}s, "
+        f"{meta['bytes'] / 1e6:.0f} MB Parquet")
+    return _dataset(label, rows, path, meta, cached=False)
+
+
+def synth_in_child(path: Path, *, subscribers: int, days: int, seed: int, what: str,
+                   parts: int | None = None, key: str | None = None) -> dict[str, Any]:
+    """Run ``benchmarks._synth_child`` (a partitioned directory with ``parts`` and
+    ``key``); write its figures next to ``path`` (``PATH.json`` for a directory,
+    the same stem otherwise) and return them.
+
+    Raises:
+        InternalError: the generator failed (its last line of output named).
+    """
+    extra = [str(parts), str(key)] if parts is not None else []
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks._synth_child", str(path), str(subscribers), str(days), str(seed)],
+        [sys.executable, "-m", "benchmarks._synth_child", str(path), str(subscribers), str(days), str(seed), *extra],
         env=child_env(), capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InternalError(f"generating the {label} benchmark dataset failed: {tail}")
-    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise InternalError(f"generating {what} failed: {tail}")
+    meta: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta_path = path.with_name(path.name + ".json") if parts is not None else path.with_suffix(".json")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    say(f"dataset {label}: {meta['rows']:,} rows in {time.perf_counter() - t0:.1f}s, "
-        f"{meta['bytes'] / 1e6:.0f} MB Parquet")
-    return _dataset(label, rows, path, meta, cached=False)
+    return meta
 
 
 def _ensure_domains(path: Path, days: int) -> None:

@@ -28,18 +28,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import algorithms as algos
-from benchmarks.config import child_env, size_label
-from benchmarks.datasets import subscribers_for
+from benchmarks.config import size_label
+from benchmarks.datasets import subscribers_for, synth_in_child
 from benchmarks.partitioned import serve
 from benchmarks.timing import Stopwatch, Timing
-from opal.errors import InternalError
 
 __all__ = ["BENCH_PARTITION_KEY", "LARGE_SIZES", "bench_large", "ensure_partitioned", "large_parts"]
 
@@ -74,16 +71,8 @@ def ensure_partitioned(data_dir: Path, rows: int, *, parts: int, seed: int, days
 
         shutil.rmtree(path)
     say(f"dataset {label}: synthesizing {subscribers:,} subscribers x {days} days into {parts} partitions ...")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks._synth_child", str(path), str(subscribers), str(days), str(seed),
-         str(parts), BENCH_PARTITION_KEY],
-        env=child_env(), capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InternalError(f"synthesizing the {label} partitioned benchmark dataset failed: {tail}")
-    meta = json.loads(proc.stdout.strip().splitlines()[-1])
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    meta = synth_in_child(path, subscribers=subscribers, days=days, seed=seed, parts=parts,
+                          key=BENCH_PARTITION_KEY, what=f"the {label} partitioned benchmark dataset")
     say(f"dataset {label}: {meta['rows']:,} rows in {parts} partitions in {meta['seconds']:.1f}s, "
         f"generator peak {meta['peak_bytes'] / 1e6:.0f} MB")
     return path, {**meta, "cached": False}
