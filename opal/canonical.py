@@ -47,16 +47,26 @@ def canonical_json(value: Any) -> bytes:
 def _integral_as_int(value: Any) -> Any:
     """``value`` with every integral float below 2**53 as an int (tuples as lists): RFC 8785
     writes both the same ("3", never "3.0"; "0" for -0.0), msgspec only the int that way."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) < _SAFE else value
     if isinstance(value, dict):
         return {k: _integral_as_int(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_integral_as_int(v) for v in value]
+        # a released table is lists of scalars: those without a call each
+        return [
+            v if type(v) in _LEAVES
+            else (int(v) if v.is_integer() and abs(v) < _SAFE else v) if type(v) is float
+            else _integral_as_int(v)
+            for v in value
+        ]
     return value
 
 
 _SAFE = 2.0**53
+_LEAVES = frozenset({str, int, bool, type(None)})
 
 
 def sha256_hex(data: bytes) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from opal.errors import AlgorithmFailed, BadInputError
@@ -36,6 +38,24 @@ def {_ENTRY}(data, params):
     {CHECK_PARAMS}(params)
     return data.{{table}}.head(0)
 '''
+
+
+# Checks that passed, by (source, table, params). The check sees no data, so
+# its verdict depends on nothing else: a repeat (the same parameters at
+# another ε, the usual way a statistician re-runs) need not fork a sandbox.
+# Only passes are kept; a refusal runs again and says why each time.
+_PASSED: OrderedDict[str, None] = OrderedDict()
+_PASSED_MAX = 4096
+_passed_lock = threading.Lock()
+
+
+def _verdict_key(source: str, table: str, params: Any) -> str | None:
+    from opal.canonical import canonical_json, sha256_hex
+
+    try:
+        return sha256_hex(canonical_json([source, table, params]))
+    except (TypeError, ValueError):
+        return None
 
 
 def defines_check_params(source: str) -> bool:
@@ -56,6 +76,11 @@ def run_check_params(runtime: Any, *, source: str, params: Any, table: str, colu
     """
     if not defines_check_params(source):
         return
+    key = _verdict_key(source, table, params)
+    with _passed_lock:
+        if key is not None and key in _PASSED:
+            _PASSED.move_to_end(key)
+            return
     # A data-free check needs little time; capped, it cannot use up the run
     # task's time limit and so push the data run's outcome over it.
     base = runtime.limits
@@ -75,3 +100,8 @@ def run_check_params(runtime: Any, *, source: str, params: Any, table: str, colu
     except AlgorithmFailed as exc:
         reason = exc.message.replace(f"{_ENTRY}()", f"{CHECK_PARAMS}()")
         raise BadInputError(f"the bundle's check_params refused the parameters: {reason}") from None
+    if key is not None:
+        with _passed_lock:
+            _PASSED[key] = None
+            while len(_PASSED) > _PASSED_MAX:
+                _PASSED.popitem(last=False)

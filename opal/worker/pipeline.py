@@ -203,9 +203,8 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
 
     prep = prepare(node, record)
     ds, bundle, manifest, domains = prep.ds, prep.bundle, prep.manifest, prep.domains
-    runtime = runtime_for(ds)  # of a partitioned dataset: its first partition (check_params reads no data)
-    run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # averaging attack: an identical run is served the cached release, no new noise, no new spend
+    # (before check_params: the released run passed it with these very bytes and parameters)
     cached = node.db.one(
         "SELECT run_id, result, result_digest FROM runs WHERE cache_key = ? AND state = 'released' AND run_id != ? "
         "ORDER BY updated LIMIT 1",
@@ -213,6 +212,8 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     )
     if cached is not None:
         return _finish_cached(node, record, cached, signer=signer)
+    runtime = runtime_for(ds)  # of a partitioned dataset: its first partition (check_params reads no data)
+    run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
     # 4. reserve budget and record the start, in one durable transaction
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
         return outcome_of(get_run(node, record.run_id))
@@ -336,7 +337,7 @@ def finish_released(
     # why) and the run's true outcome are exact facts about the data: they
     # stay with the operator, and the ledger holds their digests.
     view = released.analyst_view()
-    full = dict(released.to_dict(), run_outcome=outcome)
+    full = dict(view, diagnostics=released.diagnostics, run_outcome=outcome)  # released.to_dict(), built once
     result_digest = sha256_hex(canonical_json(view))
     decisions_digest = sha256_hex(canonical_json(full))
     with node.db.transaction() as tx:
