@@ -263,12 +263,18 @@ class Partitioned:
         import numpy as np
         import pyarrow.parquet as pq
 
+        import pyarrow as pa
+
         uniques = []
         for file in self.files:
             column = pq.read_table(file, columns=[self.unit]).column(0)
             uniques.append(np.unique(column.to_numpy()))
+            del column
         total = sum(len(u) for u in uniques)
-        if total and len(np.unique(np.concatenate(uniques))) != total:
+        overlap = total > 0 and len(np.unique(np.concatenate(uniques))) != total
+        del uniques
+        pa.default_memory_pool().release_unused()  # a worker's main process forks its pool after this
+        if overlap:
             raise BadInputError(
                 f"{self.path}: some units have rows in more than one partition, which would let them count "
                 "more than their bound; partition the data by its unit with opal dataset partition"
