@@ -254,7 +254,7 @@ def _memory(results: dict[str, Any]) -> list[str]:
         roles = mem.get("by_role_peak_bytes", {})
         data = w.get("in_memory_bytes")
         if "error" in w:
-            rows.append([label, _mb(data), "failed: " + w["error"], "", "", "", "", ""])
+            rows.append([label, _mb(data), "failed: " + w["error"], "", "", "", "", "", ""])
             continue
         rows.append([
             label, _mb(data),
@@ -263,6 +263,7 @@ def _memory(results: dict[str, Any]) -> list[str]:
             _times(roles.get("worker main process"), data),
             _times(roles.get("sandbox run child"), data),
             _times(mem.get("tree_rss_peak_bytes"), data),
+            _times(mem.get("tree_pss_peak_bytes"), data),
             seconds(w.get("first_run_seconds")),
         ])
     if not rows:
@@ -272,11 +273,13 @@ def _memory(results: dict[str, Any]) -> list[str]:
         "",
         ("Peak resident memory (VmHWM from `/proc`) of each process of the `opal worker start` tree while it "
         "served the end-to-end runs, and as a multiple of the dataset's in-memory size (pandas, deep). The "
-        "zygote holds the data; run children share its pages copy-on-write, so the tree sum over-counts. "
+        "zygote holds the data; run children share its pages copy-on-write, so the tree sum of RSS counts "
+        "the data once per process that reads it (a run child reading all of it counts it twice). The tree's "
+        "PSS peak counts every page once, shared pages split between the processes that map them. "
         "Run children are sampled every 50 ms and may be missed if shorter."),
         "",
         _table(["size", "dataset in memory", "sandbox zygote", "Celery pool process", "worker main",
-                "largest run child", "tree sum (RSS)", "worker start to first release"], rows),
+                "largest run child", "tree sum (RSS)", "tree (PSS)", "worker start to first release"], rows),
         "",
     ]
 
