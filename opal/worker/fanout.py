@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -174,13 +175,19 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
         agg = empty_aggregate(manifest.privacy, domain_cells(manifest.privacy, prep.domains))
         outcome: dict[str, Any] = {"outcome": "partition lost", "attempts": attempts - 1}
     else:
+        t0 = time.monotonic()
         runtime: Runtime = runtime_for(ds, part)
+        t1 = time.monotonic()
         try:
             contributions, units, outcome = sandbox_contributions(
                 runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy
             )
+            t2 = time.monotonic()
             agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)
             del contributions
+            # where a task's time goes (docs/scale.md), for the operator's log only
+            log.debug("run %s partition %d: runtime %.3f s, sandbox %.3f s, partial aggregate %.3f s",
+                      run_id, part, t1 - t0, t2 - t1, time.monotonic() - t2)
         except Exception as exc:  # noqa: BLE001 - total runs: a fault on data is no contributions, stored at once
             # (a partition left missing would delay the release until the combiner gives up: a timing channel)
             log.error("run %s partition %d: no partial aggregate (%s)", run_id, part, type(exc).__name__)
