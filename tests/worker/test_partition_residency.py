@@ -148,3 +148,35 @@ def test_a_partition_zygote_keeps_a_warm_heap_sized_to_its_partition(
     # at most the partition's share (and half its size, warm_memory_ratio): this small
     # partition's heap may round down to no huge page at all
     assert runtime.warm_memory_bytes <= 64 << 20 < whole
+
+
+def test_a_zygote_reloaded_many_times_holds_one_partition_not_all_it_held(tmp_path: Path) -> None:
+    # A reload frees the previous tables by reference counting, without collecting the
+    # whole (frozen) heap each time: 20 reloads of 10 MB partitions must not add up.
+    import pandas as pd
+
+    from opal.sandbox import Runtime
+    from opal.sandbox.pseudonyms import run_pseudonymised
+
+    files = []
+    for part in range(2):
+        path = tmp_path / f"p{part}.parquet"
+        pd.DataFrame({"msisdn": range(part * 10**6, (part + 1) * 10**6), "region": ["r"] * 10**6}).to_parquet(path)
+        files.append(path)
+
+    def rss(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096
+
+    with Runtime(tables={"cdr": files[0]}) as runtime:
+        pid = _zygote_pid(runtime)
+        sizes = []
+        for i in range(20):
+            runtime.reload(tables={"cdr": files[i % 2]})
+            contributions, _ = run_pseudonymised(runtime, table="cdr", column="msisdn", source=_BY_REGION,
+                                                 entrypoint="contributions", params={})
+            assert len(contributions) == 10**6
+            assert _zygote_pid(runtime) == pid
+            sizes.append(rss(pid))
+    # each partition is ~16 MB in memory (and its unit dictionary ~16 MB more): a leak of
+    # every reload's tables would grow the zygote by hundreds of MB
+    assert max(sizes[2:]) - sizes[1] < 48 << 20, [s >> 20 for s in sizes]
