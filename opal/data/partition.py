@@ -261,9 +261,8 @@ class Partitioned:
             BadInputError: some unit is in more than one partition (no value named).
         """
         import numpy as np
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         uniques = []
         for file in self.files:
