@@ -26,7 +26,10 @@ def test_an_identical_repeat_is_served_from_the_cache_without_a_runtime(
         return request_run(sc.node, algorithm="spin_count", dataset=sc.dataset, params={"tag": 7}, epsilon=0.25,
                            signer=sam).run_id
 
-    first = execute_run(sc.node, ask(), signer=olga, runtime_for=state.runtime_for)
+    try:
+        first = execute_run(sc.node, ask(), signer=olga, runtime_for=state.runtime_for)
+    finally:
+        state.close_runtimes()  # this process's resident runtimes are shared with later tests
     assert first["state"] == "released"
 
     def no_runtime(*_: object, **__: object) -> object:

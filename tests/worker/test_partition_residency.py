@@ -15,6 +15,7 @@ from opal.worker import state
 
 @pytest.fixture
 def parted(tmp_path: Path) -> Iterator[tuple[Scenario, catalog.Dataset]]:
+    state.close_runtimes()  # what earlier tests left resident in this process counts against the budget
     sc = build(tmp_path / "home", subscribers=300, days=1)
     folder = sc.data.parent / "parts"
     partition(sc.data, folder, parts=3, key=node_key(sc.node.home), unit="msisdn")
