@@ -375,9 +375,40 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
                            "released": states.count("released")}
             clock.say(f"small runs: {len(states)} dispatched at once, worker --concurrency {concurrency}: "
                       f"{len(states) / wall:.1f} runs/s")
+            if concurrency == 2:
+                result["shell_loop"] = _shell_loop(deployment, algorithm, "cdr_small", 2 * n)
+                clock.say(f"small runs: {2 * n} x `opal run --no-wait` from a shell loop: "
+                          f"{result['shell_loop']['runs_per_second']:.1f} runs/s")
         finally:
             deployment.stop_worker()
     return result
+
+
+def _shell_loop(deployment: Any, algorithm: algos.Algorithm, dataset: str, count: int) -> dict[str, Any]:
+    """``count`` runs submitted as a user's script would: one ``opal run --no-wait``
+    process each, from a bash loop (issue #17's 20 runs/s); then waited for, so
+    none is left queued."""
+    import shlex
+    import subprocess
+
+    opal_bin = Path(sys.executable).with_name("opal")
+    command = shlex.quote(str(opal_bin)) if opal_bin.exists() else f"{shlex.quote(sys.executable)} -m opal"
+    epsilons = " ".join(f"{deployment.next_epsilon():.6f}" for _ in range(count))
+    script = (
+        f"for e in {epsilons}; do {command} run {algorithm.name} --dataset {dataset} "
+        f"--params {shlex.quote(json.dumps(algorithm.params))} --epsilon $e --key sam --no-wait || exit 1; done"
+    )
+    t = time.perf_counter()
+    proc = subprocess.run(["bash", "-c", script], env=deployment.env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"opal run --no-wait failed: {proc.stderr.strip()[-300:]}")
+    run_ids = proc.stdout.split()
+    from opal.runs.dispatch import wait
+
+    states = [wait(deployment.node, run_id, timeout=600).state for run_id in run_ids]
+    return {"runs": len(run_ids), "seconds": wall, "runs_per_second": len(run_ids) / wall,
+            "released": states.count("released")}
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -528,6 +559,8 @@ def _ledger(config: BenchConfig, work: Path, clock: Stopwatch) -> dict[str, Any]
                       f"{_fmt(out['report']['cli'])} (bound 10 s at 100k), page {out['report']['page_bytes']:,} bytes")
         startup = _attempt(clock, "CLI start-up", lambda: ledger.cli_startup(home, reps=3))
         out["cli_startup"] = startup.to_dict() if isinstance(startup, Timing) else startup
+        floor = _attempt(clock, "interpreter start-up", lambda: ledger.python_startup(reps=5))
+        out["python_startup"] = floor.to_dict() if isinstance(floor, Timing) else floor
     return out
 
 

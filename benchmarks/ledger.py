@@ -31,7 +31,7 @@ from benchmarks.config import child_env, size_label
 from benchmarks.timing import Timing
 from opal.errors import InternalError
 
-__all__ = ["bench_appends", "bench_proofs", "bench_verify", "cli_startup", "ensure_ledger"]
+__all__ = ["bench_appends", "bench_proofs", "bench_verify", "cli_startup", "ensure_ledger", "python_startup"]
 
 
 def _team_bench() -> Any:
@@ -282,3 +282,15 @@ def bench_proofs(home: Path, *, proofs: int, reps: int) -> dict[str, Any]:
 def cli_startup(home: Path, *, reps: int) -> Timing:
     """``opal --help``: the interpreter and CLI start-up every command pays."""
     return Timing(samples=tuple(_opal(home, "--help")[0] for _ in range(reps)))
+
+
+def python_startup(*, reps: int) -> Timing:
+    """``python -c pass`` (this venv's interpreter and site): the floor under any CLI command."""
+    import sys
+
+    samples = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - t)
+    return Timing(samples=tuple(samples))

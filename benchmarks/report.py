@@ -449,6 +449,9 @@ def _ledger(results: dict[str, Any]) -> list[str]:
     if led.get("cli_startup") and "median" in led["cli_startup"]:
         rows.append(["`opal --help` (interpreter + CLI start-up, in every command above)",
                      _span(led["cli_startup"])])
+    if led.get("python_startup") and "median" in led["python_startup"]:
+        rows.append(["`python -c pass` (the interpreter alone: the floor under every command)",
+                     _span(led["python_startup"])])
     b = led.get("build") or {}
     if "build_seconds" in b:
         rows.append([f"building the {b['entries']:,}-entry test ledger (signing; once, then cached)",
@@ -483,6 +486,11 @@ def _small(results: dict[str, Any]) -> list[str]:
         if t:
             rows.append([f"throughput, {t['runs']} runs dispatched at once, {label}",
                          f"{t['runs_per_second']:.1f} runs/s ({t['released']} released)"])
+    loop = s.get("shell_loop")
+    if loop:
+        rows.append([f"`opal run --no-wait`, {loop['runs']} from a bash loop (a process each: interpreter, "
+                     "imports, signed request, ledger append, Celery message), submitted",
+                     f"{loop['runs_per_second']:.1f} runs/s ({loop['released']} released)"])
     out += [
         (f"`{s['algorithm']}` with {s['params']} on a {s['dataset_rows']:,}-row dataset, {s['runs']} runs each; "
         "one worker, each run with its own ε so none is served from the cache (except the cached repeat)."),

@@ -47,6 +47,7 @@ def test_report_has_every_section_and_every_algorithm(quick_run: tuple[subproces
     for name in NAMES:
         assert f"| {name} |" in text
     assert "failed" not in text.lower()
+    assert "from a bash loop" in text and "`python -c pass`" in text
     assert "CPUs" in text and "Python" in text
     assert text.count("<!-- HAND-WRITTEN") == 1 and text.count("<!-- END HAND-WRITTEN -->") == 1
 
@@ -72,6 +73,9 @@ def test_json_holds_every_sample_and_duckdb_agrees_with_pandas(quick_run: tuple[
     small = results["small"]
     assert small["concurrency_1"]["released"] == small["concurrency_1"]["runs"]
     assert small["cached_served"] == small["cached_repeat"]["n"] and not small["fresh_cached"]
+    # issue #17's shell loop: every `opal run --no-wait` process printed a run id that was released
+    assert small["shell_loop"]["runs"] == 2 * small["runs"] == small["shell_loop"]["released"]
+    assert results["ledger"]["python_startup"]["n"] == 5
 
 
 def test_the_hand_written_block_survives_a_rewrite(tmp_path: Path) -> None:
