@@ -171,6 +171,27 @@ def test_a_refresh_checks_units_again_only_when_the_bytes_changed(
     assert catalog.get(sc.node, "parted").version == ds.version
 
 
+def test_an_operator_who_edits_the_recorded_version_does_not_skip_the_check(cdr: Path, tmp_path: Path) -> None:
+    # Attack: copy a unit into a second partition (it would count twice its bound), then
+    # write the new directory's version into the datasets row so a refresh takes it as checked.
+    from benchmarks.scenario import build
+
+    sc = build(tmp_path / "home", subscribers=50, days=1)
+    signer = sc.node.keyring.signer("olga")
+    folder = tmp_path / "parts"
+    partition(cdr, folder, parts=3, key=KEY, unit="msisdn")
+    ds = catalog.register(sc.node, "parted", folder, signer=signer)
+    first, second = partition_file(folder, 0), partition_file(folder, 1)
+    pq.write_table(pa_concat(pq.read_table(second), pq.read_table(first).slice(0, 1)), second)
+    forged = read_partitioned(folder).version()
+    with sc.node.db.transaction() as tx:
+        tx.execute("UPDATE datasets SET fingerprint = ? WHERE name = ?", (forged, "parted"))
+    with pytest.raises(BadInputError, match="more than one partition"):
+        catalog.refresh(sc.node, "parted", signer=signer)
+    assert sc.node.ledger.entries(type="dataset_updated", subject="parted") == []
+    assert ds.version != forged
+
+
 def pa_concat(a, b):  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
