@@ -40,6 +40,8 @@ def check_bundle(folder: Path, *, policy: ReleasePolicy | None = None) -> Bundle
             f"{folder}/opal.toml: privacy.unit {bundle.manifest.privacy.unit!r} is not the privacy unit "
             f"{SCHEMAS[bundle.manifest.dataset].unit!r} of schema {bundle.manifest.dataset!r}"
         )
+    bundle.manifest.check_reads(SCHEMAS[bundle.manifest.dataset].columns,
+                                dataset=f"schema {bundle.manifest.dataset!r}")
     check_source(bundle.source, filename="algorithm.py", entrypoint=bundle.manifest.entrypoint)
     literal = math.prod(len(g.values) for g in bundle.manifest.privacy.groups.values() if g.dataset is None)
     check_cells(literal, (policy or default_policy()).max_cells)
@@ -119,7 +121,8 @@ def local_aggregate(
     schema = SCHEMAS[manifest.dataset]
     partials = []
     for index, file in enumerate(files):
-        with Runtime(tables={schema.name: file}) as runtime:
+        read = None if manifest.reads is None else {schema.name: manifest.reads}
+        with Runtime(tables={schema.name: file}, read=read) as runtime:
             if index == 0:  # reads no data: once, as the worker's run task does (on the first partition)
                 run_check_params(runtime, source=bundle.source, params=params, table=schema.name,
                                  column=schema.unit)
@@ -131,6 +134,7 @@ def local_aggregate(
                 entrypoint=manifest.entrypoint,
                 params=params,
                 columns=declared_columns(manifest.privacy),
+                read=read,
             )
         partials.append(partial_aggregate(
             contributions, privacy=manifest.privacy, domains=domains, known_units=units, strict=True

@@ -35,6 +35,9 @@ class Manifest:
     dataset: str
     privacy: PrivacySpec
     parameters: dict[str, Any]
+    # The dataset columns the algorithm reads (``reads = [...]``); None: all of them.
+    # The sandbox loads and shows it only these (data minimisation, and less to decode).
+    reads: tuple[str, ...] | None = None
 
     @property
     def version_key(self) -> tuple[int, int, int]:
@@ -50,7 +53,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = MANIFEST_FILE) -> Manifest:
-        known = {"name", "version", "description", "entrypoint", "dataset", "privacy", "parameters"}
+        known = {"name", "version", "description", "entrypoint", "dataset", "reads", "privacy", "parameters"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -77,15 +80,30 @@ class Manifest:
             problem = _schema_problem.__wrapped__(parameters)
         if problem is not None:
             raise BadInputError(f"{where}: [parameters] is not a valid JSON Schema: {problem}")
+        privacy = PrivacySpec.from_dict(data["privacy"])
         return cls(
             name=data["name"],
             version=data["version"],
             description=str(data.get("description", "")),
             entrypoint=data["entrypoint"],
             dataset=data["dataset"],
-            privacy=PrivacySpec.from_dict(data["privacy"]),
+            privacy=privacy,
             parameters=parameters,
+            reads=_reads(data.get("reads"), unit=privacy.unit, where=where),
         )
+
+    def check_reads(self, columns: Any, *, dataset: str) -> None:
+        """Raise BadInputError unless every column the bundle reads is one of
+        ``columns`` (the schema of ``dataset``, which is public): decided
+        without data, before anything is spent."""
+        if self.reads is None:
+            return
+        missing = [c for c in self.reads if c not in columns]
+        if missing:
+            raise BadInputError(
+                f"{self.name} {self.version} reads column(s) {', '.join(missing)} that {dataset} does not have; "
+                f"its columns: {', '.join(columns)}"
+            )
 
     def validate_params(self, params: Any) -> None:
         """Raise BadInputError unless ``params`` satisfies the bundle's JSON Schema."""
@@ -102,15 +120,32 @@ class Manifest:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "description": self.description,
             "entrypoint": self.entrypoint,
             "dataset": self.dataset,
-            "privacy": self.privacy.to_dict(),
-            "parameters": self.parameters,
         }
+        if self.reads is not None:
+            out["reads"] = list(self.reads)
+        return {**out, "privacy": self.privacy.to_dict(), "parameters": self.parameters}
+
+
+def _reads(value: Any, *, unit: str, where: str) -> tuple[str, ...] | None:
+    """``reads`` as declared: absent (every column), or a list of distinct column
+    names holding the privacy unit (the sandbox replaces it by the run's pseudonyms,
+    and contributions are per unit)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise BadInputError(f'{where}: reads must be a list of column names, e.g. reads = ["{unit}", "day"]')
+    if len(set(value)) != len(value):
+        twice = sorted({c for c in value if value.count(c) > 1})
+        raise BadInputError(f"{where}: reads names {', '.join(twice)} more than once")
+    if unit not in value:
+        raise BadInputError(f"{where}: reads must include the privacy unit column {unit!r}")
+    return tuple(value)
 
 
 @functools.lru_cache(maxsize=256)

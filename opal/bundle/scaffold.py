@@ -14,6 +14,7 @@ version = "0.1.0"                  # MAJOR.MINOR.PATCH; workers refuse rollbacks
 description = "Distinct subscribers seen per region (edit me)"
 entrypoint = "contributions"       # function in algorithm.py: contributions(data, params)
 dataset = "cdr"                    # dataset schema it reads: data.cdr is a read-only DataFrame
+reads = ["msisdn", "day", "region"]  # the only columns of it you see (leave out for all; fewer load faster)
 
 [privacy]
 unit = "msisdn"                    # privacy unit: first column of the returned table

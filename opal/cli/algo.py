@@ -160,6 +160,9 @@ def review(app: App, ref: str, params: str | None, no_locality: bool, as_json: b
         + (f", [red]{view['revoked']}[/]" if view["revoked"] else "")
     )
     console.print(f"description: {view['manifest']['description']}")
+    reads = view["manifest"].get("reads")
+    console.print(f"reads from {view['manifest']['dataset']}: "
+                  + (", ".join(reads) if reads else "every column (no reads declared)"), markup=False)
     console.print("[bold]privacy declaration[/]")
     console.print_json(json.dumps(view["privacy"]))
     console.print("[bold]parameters (JSON Schema)[/]")

@@ -195,8 +195,11 @@ def _make_read_only(frame: Any) -> None:
             flags.writeable = False
 
 
-def _load_table(path: str) -> tuple[Any, int]:
-    """The table as a read-only DataFrame, and its size in memory (Arrow's count).
+def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, list[str]]:
+    """The table as a read-only DataFrame, its size in memory (Arrow's count),
+    and the names of all the file's columns. ``read``: only those columns are
+    loaded (the ones the bundles to run declare they read; the others are
+    never decoded).
 
     Parquet is read and converted one column at a time, each column's Arrow
     buffers freed as it is converted and handed back to the OS, so the load
@@ -221,6 +224,9 @@ def _load_table(path: str) -> tuple[Any, int]:
             except pa.ArrowInvalid:
                 source = pa.memory_map(path, "r")
                 table = pa.ipc.open_stream(source).read_all()
+        names = [str(n) for n in table.column_names]
+        if read is not None:
+            table = table.select([n for n in names if n in read])
         nbytes = int(table.nbytes)
         frame = table.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)
         del table
@@ -228,7 +234,10 @@ def _load_table(path: str) -> tuple[Any, int]:
         parquet = pq.ParquetFile(path)
         columns: dict[str, Any] = {}
         nbytes = 0
-        for name in parquet.schema_arrow.names:
+        names = [str(n) for n in parquet.schema_arrow.names]
+        for name in names:
+            if read is not None and name not in read:
+                continue
             column = parquet.read(columns=[name], use_threads=False)
             nbytes += int(column.nbytes)
             columns[name] = column.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)[name]
@@ -238,7 +247,22 @@ def _load_table(path: str) -> tuple[Any, int]:
         del columns
     pool.release_unused()
     _make_read_only(frame)
-    return frame, nbytes
+    return frame, nbytes, names
+
+
+def _project(tables: dict[str, Any], read: dict[str, Any] | None) -> dict[str, Any]:
+    """``tables`` with each table ``read`` names cut to the columns a bundle
+    reads, in the table's order (a column the table lacks stays absent). No
+    data is copied: the columns are the resident ones, read-only."""
+    if not read:
+        return tables
+    out = dict(tables)
+    for name, columns in read.items():
+        if name in out:
+            wanted = set(columns)
+            out[name] = out[name][[c for c in out[name].columns if c in wanted]]
+            _make_read_only(out[name])
+    return out
 
 
 def _probe(fn: Any, *, fork: Any = os.fork) -> bool:
@@ -342,6 +366,13 @@ class Zygote:
         self.heap: _warm.WarmHeap | None = None
         self.forker = _isolation.RunForker()
         self.reloads = 0
+        self.schemas: dict[str, list[str]] = {}  # every column of each table's file, loaded or not
+
+    def _described(self) -> dict[str, Any]:
+        return {
+            n: {"rows": int(len(f)), "columns": self.schemas.get(n, []), "loaded": [str(c) for c in f.columns]}
+            for n, f in self.tables.items()
+        }
 
     def start(self, namespaces: dict[str, bool]) -> None:
         config, _ = _protocol.recv(self.sock)
@@ -358,8 +389,9 @@ class Zygote:
         _preload_time_zones()
         tables: dict[str, Any] = {}
         table_bytes = 0
+        read = config.get("read") or {}
         for name, path in config["tables"].items():
-            tables[name], nbytes = _load_table(path)
+            tables[name], nbytes, self.schemas[name] = _load_table(path, read.get(name))
             table_bytes += nbytes
         # A trusted warm-up run loads every lazily imported path of the
         # libraries while this process may still read them.
@@ -388,10 +420,7 @@ class Zygote:
             {
                 "op": "ready",
                 "layers": self.layers,
-                "tables": {
-                    n: {"rows": int(len(f)), "columns": [str(c) for c in f.columns]}
-                    for n, f in tables.items()
-                },
+                "tables": self._described(),
                 "warm_memory_bytes": self.heap.size if self.heap is not None else 0,
             },
         )
@@ -428,6 +457,9 @@ class Zygote:
             if message.get("op") == "load" and not fds:
                 self._load(message)
                 continue
+            if message.get("op") == "count" and not fds:
+                self._count(message)
+                continue
             if message.get("op") != "run" or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
@@ -457,18 +489,29 @@ class Zygote:
         pseudonyms.forget()
         gc.collect()
         pa.default_memory_pool().release_unused()
+        read = message.get("read") or {}
         try:
-            tables = {name: _load_table(path)[0] for name, path in message["tables"].items()}
+            tables, schemas = {}, {}
+            for name, path in message["tables"].items():
+                tables[name], _, schemas[name] = _load_table(path, read.get(name))
         except Exception as exc:  # noqa: BLE001 - reported to the Runtime, then exit
             _protocol.send(self.sock, {"op": "failed", "message": f"{type(exc).__name__} while loading the dataset"})
             sys.exit(1)
-        self.tables = tables
+        self.tables, self.schemas = tables, schemas
         gc.collect()
         gc.freeze()
-        _protocol.send(self.sock, {
-            "op": "loaded",
-            "tables": {n: {"rows": int(len(f)), "columns": [str(c) for c in f.columns]} for n, f in tables.items()},
-        })
+        _protocol.send(self.sock, {"op": "loaded", "tables": self._described()})
+
+    def _count(self, message: dict[str, Any]) -> None:
+        """How many distinct units a column holds: the size of the dictionary
+        the run's pseudonyms are drawn over (built here once per resident
+        table, so the first run does not build it). Trusted code only."""
+        try:
+            _, count = pseudonyms.dictionary(message["table"], message["column"], self.tables[message["table"]])
+            reply: dict[str, Any] = {"op": "count", "ok": True, "count": int(count)}
+        except (KeyError, TypeError, ValueError):
+            reply = {"op": "count", "ok": False}
+        _protocol.send(self.sock, reply)
 
     def _units(self, message: dict[str, Any], out_fd: int) -> None:
         """Distinct values of one column, for the release gate's unit check.
@@ -504,7 +547,7 @@ class Zygote:
         reserved = self.heap.reserve() if self.heap is not None else 0
         job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
         # per-run pseudonyms, made here so the seed never reaches the child
-        tables = pseudonyms.apply(self.tables, job.pop("pseudonyms", None))
+        tables = _project(pseudonyms.apply(self.tables, job.pop("pseudonyms", None)), job.pop("read", None))
         pid = self.forker.fork(pid_namespace=self.layers.get("pid_namespace", False))
         if pid == 0:
             code = 1

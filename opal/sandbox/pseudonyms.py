@@ -95,7 +95,9 @@ def forget() -> None:
     _DICTIONARIES.clear()
 
 
-def _dictionary(name: str, column: str, frame: Any) -> tuple[Any, int]:
+def dictionary(name: str, column: str, frame: Any) -> tuple[Any, int]:
+    """Each row's unit code (-1: no unit) and the number of distinct units of
+    ``frame[column]``, kept while ``frame`` is the resident table."""
     key = (name, column, id(frame))
     if key not in _DICTIONARIES:
         import numpy as np
@@ -131,7 +133,7 @@ def apply(tables: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]
 
     name, column = spec["table"], spec["column"]
     frame = tables[name]
-    codes, count = _dictionary(name, column, frame)
+    codes, count = dictionary(name, column, frame)
     lookup = np.append(_permutation(spec, count), np.int64(-1))  # code -1 (a missing unit) → -1
     pseudonyms = lookup[codes]
     out = frame.copy(deep=False)
@@ -153,5 +155,5 @@ def run_pseudonymised(runtime: Any, *, table: str, column: str, **run: Any) -> t
     Raises whatever ``Runtime.run`` raises.
     """
     spec = for_run(table=table, column=column)
-    units = RunPseudonyms.of(spec, count=len(runtime.units(column, table=table)))
+    units = RunPseudonyms.of(spec, count=runtime.unit_count(column, table=table))
     return runtime.run(**run, pseudonyms=spec), units

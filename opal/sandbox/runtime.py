@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -78,6 +78,13 @@ def _check_tables(tables: dict[str, Path]) -> dict[str, str]:
     return checked
 
 
+def _check_read(read: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]] | None:
+    """``read`` as the zygote takes it: table → column names (None: every column)."""
+    if read is None:
+        return None
+    return {str(name): [str(c) for c in columns] for name, columns in read.items()}
+
+
 def _require(layers: dict[str, bool], required: tuple[str, ...]) -> None:
     missing = [name for name in required if not layers.get(name)]
     if missing:
@@ -96,10 +103,13 @@ class Runtime:
         InternalError: the zygote could not start, or a required layer is missing.
     """
 
-    def __init__(self, *, tables: dict[str, Path], limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, tables: dict[str, Path], limits: Limits | None = None, read: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
         if limits is None:
             limits = Limits()
         self._tables = _check_tables(tables)
+        self._read = _check_read(read)
         self.limits = limits
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -107,9 +117,11 @@ class Runtime:
         self._workdir: str | None = None
         self._layers: dict[str, bool] = {}
         self.table_rows: dict[str, int] = {}
-        self.table_columns: dict[str, list[str]] = {}
+        self.table_columns: dict[str, list[str]] = {}  # every column of each table's file (its public schema)
+        self.loaded_columns: dict[str, list[str]] = {}  # the columns held (``read``), in the file's order
         self.warm_memory_bytes = 0
         self._units_cache: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str], int] = {}
         self._owner = os.getpid()
         self._start()
         try:
@@ -155,6 +167,7 @@ class Runtime:
                 {
                     "op": "config",
                     "tables": self._tables,
+                    "read": self._read,
                     "warm_memory_bytes": min(self.limits.warm_memory_bytes, self.limits.memory_bytes),
                     "warm_memory_ratio": self.limits.warm_memory_ratio,
                 },
@@ -174,10 +187,20 @@ class Runtime:
                 f"sandbox zygote failed to start: {message.get('message', 'unknown error')}"
             )
         self._layers = {name: bool(message["layers"].get(name)) for name in LAYERS}
-        self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
-        # the dataset's schema (public): words a child's column hint may use
-        self.table_columns = {n: [str(c) for c in v.get("columns", [])] for n, v in message["tables"].items()}
+        self._describe(message["tables"])
         self.warm_memory_bytes = int(message.get("warm_memory_bytes", 0))
+
+    def _describe(self, tables: dict[str, Any]) -> None:
+        self.table_rows = {n: int(v["rows"]) for n, v in tables.items()}
+        # the dataset's schema (public): words a child's column hint may use
+        self.table_columns = {n: [str(c) for c in v.get("columns", [])] for n, v in tables.items()}
+        self.loaded_columns = {n: [str(c) for c in v.get("loaded", [])] for n, v in tables.items()}
+
+    def holds(self, read: Mapping[str, Iterable[str]] | None) -> bool:
+        """True if the resident tables have every column ``read`` names (None: all of them)."""
+        if read is None:
+            return all(self.loaded_columns.get(n) == cs for n, cs in self.table_columns.items())
+        return all(set(cs) <= set(self.loaded_columns.get(n, ())) for n, cs in read.items())
 
     def _ensure_started(self) -> None:
         if self._owner != os.getpid():
@@ -255,8 +278,11 @@ class Runtime:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def reload(self, *, tables: dict[str, Path], limits: Limits | None = None) -> None:
-        """Hold ``tables`` instead of the current ones, in the same zygote.
+    def reload(
+        self, *, tables: dict[str, Path], limits: Limits | None = None, read: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
+        """Hold ``tables`` instead of the current ones, in the same zygote
+        (of each table named in ``read``, those columns only).
 
         For a worker streaming the partitions of a dataset it cannot hold
         whole: loading a partition costs less than starting a zygote
@@ -270,17 +296,19 @@ class Runtime:
                 runtime starts afresh on its next job).
         """
         checked = _check_tables(tables)
+        wanted = _check_read(read)
         with self._lock:
-            self._tables = checked
+            self._tables, self._read = checked, wanted
             if limits is not None:
                 self.limits = limits
             self._units_cache.clear()
+            self._counts.clear()
             if self._owner != os.getpid() or self._proc is None or self._proc.poll() is not None:
                 self._ensure_started()  # a fresh zygote loads the new tables itself
                 return
             assert self._sock is not None
             try:
-                _protocol.send(self._sock, {"op": "load", "tables": checked})
+                _protocol.send(self._sock, {"op": "load", "tables": checked, "read": wanted})
                 self._sock.settimeout(_START_TIMEOUT)
                 message, _ = _protocol.recv(self._sock)
                 self._sock.settimeout(None)
@@ -293,8 +321,7 @@ class Runtime:
                 raise InternalError(
                     f"sandbox zygote failed to load its tables: {message.get('message', 'unknown error')}"
                 )
-            self.table_rows = {n: int(v["rows"]) for n, v in message["tables"].items()}
-            self.table_columns = {n: [str(c) for c in v.get("columns", [])] for n, v in message["tables"].items()}
+            self._describe(message["tables"])
 
     def layers(self) -> dict[str, bool]:
         """Which isolation layers are active for jobs of this runtime."""
@@ -335,6 +362,29 @@ class Runtime:
         self._units_cache[key] = series
         return series.copy()
 
+    def unit_count(self, column: str, *, table: str | None = None) -> int:
+        """How many distinct units ``column`` of the resident table holds: the
+        range of a run's pseudonyms, for the release gate's unit check.
+
+        Raises:
+            BadInputError: no such table or column.
+        """
+        if table is None:
+            if len(self._tables) != 1:
+                raise BadInputError("unit_count() needs table= when the runtime holds several tables")
+            table = next(iter(self._tables))
+        key = (table, column)
+        with self._lock:
+            if key not in self._counts:
+                self._ensure_started()
+                assert self._sock is not None
+                _protocol.send(self._sock, {"op": "count", "table": table, "column": column})
+                reply, _ = _protocol.recv(self._sock)
+                if not reply.get("ok"):
+                    raise BadInputError(f"table {table!r} has no column {column!r}")
+                self._counts[key] = int(reply["count"])
+            return self._counts[key]
+
     # ----------------------------------------------------------------- runs
 
     def run(
@@ -347,6 +397,7 @@ class Runtime:
         limits: Limits | None = None,
         columns: tuple[str, ...] | None = None,
         pseudonyms: dict[str, Any] | None = None,
+        read: Mapping[str, Iterable[str]] | None = None,
     ) -> Any:
         """Run one algorithm in a fresh child and return its contributions table.
 
@@ -355,7 +406,8 @@ class Runtime:
         checked against them and against the limits' caps on columns, rows,
         bytes and label length while it is read, before any pandas work.
         ``pseudonyms`` (``opal.sandbox.pseudonyms.for_run``) replaces the unit
-        column the algorithm sees by the run's pseudonyms.
+        column the algorithm sees by the run's pseudonyms. ``read`` (table →
+        columns: a bundle's ``reads``): the algorithm sees only those columns.
 
         Raises:
             ReleaseRefused: the table does not have the declared columns or
@@ -379,6 +431,7 @@ class Runtime:
             "params": params_json,
             "limits": limits.to_dict(),
             "pseudonyms": pseudonyms,
+            "read": _check_read(read),
         }
         expected = _check_expected(columns)
         with self._lock:

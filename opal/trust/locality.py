@@ -112,7 +112,7 @@ def probe(
     from opal.sandbox.pseudonyms import for_run, pseudonym_at
 
     seed = os.urandom(32)
-    count = len(runtime.units(column, table=table))
+    count = runtime.unit_count(column, table=table)
     spec = for_run(table=table, column=column, seed=seed)
     base = _per_unit(runtime.run(source=source, entrypoint=entrypoint, params=params, pseudonyms=spec), column)
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "big"))  # which units, not noise
@@ -192,7 +192,8 @@ def _probe_bundle(bundle: Any, *, dataset: Path, params: Any, sample: int) -> Lo
         raise BadInputError(f"dataset schema {manifest.dataset!r} is not known; known: {', '.join(SCHEMAS)}")
     manifest.validate_params(params)
     schema = SCHEMAS[manifest.dataset]
-    with Runtime(tables={schema.name: dataset}) as runtime:
+    read = None if manifest.reads is None else {schema.name: manifest.reads}
+    with Runtime(tables={schema.name: dataset}, read=read) as runtime:  # the columns it reads, as a worker shows it
         return probe(
             runtime, source=bundle.source, entrypoint=manifest.entrypoint, params=params,
             table=schema.name, column=schema.unit, sample=sample,

@@ -186,7 +186,8 @@ def prepare(node: Node, record: RunRecord) -> Prepared:
         raise BadInputError(
             f"{bundle.ref} declares privacy unit {manifest.privacy.unit!r}; dataset {ds.name!r} protects {ds.unit!r}"
         )
-    # 3. data-free checks: params, compile policy, domains, ε
+    # 3. data-free checks: the columns it reads, params, compile policy, domains, ε
+    manifest.check_reads(catalog.SCHEMAS[ds.schema].columns, dataset=f"dataset {ds.name!r}")
     manifest.validate_params(record.params)
     from opal.release.domains import cell_count, check_cells, resolve
     from opal.sandbox import check_source
@@ -212,8 +213,9 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     )
     if cached is not None:
         return _finish_cached(node, record, cached, signer=signer)
-    runtime = runtime_for(ds)  # of a partitioned dataset: its first partition (check_params reads no data)
-    run_check_params(runtime, source=bundle.source, params=record.params, table=ds.schema, column=ds.unit)
+    # check_params reads no data: of a partitioned dataset, any partition's runtime held (else the first)
+    run_check_params(lambda: runtime_for(ds), source=bundle.source, params=record.params, table=ds.schema,
+                     column=ds.unit)
     # 4. reserve budget and record the start, in one durable transaction
     if not _start(node, record, ds, subject=manifest.name, signer=signer, me=me):
         return outcome_of(get_run(node, record.run_id))
@@ -224,8 +226,9 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
         fan_out(node, record, parts=len(ds.partition_files()))
         return outcome_of(get_run(node, record.run_id))
     # 5. sandbox, on this run's pseudonyms. From here on the run is total.
+    runtime = runtime_for(ds)
     contributions, units, outcome = sandbox_contributions(
-        runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy
+        runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy, reads=manifest.reads
     )
     # 6. release gate (never refuses contributions: a malformed table is no contributions)
     from opal.release import release as gate
@@ -248,9 +251,11 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
 
 
 def sandbox_contributions(
-    runtime: Runtime, source: str, entrypoint: str, record: RunRecord, ds: catalog.Dataset, privacy: PrivacySpec
+    runtime: Runtime, source: str, entrypoint: str, record: RunRecord, ds: catalog.Dataset, privacy: PrivacySpec,
+    *, reads: tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame | None, RunPseudonyms | None, dict[str, Any]]:
     """(contributions or None, the run's units, the true outcome for the operator).
+    ``reads``: the only columns of the dataset the algorithm sees (the bundle's).
 
     Every failure of the algorithm becomes no contributions: whether it failed
     can depend on private values, so it must not show in what leaves.
@@ -261,7 +266,7 @@ def sandbox_contributions(
     try:
         contributions, units = run_pseudonymised(
             runtime, table=ds.schema, column=ds.unit, source=source, entrypoint=entrypoint, params=record.params,
-            columns=declared_columns(privacy),
+            columns=declared_columns(privacy), read=None if reads is None else {ds.schema: reads},
         )
     except OpalError as exc:
         log.info("run %s: the algorithm produced no contributions (%s)", record.run_id, type(exc).__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,13 +95,19 @@ def limits() -> Limits:
     )
 
 
-def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
-    """The resident runtime of ``ds`` (of its partition ``part``; partition 0
-    when a partitioned dataset is asked for as a whole).
+def runtime_for(ds: Dataset, part: int | None = None, *, read: Mapping[str, Iterable[str]] | None = None) -> Runtime:
+    """The resident runtime of ``ds`` (of its partition ``part``), holding at
+    least the columns ``read`` names (table → columns: the ``reads`` of the
+    bundle to run; None: every column). A partitioned dataset asked for as a
+    whole is for a check that reads no data (``check_params``): it gets any
+    partition's runtime this process holds, whatever its columns, else
+    partition 0's.
 
     Partition runtimes stay resident while their estimated size fits this
     process's memory budget (``memory_budget``); beyond it the least recently
-    used are stopped, so a process holds what it serves, not the dataset.
+    used are stopped, so a process holds what it serves, not the dataset. A
+    runtime loaded to stream a partition holds only the columns its run reads
+    (the others are never decoded); one kept resident holds every column.
     """
     from opal.errors import OpalError
     from opal.sandbox import Runtime
@@ -108,10 +115,25 @@ def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
     index = (part or 0) if ds.partitioned else None
     key = ds.name if index is None else f"{ds.name}/{index}"
     with _lock:
+        if part is None and index is not None:  # the dataset as a whole (a data-free check): any partition held
+            for name in reversed(_runtimes):
+                version, held_rt = _runtimes[name]
+                if name.split("/")[0] == ds.name and version == ds.version:
+                    _runtimes.move_to_end(name)
+                    return held_rt
         held = _runtimes.get(key)
         if held is not None and held[0] == ds.version:
             _runtimes.move_to_end(key)
-            return held[1]
+            current = held[1]
+            if current.holds(read):
+                return current
+            try:  # streamed in for a run that read fewer columns: all of them now
+                current.reload(tables={ds.schema: ds.partition_files()[index] if index is not None else ds.path})
+                return current
+            except OpalError:
+                _runtimes.pop(key)
+                _costs.pop(key, None)
+                current.close()  # a fresh runtime below reports what is wrong
         for name in [k for k, (v, _) in _runtimes.items() if k.split("/")[0] == ds.name and v != ds.version]:
             _runtimes.pop(name)[1].close()  # a new version: every runtime of the old one goes
         file = ds.partition_files()[index] if index is not None else ds.path
@@ -121,10 +143,10 @@ def runtime_for(ds: Dataset, part: int | None = None) -> Runtime:
         _costs[key] = partition_estimate(file, run_limits)
         reused = _make_room(ds, keep=key, need=_costs[key]) if index is not None else None
         _evict(keep=key, need=_costs[key])
-        rt = None
+        rt: Runtime | None = None
         if reused is not None:
             try:
-                reused.reload(tables={ds.schema: file}, limits=run_limits)
+                reused.reload(tables={ds.schema: file}, limits=run_limits, read=read)
                 rt = reused
             except OpalError:
                 reused.close()  # a fresh runtime below reports what is wrong

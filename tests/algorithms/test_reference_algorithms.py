@@ -325,3 +325,71 @@ def test_a_domain_product_over_max_cells_is_refused_by_algo_check_without_data(t
         check_bundle(folder)
     assert exc.value.exit_code == 3
     assert "the group domains have 2400000 cells in all, more than the policy limit max_cells = 100000" in str(exc.value)
+
+
+REFERENCE_PARAMS = {
+    "population_density": {"start_day": 2, "end_day": 9},
+    "home_location": {"start_day": 0, "end_day": 13},
+    "od_matrix": {"before_start_day": 0, "before_end_day": 6, "after_start_day": 7, "after_end_day": 13},
+    "displacement": {"origin_region": SHOCK.region, "shock_day": SHOCK.day},
+    "call_volume": {"start_day": 0, "end_day": 13},
+    "unique_visitors": {"start_day": 0, "end_day": 13},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_reference_bundle_reads_only_the_columns_it_declares(name, world):
+    """The bundle's ``reads`` is what the sandbox shows it: on the table cut to
+    those columns it must give exactly what it gives on every column."""
+    from opal.bundle.manifest import Manifest
+
+    cdr, _ = world
+    reads = Manifest.parse((ALGORITHMS / name / "opal.toml").read_bytes()).reads
+    assert reads is not None and set(reads) < set(cdr.columns)
+    whole = run(name, cdr, REFERENCE_PARAMS[name])
+    cut = run(name, cdr[[c for c in cdr.columns if c in reads]], REFERENCE_PARAMS[name])
+    assert len(whole) > 0
+    pd.testing.assert_frame_equal(cut.reset_index(drop=True), whole.reset_index(drop=True))
+
+
+@pytest.mark.parametrize(("reads", "message"), [
+    ('"msisdn"', 'reads must be a list of column names, e.g. reads = ["msisdn", "day"]'),
+    ("[]", 'reads must be a list of column names, e.g. reads = ["msisdn", "day"]'),
+    ('["msisdn", 3]', 'reads must be a list of column names, e.g. reads = ["msisdn", "day"]'),
+    ('["day", "region"]', "reads must include the privacy unit column 'msisdn'"),
+    ('["msisdn", "day", "day"]', "reads names day more than once"),
+])
+def test_a_malformed_reads_is_refused_naming_the_fix(reads, message, tmp_path):
+    import shutil
+
+    from opal.devloop import check_bundle
+    from opal.errors import BadInputError
+
+    folder = tmp_path / "b"
+    shutil.copytree(ALGORITHMS / "population_density", folder)
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region"]', f"reads = {reads}"))
+    with pytest.raises(BadInputError) as exc:
+        check_bundle(folder)
+    assert exc.value.exit_code == 2
+    assert str(exc.value) == f"{folder}/opal.toml: {message}"
+
+
+def test_a_bundle_reading_a_column_its_schema_lacks_is_refused_by_algo_check(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "b"
+    shutil.copytree(ALGORITHMS / "population_density", folder)
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region"]',
+                                             'reads = ["msisdn", "day", "region", "imei"]'))
+    proc = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder)], capture_output=True,
+                          text=True, env={**os.environ, "OPAL_HOME": str(tmp_path / "home")}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "opal: error: population_density 1.0.0 reads column(s) imei that schema 'cdr' does not have; its columns: "
+        "msisdn, timestamp, day, cell_id, region, event, duration_s"
+    )

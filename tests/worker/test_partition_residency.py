@@ -181,3 +181,51 @@ def test_a_zygote_reloaded_many_times_holds_one_partition_not_all_it_held(tmp_pa
     # each partition is ~16 MB in memory (and its unit dictionary ~16 MB more): a leak of
     # every reload's tables would grow the zygote by hundreds of MB
     assert max(sizes[2:]) - sizes[1] < 48 << 20, [s >> 20 for s in sizes]
+
+
+_READS_EVENT = (
+    "def contributions(data, params):\n"
+    "    t = data.cdr\n"
+    "    return t[t['event'] == 'call'][['msisdn', 'region']].drop_duplicates()\n"
+)
+
+
+def test_a_streamed_partition_decodes_only_what_its_run_reads_and_a_wider_run_gets_every_column(
+        parted: tuple[Scenario, catalog.Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    from opal.errors import AlgorithmFailed
+
+    _, ds = parted
+    monkeypatch.setenv("OPAL_WORKER_CONCURRENCY", "1")
+    monkeypatch.setenv("OPAL_WORKER_MEMORY", "1")
+    every = list(catalog.SCHEMAS["cdr"].columns)
+    narrow = {"cdr": ("region", "msisdn")}
+    first = state.runtime_for(ds, 0)                                 # a zygote started for a partition: every column
+    zygote = _zygote_pid(first)
+    assert first.loaded_columns == {"cdr": every}
+    streamed = state.runtime_for(ds, 1, read=narrow)                 # reloaded for a run reading two columns
+    assert streamed is first and _zygote_pid(streamed) == zygote
+    assert streamed.loaded_columns == {"cdr": ["msisdn", "region"]}  # in the file's order; the rest never decoded
+    assert streamed.table_columns == {"cdr": every}                  # the public schema is still known
+    with pytest.raises(AlgorithmFailed):                             # the column it did not declare is not there
+        streamed.run(source=_READS_EVENT, entrypoint="contributions", params={}, read=narrow)
+    assert state.runtime_for(ds, 1, read=narrow) is streamed          # held: no reload
+    assert streamed.loaded_columns == {"cdr": ["msisdn", "region"]}
+    wider = state.runtime_for(ds, 1, read={"cdr": ("msisdn", "region", "event")})
+    assert wider is first and _zygote_pid(wider) == zygote           # the same partition again, every column
+    assert wider.loaded_columns == {"cdr": every}
+    assert len(wider.run(source=_READS_EVENT, entrypoint="contributions", params={},
+                         read={"cdr": ("msisdn", "region", "event")})) > 0
+    assert state.runtime_for(ds, 1, read=narrow).loaded_columns == {"cdr": every}  # a superset serves it
+
+
+def test_a_data_free_check_on_a_partitioned_dataset_takes_the_partition_held_without_a_reload(
+        parted: tuple[Scenario, catalog.Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ds = parted
+    monkeypatch.setenv("OPAL_WORKER_CONCURRENCY", "1")
+    monkeypatch.setenv("OPAL_WORKER_MEMORY", "1")
+    state.runtime_for(ds, 0)
+    streamed = state.runtime_for(ds, 2, read={"cdr": ("msisdn", "day")})    # partition 0's zygote, reloaded
+    zygote = _zygote_pid(streamed)
+    assert state.runtime_for(ds) is streamed                        # not partition 0 loaded for a check on no data
+    assert _zygote_pid(streamed) == zygote and streamed.loaded_columns == {"cdr": ["msisdn", "day"]}
+    assert list(state.resident()) == ["parted/2"]

@@ -169,6 +169,9 @@ def test_cancelled_while_running_result_is_discarded(sc: Scenario, monkeypatch: 
         def units(self, column: str, table: str | None = None) -> Any:
             return self.rt.units(column, table=table)
 
+        def unit_count(self, column: str, table: str | None = None) -> int:
+            return int(self.rt.unit_count(column, table=table))
+
     out = execute_run(sc.node, run_id, signer=sc.node.keyring.signer("olga"),
                       runtime_for=lambda ds: CancelsMidRun(real(ds)))
     assert out["state"] == "cancelled" and out["release"] is None
