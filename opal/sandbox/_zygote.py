@@ -231,14 +231,22 @@ def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, lis
         frame = table.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)
         del table
     else:
-        parquet = pq.ParquetFile(path)
+        schema = pq.read_schema(path)
+        # Text columns (regions, event kinds: few distinct values) are stored
+        # dictionary-encoded: read as such, then cast to plain strings, they
+        # decode in about half the time the reader takes to expand them (the
+        # same strings: what the algorithm sees does not change).
+        texts = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
         columns: dict[str, Any] = {}
         nbytes = 0
-        names = [str(n) for n in parquet.schema_arrow.names]
+        names = [str(n) for n in schema.names]
         for name in names:
             if read is not None and name not in read:
                 continue
-            column = parquet.read(columns=[name], use_threads=False)
+            column = pq.read_table(path, columns=[name], use_threads=False,
+                                   read_dictionary=[name] if name in texts else None)
+            if name in texts:
+                column = column.cast(pa.schema([schema.field(name)], metadata=column.schema.metadata))
             nbytes += int(column.nbytes)
             columns[name] = column.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)[name]
             del column

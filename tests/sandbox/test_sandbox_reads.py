@@ -54,3 +54,27 @@ def test_a_runtime_started_with_reads_never_holds_the_other_columns(cdr_path: Pa
         narrow.reload(tables={"cdr": cdr_path})               # every column again, the same zygote
         assert narrow.loaded_columns == {"cdr": EVERY}
         assert _seen(narrow, None) == EVERY
+
+
+@pytest.mark.parametrize("dictionary", [True, False], ids=["dictionary-encoded", "plain"])
+def test_the_zygote_loads_text_columns_as_the_same_strings_whatever_their_encoding(
+        tmp_path: Path, dictionary: bool) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from opal.sandbox._zygote import _load_table
+
+    table = pa.table({
+        "msisdn": pa.array([3, 1, 2, 3, 1], pa.int64()),
+        "region": pa.array(["north", None, "södra", "north", ""], pa.string()),
+        "event": pa.array(["call", "sms", "call", "data", "call"], pa.large_string()),
+        "day": pa.array([0, 1, 1, 2, 2], pa.int64()),
+    })
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, use_dictionary=dictionary, row_group_size=2)
+    frame, nbytes, names = _load_table(str(path))
+    pd.testing.assert_frame_equal(frame, pq.read_table(path).to_pandas())
+    assert names == ["msisdn", "region", "event", "day"] and nbytes > 0
+    cut, _, _ = _load_table(str(path), ["day", "region", "msisdn"])
+    pd.testing.assert_frame_equal(cut, pq.read_table(path, columns=["msisdn", "region", "day"]).to_pandas())
