@@ -234,17 +234,19 @@ def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, lis
         schema = pq.read_schema(path)
         # Text columns (regions, event kinds: few distinct values) are stored
         # dictionary-encoded: read as such, then cast to plain strings, they
-        # decode in about half the time the reader takes to expand them (the
-        # same strings: what the algorithm sees does not change).
-        texts = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+        # decode faster than the reader expands them (the same strings: what
+        # the algorithm sees does not change). Measured on a 3.1 M-row
+        # partition: 0.136 s against 0.17 s, with the same peak memory;
+        # pq.read_table is as fast but its pre-buffering kept ~100 MB more.
+        texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        parquet = pq.ParquetFile(path, read_dictionary=texts)
         columns: dict[str, Any] = {}
         nbytes = 0
         names = [str(n) for n in schema.names]
         for name in names:
             if read is not None and name not in read:
                 continue
-            column = pq.read_table(path, columns=[name], use_threads=False,
-                                   read_dictionary=[name] if name in texts else None)
+            column = parquet.read(columns=[name], use_threads=False)
             if name in texts:
                 column = column.cast(pa.schema([schema.field(name)], metadata=column.schema.metadata))
             nbytes += int(column.nbytes)
