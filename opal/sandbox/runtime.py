@@ -327,6 +327,14 @@ class Runtime:
         """Which isolation layers are active for jobs of this runtime."""
         return dict(self._layers)
 
+    def _table(self, table: str | None, caller: str) -> str:
+        """``table``, or the runtime's one table when None."""
+        if table is not None:
+            return table
+        if len(self._tables) != 1:
+            raise BadInputError(f"{caller}() needs table= when the runtime holds several tables")
+        return next(iter(self._tables))
+
     def units(self, column: str, *, table: str | None = None) -> Any:
         """Distinct values of ``column`` in the resident table (a pandas Series),
         for the release gate's check that units are the dataset's own.
@@ -334,10 +342,7 @@ class Runtime:
         Raises:
             BadInputError: no such table or column.
         """
-        if table is None:
-            if len(self._tables) != 1:
-                raise BadInputError("units() needs table= when the runtime holds several tables")
-            table = next(iter(self._tables))
+        table = self._table(table, "units")
         key = (table, column)
         if key in self._units_cache:
             return self._units_cache[key].copy()
@@ -369,10 +374,7 @@ class Runtime:
         Raises:
             BadInputError: no such table or column.
         """
-        if table is None:
-            if len(self._tables) != 1:
-                raise BadInputError("unit_count() needs table= when the runtime holds several tables")
-            table = next(iter(self._tables))
+        table = self._table(table, "unit_count")
         key = (table, column)
         with self._lock:
             if key not in self._counts:
