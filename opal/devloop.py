@@ -17,7 +17,7 @@ from opal.release.policy import ReleasePolicy
 if TYPE_CHECKING:
     from opal.release.bounding import BoundedAggregate
 
-__all__ = ["check_bundle", "dataset_domains", "dataset_files", "local_aggregate", "test_bundle"]
+__all__ = ["check_bundle", "dataset_domains", "dataset_files", "local_aggregate", "read_warnings", "test_bundle"]
 
 
 def check_bundle(folder: Path, *, policy: ReleasePolicy | None = None) -> Bundle:
@@ -46,6 +46,38 @@ def check_bundle(folder: Path, *, policy: ReleasePolicy | None = None) -> Bundle
     literal = math.prod(len(g.values) for g in bundle.manifest.privacy.groups.values() if g.dataset is None)
     check_cells(literal, (policy or default_policy()).max_cells)
     return bundle
+
+
+def read_warnings(bundle: Bundle) -> list[str]:
+    """Columns of the bundle's schema that its source names as a string but its
+    ``reads`` leaves out, one line each (``algorithm.py:LINE …``).
+
+    A hint, not a check: a name can be built at run time, and a string can be
+    an output column's name. But a column left out of ``reads`` is not in the
+    table the sandbox shows, so on a worker such a run raises ``KeyError`` and
+    releases an empty (noisy) table while its ε is spent: worth saying before
+    anything is submitted.
+    """
+    import ast
+
+    reads = bundle.manifest.reads
+    schema = SCHEMAS.get(bundle.manifest.dataset)
+    if reads is None or schema is None:
+        return []
+    try:
+        tree = ast.parse(bundle.source)
+    except SyntaxError:
+        return []
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in schema.columns
+                and node.value not in reads):
+            found[node.value] = min(found.get(node.value, node.lineno), node.lineno)
+    return [
+        f"algorithm.py:{line} names column {name!r}, which reads does not list: the sandbox will not show it "
+        "(add it to reads in opal.toml if the algorithm reads it)"
+        for name, line in sorted(found.items(), key=lambda item: item[1])
+    ]
 
 
 def dataset_domains(dataset: Path, domains: Path | None = None) -> dict[str, tuple[Label, ...]]:

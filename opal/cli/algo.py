@@ -10,7 +10,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from opal.bundle.manifest import SOURCE_FILE
-from opal.cli._app import App, console, emit_json, pass_app
+from opal.cli._app import App, console, emit_json, err_console, pass_app
 from opal.cli._render import parse_params, render_release
 from opal.errors import BadInputError
 
@@ -37,17 +37,19 @@ def init(folder: Path, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check(folder: Path, as_json: bool) -> None:
     """Static checks (manifest, parameter schema, compile policy) without data."""
-    from opal.devloop import check_bundle
+    from opal.devloop import check_bundle, read_warnings
 
     bundle = check_bundle(folder)
+    warnings = read_warnings(bundle)
     if as_json:
-        emit_json(
-            {"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version, "digest": bundle.digest}
-        )
+        emit_json({"ok": True, "name": bundle.manifest.name, "version": bundle.manifest.version,
+                   "digest": bundle.digest, "warnings": warnings})
     else:
         console.print(
             f"ok: {bundle.ref} passes the manifest, schema and compile-policy checks (digest {bundle.digest[:16]}…)"
         )
+    for line in warnings:
+        err_console.print(f"warning: {line}", markup=False)
 
 
 @algo.command("test")
@@ -63,9 +65,12 @@ def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None,
          locality: bool, as_json: bool) -> None:
     """Run an unsigned bundle through the real sandbox and release gate on a local file,
     or on a partitioned directory partition by partition (as a worker would; noise once)."""
-    from opal.devloop import test_bundle
+    from opal.bundle.registry import Bundle
+    from opal.devloop import read_warnings, test_bundle
 
     parsed = parse_params(params)
+    for line in read_warnings(Bundle.from_folder(folder)):  # before the run: it may be why the run fails
+        err_console.print(f"warning: {line}", markup=False)
     result = test_bundle(folder, dataset=dataset, params=parsed, epsilon=epsilon, domains=domains)
     if locality:
         from opal.data.partition import is_partitioned, read_partitioned
@@ -95,10 +100,12 @@ def test(folder: Path, dataset: Path, params: str | None, epsilon: float | None,
 @pass_app
 def submit(app: App, folder: Path, key: str | None, as_json: bool) -> None:
     """Sign and submit the bundle in FOLDER for review."""
-    from opal.devloop import check_bundle
+    from opal.devloop import check_bundle, read_warnings
     from opal.trust.review import submit as do_submit
 
     bundle = check_bundle(folder)
+    for line in read_warnings(bundle):
+        err_console.print(f"warning: {line}", markup=False)
     signer = app.node.keyring.signer_for(key, "statistician")
     do_submit(app.node, bundle, signer=signer)
     if as_json:

@@ -393,3 +393,39 @@ def test_a_bundle_reading_a_column_its_schema_lacks_is_refused_by_algo_check(tmp
         "opal: error: population_density 1.0.0 reads column(s) imei that schema 'cdr' does not have; its columns: "
         "msisdn, timestamp, day, cell_id, region, event, duration_s"
     )
+
+
+def test_algo_check_warns_of_a_column_the_source_names_but_reads_leaves_out(tmp_path):
+    import json as json_
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "b"
+    shutil.copytree(ALGORITHMS / "call_volume", folder)
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region", "event", "duration_s"]',
+                                             'reads = ["msisdn", "day", "region", "duration_s"]'))
+    env = {**os.environ, "OPAL_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0                          # a hint, not a refusal: names can be built at run time
+    assert proc.stderr.strip() == (
+        "warning: algorithm.py:21 names column 'event', which reads does not list: the sandbox will not show it "
+        "(add it to reads in opal.toml if the algorithm reads it)"
+    )
+    as_json = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder), "--json"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert json_.loads(as_json.stdout)["warnings"] == [proc.stderr.strip().removeprefix("warning: ")]
+    clean = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(ALGORITHMS / "call_volume")],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert clean.returncode == 0 and clean.stderr == ""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_reference_bundle_names_a_column_it_does_not_read(name):
+    from opal.bundle.registry import Bundle
+    from opal.devloop import read_warnings
+
+    assert read_warnings(Bundle.from_folder(ALGORITHMS / name)) == []
