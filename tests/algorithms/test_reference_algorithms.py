@@ -352,6 +352,31 @@ def test_each_reference_bundle_reads_only_the_columns_it_declares(name, world):
     pd.testing.assert_frame_equal(cut.reset_index(drop=True), whole.reset_index(drop=True))
 
 
+def _with_reads(tmp_path, name, reads):
+    """A copy of reference bundle ``name`` whose opal.toml declares ``reads`` (TOML text)."""
+    import shutil
+
+    from opal.bundle.manifest import Manifest
+
+    folder = tmp_path / "b"
+    shutil.copytree(ALGORITHMS / name, folder)
+    toml = folder / "opal.toml"
+    declared = Manifest.parse(toml.read_bytes()).reads
+    line = "reads = [" + ", ".join(f'"{c}"' for c in declared) + "]"
+    assert line in toml.read_text()
+    toml.write_text(toml.read_text().replace(line, f"reads = {reads}"))
+    return folder
+
+
+def _opal(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "opal", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPAL_HOME": str(tmp_path / "home")})
+
+
 @pytest.mark.parametrize(("reads", "message"), [
     ('"msisdn"', 'reads must be a list of column names, e.g. reads = ["msisdn", "day"]'),
     ("[]", 'reads must be a list of column names, e.g. reads = ["msisdn", "day"]'),
@@ -360,15 +385,10 @@ def test_each_reference_bundle_reads_only_the_columns_it_declares(name, world):
     ('["msisdn", "day", "day"]', "reads names day more than once"),
 ])
 def test_a_malformed_reads_is_refused_naming_the_fix(reads, message, tmp_path):
-    import shutil
-
     from opal.devloop import check_bundle
     from opal.errors import BadInputError
 
-    folder = tmp_path / "b"
-    shutil.copytree(ALGORITHMS / "population_density", folder)
-    toml = folder / "opal.toml"
-    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region"]', f"reads = {reads}"))
+    folder = _with_reads(tmp_path, "population_density", reads)
     with pytest.raises(BadInputError) as exc:
         check_bundle(folder)
     assert exc.value.exit_code == 2
@@ -376,18 +396,8 @@ def test_a_malformed_reads_is_refused_naming_the_fix(reads, message, tmp_path):
 
 
 def test_a_bundle_reading_a_column_its_schema_lacks_is_refused_by_algo_check(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    folder = tmp_path / "b"
-    shutil.copytree(ALGORITHMS / "population_density", folder)
-    toml = folder / "opal.toml"
-    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region"]',
-                                             'reads = ["msisdn", "day", "region", "imei"]'))
-    proc = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder)], capture_output=True,
-                          text=True, env={**os.environ, "OPAL_HOME": str(tmp_path / "home")}, timeout=120)
+    folder = _with_reads(tmp_path, "population_density", '["msisdn", "day", "region", "imei"]')
+    proc = _opal(tmp_path, "algo", "check", str(folder))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "opal: error: population_density 1.0.0 reads column(s) imei that schema 'cdr' does not have; its columns: "
@@ -397,29 +407,17 @@ def test_a_bundle_reading_a_column_its_schema_lacks_is_refused_by_algo_check(tmp
 
 def test_algo_check_warns_of_a_column_the_source_names_but_reads_leaves_out(tmp_path):
     import json as json_
-    import os
-    import shutil
-    import subprocess
-    import sys
 
-    folder = tmp_path / "b"
-    shutil.copytree(ALGORITHMS / "call_volume", folder)
-    toml = folder / "opal.toml"
-    toml.write_text(toml.read_text().replace('reads = ["msisdn", "day", "region", "event", "duration_s"]',
-                                             'reads = ["msisdn", "day", "region", "duration_s"]'))
-    env = {**os.environ, "OPAL_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    folder = _with_reads(tmp_path, "call_volume", '["msisdn", "day", "region", "duration_s"]')
+    proc = _opal(tmp_path, "algo", "check", str(folder))
     assert proc.returncode == 0                          # a hint, not a refusal: names can be built at run time
     assert proc.stderr.strip() == (
         "warning: algorithm.py:21 names column 'event', which reads does not list: the sandbox will not show it "
         "(add it to reads in opal.toml if the algorithm reads it)"
     )
-    as_json = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(folder), "--json"],
-                             capture_output=True, text=True, env=env, timeout=120)
+    as_json = _opal(tmp_path, "algo", "check", str(folder), "--json")
     assert json_.loads(as_json.stdout)["warnings"] == [proc.stderr.strip().removeprefix("warning: ")]
-    clean = subprocess.run([sys.executable, "-m", "opal", "algo", "check", str(ALGORITHMS / "call_volume")],
-                           capture_output=True, text=True, env=env, timeout=120)
+    clean = _opal(tmp_path, "algo", "check", str(ALGORITHMS / "call_volume"))
     assert clean.returncode == 0 and clean.stderr == ""
 
 
