@@ -161,7 +161,7 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
                 try:
                     # What the worker does for the unit check (opal.sandbox.pseudonyms.run_pseudonymised).
                     t = time.perf_counter()
-                    units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
+                    units = RunPseudonyms.of(spec, count=runtime.unit_count("msisdn"))
                     samples["units"].append(time.perf_counter() - t)
                     t = time.perf_counter()
                     released = release(sandboxed, privacy=algorithm.bundle.manifest.privacy, domains=domains,
@@ -336,7 +336,7 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
         fixed, _ = measure(partial(runtime.run, source=_TRIVIAL, entrypoint="contributions", params={}),
                            reps=max(n, 20), warmup=2)
         result["layers"] = sorted(name for name, on in runtime.layers().items() if on)
-        units = RunPseudonyms.of(spec, count=len(runtime.units("msisdn")))
+        units = RunPseudonyms.of(spec, count=runtime.unit_count("msisdn"))
     result["fixed_cost"] = fixed.to_dict()
     clock.say(f"small runs: per-run fixed cost on a warm runtime {_fmt(result['fixed_cost'])} "
               f"(layers: {', '.join(result['layers'])})")

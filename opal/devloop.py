@@ -152,8 +152,8 @@ def local_aggregate(
     manifest = bundle.manifest
     schema = SCHEMAS[manifest.dataset]
     partials = []
+    read = manifest.read_map()
     for index, file in enumerate(files):
-        read = None if manifest.reads is None else {schema.name: manifest.reads}
         with Runtime(tables={schema.name: file}, read=read) as runtime:
             if index == 0:  # reads no data: once, as the worker's run task does (on the first partition)
                 run_check_params(runtime, source=bundle.source, params=params, table=schema.name,

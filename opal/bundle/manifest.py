@@ -92,6 +92,11 @@ class Manifest:
             reads=_reads(data.get("reads"), unit=privacy.unit, where=where),
         )
 
+    def read_map(self) -> dict[str, tuple[str, ...]] | None:
+        """``reads`` as the sandbox takes it (table → columns; the table is named
+        after the schema), or None: every column."""
+        return None if self.reads is None else {self.dataset: self.reads}
+
     def check_reads(self, columns: Any, *, dataset: str) -> None:
         """Raise BadInputError unless every column the bundle reads is one of
         ``columns`` (the schema of ``dataset``, which is public): decided

@@ -461,9 +461,6 @@ class Zygote:
                 return
             if message.get("op") == "exit":
                 return
-            if message.get("op") == "units" and len(fds) == 1:
-                self._units(message, fds[0])
-                continue
             if message.get("op") == "load" and not fds:
                 self._load(message)
                 continue
@@ -521,33 +518,6 @@ class Zygote:
             reply: dict[str, Any] = {"op": "count", "ok": True, "count": int(count)}
         except (KeyError, TypeError, ValueError):
             reply = {"op": "count", "ok": False}
-        _protocol.send(self.sock, reply)
-
-    def _units(self, message: dict[str, Any], out_fd: int) -> None:
-        """Distinct values of one column, for the release gate's unit check.
-        Trusted code only: no algorithm runs here."""
-        import pyarrow as pa
-
-        try:
-            frame = self.tables[message["table"]]
-            column = frame[message["column"]]
-            values = pa.table({"unit": pa.array(column.unique())})
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, values.schema) as writer:
-                writer.write_table(values)
-            payload = sink.getvalue().to_pybytes()
-            reply: dict[str, Any] = {"op": "units", "ok": True}
-        except (KeyError, pa.ArrowException, TypeError, ValueError):
-            payload = b""
-            reply = {"op": "units", "ok": False}
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(out_fd, view):]
-        except OSError:
-            reply = {"op": "units", "ok": False}
-        finally:
-            os.close(out_fd)
         _protocol.send(self.sock, reply)
 
     def _run(self, job: dict[str, Any], result_fd: int) -> None:

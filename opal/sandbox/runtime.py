@@ -120,7 +120,6 @@ class Runtime:
         self.table_columns: dict[str, list[str]] = {}  # every column of each table's file (its public schema)
         self.loaded_columns: dict[str, list[str]] = {}  # the columns held (``read``), in the file's order
         self.warm_memory_bytes = 0
-        self._units_cache: dict[tuple[str, str], Any] = {}
         self._counts: dict[tuple[str, str], int] = {}
         self._owner = os.getpid()
         self._start()
@@ -301,7 +300,6 @@ class Runtime:
             self._tables, self._read = checked, wanted
             if limits is not None:
                 self.limits = limits
-            self._units_cache.clear()
             self._counts.clear()
             if self._owner != os.getpid() or self._proc is None or self._proc.poll() is not None:
                 self._ensure_started()  # a fresh zygote loads the new tables itself
@@ -327,46 +325,6 @@ class Runtime:
         """Which isolation layers are active for jobs of this runtime."""
         return dict(self._layers)
 
-    def _table(self, table: str | None, caller: str) -> str:
-        """``table``, or the runtime's one table when None."""
-        if table is not None:
-            return table
-        if len(self._tables) != 1:
-            raise BadInputError(f"{caller}() needs table= when the runtime holds several tables")
-        return next(iter(self._tables))
-
-    def units(self, column: str, *, table: str | None = None) -> Any:
-        """Distinct values of ``column`` in the resident table (a pandas Series),
-        for the release gate's check that units are the dataset's own.
-
-        Raises:
-            BadInputError: no such table or column.
-        """
-        table = self._table(table, "units")
-        key = (table, column)
-        if key in self._units_cache:
-            return self._units_cache[key].copy()
-        import pyarrow as pa
-
-        with self._lock:
-            self._ensure_started()
-            assert self._sock is not None
-            read_fd, write_fd = os.pipe()
-            try:
-                _protocol.send(self._sock, {"op": "units", "table": table, "column": column},
-                               fds=[write_fd])
-            finally:
-                os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as pipe:
-                payload = pipe.read()
-            reply, _ = _protocol.recv(self._sock)
-        if not reply.get("ok"):
-            raise BadInputError(f"table {table!r} has no column {column!r}")
-        series = pa.ipc.open_stream(pa.py_buffer(payload)).read_all().column(0).to_pandas()
-        series.name = column
-        self._units_cache[key] = series
-        return series.copy()
-
     def unit_count(self, column: str, *, table: str | None = None) -> int:
         """How many distinct units ``column`` of the resident table holds: the
         range of a run's pseudonyms, for the release gate's unit check.
@@ -374,7 +332,10 @@ class Runtime:
         Raises:
             BadInputError: no such table or column.
         """
-        table = self._table(table, "unit_count")
+        if table is None:
+            if len(self._tables) != 1:
+                raise BadInputError("unit_count() needs table= when the runtime holds several tables")
+            table = next(iter(self._tables))
         key = (table, column)
         with self._lock:
             if key not in self._counts:

@@ -192,7 +192,7 @@ def _probe_bundle(bundle: Any, *, dataset: Path, params: Any, sample: int) -> Lo
         raise BadInputError(f"dataset schema {manifest.dataset!r} is not known; known: {', '.join(SCHEMAS)}")
     manifest.validate_params(params)
     schema = SCHEMAS[manifest.dataset]
-    read = None if manifest.reads is None else {schema.name: manifest.reads}
+    read = manifest.read_map()
     with Runtime(tables={schema.name: dataset}, read=read) as runtime:  # the columns it reads, as a worker shows it
         return probe(
             runtime, source=bundle.source, entrypoint=manifest.entrypoint, params=params,

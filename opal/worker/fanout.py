@@ -40,7 +40,6 @@ from opal.runs.records import TERMINAL_STATES, get_run
 from opal.trust.keys import utcnow
 
 if TYPE_CHECKING:
-    from opal.bundle.manifest import Manifest
     from opal.data.catalog import Dataset
     from opal.node import Node
     from opal.runs.records import RunRecord
@@ -177,11 +176,11 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
         outcome: dict[str, Any] = {"outcome": "partition lost", "attempts": attempts - 1}
     else:
         t0 = time.monotonic()
-        runtime: Runtime = runtime_for(ds, part, read=_reads(ds, manifest))
+        runtime: Runtime = runtime_for(ds, part, read=manifest.read_map())
         t1 = time.monotonic()
         try:
             contributions, units, outcome = sandbox_contributions(
-                runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy, reads=manifest.reads
+                runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy, read=manifest.read_map()
             )
             t2 = time.monotonic()
             agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)
@@ -198,11 +197,6 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
             outcome = {"outcome": "contributions refused", "message": agg.refused}
     stored = _store(node, run_id, part, agg, outcome, me)
     return {"run_id": run_id, "part": part, "stored": stored}
-
-
-def _reads(ds: Dataset, manifest: Manifest) -> dict[str, tuple[str, ...]] | None:
-    """The columns of ``ds`` the bundle reads (None: every column)."""
-    return None if manifest.reads is None else {ds.schema: manifest.reads}
 
 
 def partials(node: Node, run_id: str) -> dict[int, tuple[BoundedAggregate, dict[str, Any]]]:

@@ -42,6 +42,38 @@ def test_an_algorithm_reaching_for_a_column_it_did_not_declare_fails(runtime: Ru
     assert len(runtime.run(source=_READS_CELL, entrypoint="contributions", params={})) == 8  # declared: it runs
 
 
+_HUNTS_CELL_ID = (
+    "import pandas as pd\n"
+    "def contributions(data, params):\n"
+    "    t = data.cdr\n"
+    "    routes = [\n"
+    "        'cell_id' in t.columns,\n"
+    "        len(t.filter(like='cell').columns) > 0,\n"
+    "        bool(t.reindex(columns=['cell_id'])['cell_id'].notna().any()),\n"
+    "        'cell_id' in list(t.to_dict()),\n"
+    "        t.shape[1] != 2,\n"
+    "        bool(t.isin([11, 12, 13, 14, 15]).to_numpy().any()),\n"
+    "    ]\n"
+    "    return pd.DataFrame({'msisdn': [1001], 'routes': [sum(routes)]})\n"
+)
+
+
+@pytest.mark.parametrize("loaded", ["resident, cut for the run", "loaded with reads"])
+def test_no_public_route_of_the_frame_reaches_a_column_the_bundle_did_not_declare(
+        runtime: Runtime, cdr_path: Path, loaded: str) -> None:
+    """The attack: a bundle declares two columns, then looks for a third
+    (cell_id, values 11-15) by every public route pandas offers."""
+    read = {"cdr": ("msisdn", "day")}
+    every = runtime.run(source=_HUNTS_CELL_ID, entrypoint="contributions", params={})
+    assert int(every["routes"][0]) == 6                  # on the whole table every route finds it
+    if loaded == "resident, cut for the run":
+        got = runtime.run(source=_HUNTS_CELL_ID, entrypoint="contributions", params={}, read=read)
+    else:
+        with Runtime(tables={"cdr": cdr_path}, limits=Limits(cpu_seconds=20, wall_seconds=30), read=read) as narrow:
+            got = narrow.run(source=_HUNTS_CELL_ID, entrypoint="contributions", params={})
+    assert int(got["routes"][0]) == 0
+
+
 def test_a_runtime_started_with_reads_never_holds_the_other_columns(cdr_path: Path) -> None:
     with Runtime(tables={"cdr": cdr_path}, limits=Limits(cpu_seconds=20, wall_seconds=30),
                  read={"cdr": ("msisdn", "region")}) as narrow:

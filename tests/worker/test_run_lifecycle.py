@@ -166,9 +166,6 @@ def test_cancelled_while_running_result_is_discarded(sc: Scenario, monkeypatch: 
             cancel_run(sc.node, run_id, signer=sc.node.keyring.signer("sam"))
             return out
 
-        def units(self, column: str, table: str | None = None) -> Any:
-            return self.rt.units(column, table=table)
-
         def unit_count(self, column: str, table: str | None = None) -> int:
             return int(self.rt.unit_count(column, table=table))
 
