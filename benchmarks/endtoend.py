@@ -116,7 +116,12 @@ class Deployment:
 
     # -- workers -------------------------------------------------------------
 
-    def start_worker(self, dataset: str, *, concurrency: int = 1, memory: str | None = None) -> None:
+    def start_worker(self, dataset: str, *, concurrency: int = 1, memory: str | None = None,
+                     sample_memory: bool = True) -> None:
+        """Start ``opal worker start`` on ``dataset``. ``sample_memory``: read the
+        tree's memory from /proc every 50 ms while it runs (the memory sections);
+        off where only time is measured, since the sampler takes CPU and the
+        kernel's locks on the very processes it measures."""
         self.stop_worker()
         log = self.root / f"worker-{dataset}-{len(self._logs)}.log"
         self._logs.append(log)
@@ -127,15 +132,20 @@ class Deployment:
                  "--concurrency", str(concurrency), "--loglevel", "WARNING", *extra],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self.sampler = TreeSampler(root=self.worker.pid).start()
+        self.sampler = TreeSampler(root=self.worker.pid).start() if sample_memory else None
 
-    def stop_worker(self) -> dict[str, Any] | None:
-        """Stop the worker; return its tree's memory peaks."""
+    def stop_sampling(self) -> dict[str, Any] | None:
+        """Stop sampling the worker tree's memory; its peaks so far (None if not sampled)."""
         memory = None
         if self.sampler is not None:
             self.sampler.stop()
             memory = self.sampler.to_dict()
             self.sampler = None
+        return memory
+
+    def stop_worker(self) -> dict[str, Any] | None:
+        """Stop the worker; return its tree's memory peaks (if still sampled)."""
+        memory = self.stop_sampling()
         proc, self.worker = self.worker, None
         if proc is not None:
             stop_group(proc, timeout=30)
@@ -168,29 +178,34 @@ class Deployment:
         return record
 
     def outcome(self, run_id: str, *, timeout: float) -> dict[str, Any]:
-        """Wait for the run's Celery result (pushed by Redis, no polling delay)."""
-        from celery.exceptions import TimeoutError as CeleryTimeout
+        """Wait for the run's outcome in the node's runs table (its one record)."""
+        return self.outcomes([run_id], timeout=timeout)[0]
 
-        from opal.worker.celery import configure
+    def outcomes(self, run_ids: list[str], *, timeout: float, poll: float = 0.002) -> list[dict[str, Any]]:
+        """Wait for every run of ``run_ids``: one read of the runs table every
+        ``poll`` seconds for all those still pending (a read is ~0.1 ms of CPU;
+        a waiting client must not take the cores the worker measured needs)."""
+        from opal.runs.records import TERMINAL_STATES, get_run
 
-        result = configure(self.node.home).AsyncResult(run_id)
-        try:
-            value: dict[str, Any] = result.get(timeout=timeout, propagate=False, interval=0.01)
-        except CeleryTimeout:
-            tail = self.worker_log_tail()
-            raise InternalError(f"run {run_id} had no outcome after {timeout:g}s; worker log: {tail}") from None
-        finally:
-            result.forget()
-        if not isinstance(value, dict):
-            raise InternalError(f"run {run_id}: the worker returned {type(value).__name__}, not an outcome")
-        if value.get("state") == "started":
-            # a partitioned run: its run task only fanned out; the combining task records the outcome
-            from opal.runs.dispatch import wait
-
-            record = wait(self.node, run_id, timeout=timeout)
-            value = {"run_id": run_id, "state": record.state, "release": record.result, "error": record.error,
-                     "cached_from": record.cached_from}
-        return value
+        pending = list(dict.fromkeys(run_ids))
+        deadline = time.monotonic() + timeout
+        while pending:
+            marks = ",".join("?" * len(pending))
+            rows = self.node.db.query(f"SELECT run_id, state FROM runs WHERE run_id IN ({marks})", tuple(pending))
+            done = {row["run_id"] for row in rows if row["state"] in TERMINAL_STATES}
+            pending = [r for r in pending if r not in done]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                tail = self.worker_log_tail()
+                raise InternalError(f"run {pending[0]} had no outcome after {timeout:g}s; worker log: {tail}")
+            time.sleep(poll)
+        out = []
+        for run_id in run_ids:
+            record = get_run(self.node, run_id)
+            out.append({"run_id": run_id, "state": record.state, "release": record.result, "error": record.error,
+                        "cached_from": record.cached_from})
+        return out
 
     def run(self, algorithm: Algorithm, dataset: str, *, params: dict[str, Any] | None = None,
             epsilon: float | None = None, timeout: float = 900.0) -> RunTiming:
@@ -214,7 +229,7 @@ class Deployment:
         """Request ``count`` runs at once, wait for all; wall seconds and their states."""
         t0 = time.perf_counter()
         records = [self.request(algorithm, dataset) for _ in range(count)]
-        states = [str(self.outcome(r.run_id, timeout=timeout).get("state")) for r in records]
+        states = [str(o["state"]) for o in self.outcomes([r.run_id for r in records], timeout=timeout, poll=0.005)]
         return time.perf_counter() - t0, states
 
     def close(self) -> None:

@@ -157,8 +157,26 @@ class Release:
 
 def table_to_dict(table: pd.DataFrame) -> dict[str, Any]:
     columns = [str(c) for c in table.columns]
-    rows = [[_jsonable(v) for v in row] for row in table.itertuples(index=False, name=None)]
+    values = [_json_column(table.iloc[:, i]) for i in range(table.shape[1])]
+    rows = [list(row) for row in zip(*values, strict=True)] if values else [[] for _ in range(len(table))]
     return {"columns": columns, "rows": rows}
+
+
+def _json_column(column: pd.Series) -> list[Any]:
+    """``[_jsonable(v) for v in column]``, a column at a time where its dtype
+    allows: numbers, booleans and text become Python values in one call, and
+    only their missing or non-finite entries are looked at one by one."""
+    dtype = column.dtype
+    kind = getattr(dtype, "kind", "O")
+    if kind not in "iubf" and not isinstance(dtype, pd.StringDtype):
+        return [_jsonable(v) for v in column.tolist()]
+    values: list[Any] = column.tolist()
+    bad = column.isna().to_numpy(dtype=bool)
+    if kind == "f":
+        bad = bad | ~np.isfinite(column.to_numpy(dtype="float64", na_value=np.nan))
+    for i in np.flatnonzero(bad).tolist():
+        values[i] = None
+    return values
 
 
 def table_from_dict(data: dict[str, Any]) -> pd.DataFrame:
@@ -313,14 +331,15 @@ def release_aggregate(
     table = _sorted(table, list(groups))
 
     released_mask = ~table[SUPPRESSED].to_numpy(dtype=bool)
+    labels = [_json_column(table[c]) for c in groups]
     decisions = tuple(
         CellDecision(
-            released=bool(ok),
+            released=ok,
             reason=REASON_RELEASED if ok else reason,
-            group={c: _jsonable(v) for c, v in zip(groups, row, strict=True)},
+            group=dict(zip(groups, row, strict=True)),
         )
         for ok, row in zip(
-            released_mask, table[list(groups)].itertuples(index=False, name=None), strict=True
+            released_mask.tolist(), zip(*labels, strict=True) if labels else ((),) * len(table), strict=True
         )
     )
     delta_total = value_plan.delta if value_plan is not None else 0.0

@@ -399,3 +399,37 @@ def test_mean_release_also_carries_the_total_as_post_processing() -> None:
     half = (cell["ci_high"] - cell["ci_low"]) / 2
     assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"] and 0 < half < 1.0
     assert abs(cell["mean"] - 100.0) <= 3 * half
+
+
+def test_table_to_dict_writes_every_dtype_as_the_cell_by_cell_conversion_did() -> None:
+    """The column-at-a-time conversion of a released table gives exactly what
+    converting each cell with ``_jsonable`` gives, type for type: missing and
+    non-finite values as None, numpy scalars as Python ones, times as text."""
+    from opal.release.gate import _jsonable, table_to_dict
+
+    table = pd.DataFrame({
+        "i": np.array([3, -2, 0], dtype="int64"),
+        "u": np.array([1, 2, 2**63], dtype="uint64"),
+        "b": [True, False, True],
+        "f": [1.5, np.nan, -np.inf],
+        "f32": np.array([0.1, 2.0, np.inf], dtype="float32"),
+        "I": pd.array([4, None, 6], dtype="Int64"),
+        "F": pd.array([0.25, None, 7.0], dtype="Float64"),
+        "B": pd.array([True, None, False], dtype="boolean"),
+        "s": pd.Series(["a", None, "ç"], dtype="str"),
+        "S": pd.array(["x", None, "y"], dtype="string"),
+        "t": pd.to_datetime(["2024-01-01 00:00", None, "2024-03-01 12:00"], utc=True),
+        "d": pd.to_timedelta([1, 2, None], unit="h"),
+        "c": pd.Categorical(["p", "q", None]),
+        "o": pd.Series([None, 2, "z"], dtype=object),
+    })
+    table.insert(0, "dup", 1)
+    table.insert(1, "dup", 2, allow_duplicates=True)
+    expected = [[_jsonable(v) for v in row] for row in table.itertuples(index=False, name=None)]
+    got = table_to_dict(table)
+    assert got["columns"] == [str(c) for c in table.columns]
+    assert got["rows"] == expected
+    assert [[type(v) for v in row] for row in got["rows"]] == [[type(v) for v in row] for row in expected]
+    assert got["rows"][1][table.columns.get_loc("I")] is None and got["rows"][2][5] is None
+    assert table_to_dict(table.iloc[:0]) == {"columns": got["columns"], "rows": []}
+    assert table_to_dict(pd.DataFrame(index=range(2))) == {"columns": [], "rows": [[], []]}
