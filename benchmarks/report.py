@@ -272,7 +272,8 @@ def _memory(results: dict[str, Any]) -> list[str]:
         "## Worker memory",
         "",
         ("Peak resident memory (VmHWM from `/proc`) of each process of the `opal worker start` tree while it "
-        "served the end-to-end runs, and as a multiple of the dataset's in-memory size (pandas, deep). The "
+        "served its first run and one untimed run of every algorithm (the timed runs go unsampled: a sample "
+        "takes CPU from the runs it measures), and as a multiple of the dataset's in-memory size (pandas, deep). The "
         "zygote holds the data; run children share its pages copy-on-write, so the tree sum of RSS counts "
         "the data once per process that reads it (a run child reading all of it counts it twice). The tree's "
         "PSS peak counts every page once, shared pages split between the processes that map them. "
@@ -367,7 +368,8 @@ def _large(results: dict[str, Any]) -> list[str]:
              f"partition is not resident reloads its pool process's zygote with it); first release "
              f"{seconds(p.get('first_release_seconds'))} "
              f"after the worker started. Worker tree peak: {_mb(worker.get('tree_pss_peak_bytes'))} PSS, "
-             f"{_mb(worker.get('tree_rss_peak_bytes'))} RSS. DuckDB reads the same partition files (all cores)."),
+             f"{_mb(worker.get('tree_rss_peak_bytes'))} RSS (sampled over one untimed run of every algorithm; "
+             f"the timed runs go unsampled). DuckDB reads the same partition files (all cores)."),
             "",
             _table(["algorithm", "OPAL end to end", "DuckDB", "OPAL / DuckDB"],
                    [[a["name"], _span(a["opal"]), _span(a["duckdb"]), _x(_ratio(a["opal"], a["duckdb"]))]
