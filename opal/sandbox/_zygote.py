@@ -25,7 +25,7 @@ from typing import Any
 from opal.sandbox import _isolation, _protocol, _warm, pseudonyms
 
 ALLOWED_ENV = frozenset(
-    {"LANG", "LC_ALL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    {"LANG", "LC_ALL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GLIBC_TUNABLES"}
 )
 
 # A reload collects the whole heap (unfrozen) this often (Zygote._load).

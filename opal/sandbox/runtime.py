@@ -55,6 +55,12 @@ _ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    # glibc's malloc asks for transparent huge pages (madvise mode) on the heap
+    # it grows: a run child faults its temporaries in 2 MB at a time instead of
+    # 4 kB. A trivial run on a warm runtime: 28.0 -> 26.0 ms (median of 35,
+    # interleaved, three times); the zygote's memory is the same within 3 MB.
+    # Ignored by a glibc older than 2.35.
+    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
 }
 _START_TIMEOUT = 300.0
 # How long after the wall limit the Runtime waits before it kills the zygote.

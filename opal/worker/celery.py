@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
 
 from opal.errors import BadInputError
 from opal.home import Home
@@ -134,8 +135,18 @@ def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str,
     }
     if url.startswith("redis://"):
         # kombu's Redis transport with junk messages dropped instead of ending the worker
-        conf["broker_transport"] = "opal.worker._transport:Transport"
+        conf["broker_transport"] = _HARDENED
+    elif url.startswith("redis+socket://"):
+        # kombu takes the transport of a "name+socket://" URL from the name, never
+        # from broker_transport: the embedded broker's socket reaches the same
+        # transport under an alias (the result backend keeps the plain URL)
+        conf["broker_url"] = _SOCKET_ALIAS + url[len("redis") :]
     return conf
+
+
+_HARDENED = "opal.worker._transport:Transport"
+_SOCKET_ALIAS = "opal-redis"
+TRANSPORT_ALIASES.setdefault(_SOCKET_ALIAS, _HARDENED)
 
 
 def configure(home: Home, *, timeout: float | None = None) -> Celery:
