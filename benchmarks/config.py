@@ -131,8 +131,10 @@ class BenchConfig:
             "--gate-rows", default=None, help="contribution rows for the gate section (env BENCH_GATE_ROWS)"
         )
         ap.add_argument("--ledger-entries", default=None, help="ledger size to verify (env BENCH_LEDGER_ENTRIES)")
-        ap.add_argument("--only", default=None, help=f"run only these sections: {','.join(SECTIONS)}")
-        ap.add_argument("--skip", default=None, help="skip these sections")
+        ap.add_argument("--only", default=None, help=f"run only these sections: {','.join(SECTIONS)} "
+                        "(without every default section, the report goes to bench-data/partial-report.md "
+                        "unless --output)")
+        ap.add_argument("--skip", default=None, help="skip these sections (the same)")
         args = ap.parse_args(argv)
 
         config = cls()
@@ -173,4 +175,7 @@ class BenchConfig:
                 if unknown:
                     raise BadInputError(f"unknown section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
                 sections = [s for s in sections if (s in named) == keep]
+        if args.output is None and config.output is not None and not set(DEFAULT_SECTIONS) <= set(sections):
+            # a partial run never overwrites the whole report with its few sections
+            config = replace(config, output=config.data_dir / "partial-report.md")
         return replace(config, sections=tuple(sections))

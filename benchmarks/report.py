@@ -147,8 +147,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{', '.join(c['sections'])}. Every figure is the median, with min–max in brackets."),
         ("- **Reproduce:** `make bench` (1 M and 10 M rows), `BENCH_FULL=1 make bench` "
          "(adds the large section: 10 M and 100 M rows in partitions), "
-        "`BENCH_SIZES=1000000 make bench`, `python -m benchmarks --quick` (a tiny smoke run). Datasets and the "
-        "large ledger are cached in `bench-data/`; raw samples go to `bench-data/last-run.json`."),
+        "`BENCH_SIZES=1000000 make bench`, `python -m benchmarks --quick` (a tiny smoke run), "
+        "`python -m benchmarks --only small` (some sections: their report goes to `bench-data/partial-report.md`). "
+        "Datasets and the large ledger are cached in `bench-data/`; raw samples go to `bench-data/last-run.json`."),
         "",
     ]
 

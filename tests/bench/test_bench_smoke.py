@@ -110,6 +110,15 @@ def test_sizes_and_quick_come_from_the_environment_and_the_command_line() -> Non
     assert quick.quick and quick.sizes == (20_000,) and quick.output is None
     assert BenchConfig.from_args(["--only", "gate,ledger"], {}).sections == ("gate", "ledger")
     assert "e2e" not in BenchConfig.from_args(["--skip", "e2e"], {}).sections
+    # the whole report is BENCHMARKS.md; a run of some sections writes beside the data instead
+    whole = BenchConfig().output
+    assert BenchConfig.from_args([], {}).output == whole
+    assert BenchConfig.from_args(["--full", "--skip", "large"], {}).output == whole
+    data = Path("/some/cache")
+    for partial in (["--only", "small"], ["--skip", "e2e"], ["--only", "large"]):
+        assert BenchConfig.from_args([*partial, "--data-dir", str(data)], {}).output == data / "partial-report.md"
+    assert BenchConfig.from_args(["--only", "small", "--output", "x.md"], {}).output == Path("x.md")
+    assert BenchConfig.from_args(["--quick", "--only", "small"], {}).output is None
 
 
 def test_the_large_section_runs_at_a_tiny_size_and_reads_off_the_three_targets(
