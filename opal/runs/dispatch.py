@@ -49,9 +49,11 @@ def dispatch_many(node: Node, run_ids: Iterable[str]) -> int:
                 # What app.send_task does, minus its subscription to the result
                 # channel of every task sent: the runs table is the truth here,
                 # and a client must not hang on a result store that is down.
+                # ignore_result: the runs table is the outcome's one record. The
+                # message's own flag decides (it overrides the task's), so it is here.
                 message = amqp.create_task_message(
                     run_id, RUN_TASK, [run_message(node, run_id)], {},
-                    root_id=run_id, create_sent_event=False,
+                    root_id=run_id, create_sent_event=False, ignore_result=True,
                 )
                 amqp.send_task_message(producer, RUN_TASK, message, queue=queue_name(node.home, row["dataset"]))
                 sent += 1

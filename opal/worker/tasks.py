@@ -34,8 +34,8 @@ log = logging.getLogger("opal.worker")
 
 
 # ignore_result: the runs table is the outcome's one record (clients read it,
-# never Celery's result store); storing a copy in Redis cost every run ~9 % of
-# its pool process's CPU for a value nobody fetched.
+# never Celery's result store). A message's own ignore_result overrides this:
+# opal.runs.dispatch sets it too.
 @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
           ignore_result=True)
 def run_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -67,6 +67,10 @@ def test_released_counts_match_ground_truth_and_ledger_tells_the_story(opal: Opa
     ]
     assert ISLET not in set(table.region), "a label outside the public domain left the gate"
     assert "diagnostics" not in result and "run_outcome" not in result
+    # the runs table is the outcome's one record: no copy of it waits in the broker's result store
+    from opal.worker.recovery import broker_redis
+
+    assert broker_redis(opal.broker_url).exists(f"celery-task-meta-{run['run_id']}") == 0
     released = table[~table.suppressed]
 
     df = pd.read_parquet(world)
