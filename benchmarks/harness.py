@@ -382,20 +382,25 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
             clock.say(f"small runs: {len(states)} dispatched at once, worker --concurrency {concurrency}: "
                       f"{len(states) / wall:.1f} runs/s")
             if concurrency == 2:
-                result["shell_loop"] = _shell_loop(deployment, algorithm, "cdr_small", 2 * n)
+                result["shell_loop"] = _shell_loop(deployment, algorithm, "cdr_small", 2 * n, server=False)
+                result["shell_loop_server"] = _shell_loop(deployment, algorithm, "cdr_small", 2 * n, server=True)
                 clock.say(f"small runs: {2 * n} x `opal run --no-wait` from a shell loop: "
-                          f"{result['shell_loop']['runs_per_second']:.1f} runs/s")
+                          f"{result['shell_loop']['runs_per_second']:.1f} runs/s, with `opal cli-server` "
+                          f"{result['shell_loop_server']['runs_per_second']:.1f} runs/s")
         finally:
             deployment.stop_worker()
     return result
 
 
-def _shell_loop(deployment: Any, algorithm: algos.Algorithm, dataset: str, count: int) -> dict[str, Any]:
+def _shell_loop(deployment: Any, algorithm: algos.Algorithm, dataset: str, count: int, *,
+                server: bool) -> dict[str, Any]:
     """``count`` runs submitted as a user's script would: one ``opal run --no-wait``
     process each, from a bash loop (issue #17's 20 runs/s); then waited for, so
-    none is left queued."""
+    none is left queued. ``server``: with this user's ``opal cli-server`` running
+    (in a runtime folder of the benchmark's own), else with none."""
     import shlex
     import subprocess
+    import tempfile
 
     opal_bin = Path(sys.executable).with_name("opal")
     command = shlex.quote(str(opal_bin)) if opal_bin.exists() else f"{shlex.quote(sys.executable)} -m opal"
@@ -404,9 +409,21 @@ def _shell_loop(deployment: Any, algorithm: algos.Algorithm, dataset: str, count
         f"for e in {epsilons}; do {command} run {algorithm.name} --dataset {dataset} "
         f"--params {shlex.quote(json.dumps(algorithm.params))} --epsilon $e --key sam --no-wait || exit 1; done"
     )
-    t = time.perf_counter()
-    proc = subprocess.run(["bash", "-c", script], env=deployment.env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t
+    runtime = tempfile.mkdtemp(prefix="opal-bench-runtime-")
+    env = {**deployment.env, "XDG_RUNTIME_DIR": runtime}
+    if server:
+        subprocess.run([sys.executable, "-m", "opal", "cli-server", "start"], env=env, check=True,
+                       capture_output=True)
+    try:
+        t = time.perf_counter()
+        proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t
+    finally:
+        if server:
+            subprocess.run([sys.executable, "-m", "opal", "cli-server", "stop"], env=env, capture_output=True)
+        import shutil
+
+        shutil.rmtree(runtime, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"opal run --no-wait failed: {proc.stderr.strip()[-300:]}")
     run_ids = proc.stdout.split()

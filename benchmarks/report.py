@@ -494,6 +494,11 @@ def _small(results: dict[str, Any]) -> list[str]:
         rows.append([f"`opal run --no-wait`, {loop['runs']} from a bash loop (a process each: interpreter, "
                      "imports, signed request, ledger append, Celery message), submitted",
                      f"{loop['runs_per_second']:.1f} runs/s ({loop['released']} released)"])
+    loop = s.get("shell_loop_server")
+    if loop:
+        rows.append(["the same loop with `opal cli-server` running (each command forked from a warm "
+                     "process: no imports), submitted",
+                     f"{loop['runs_per_second']:.1f} runs/s ({loop['released']} released)"])
     out += [
         (f"`{s['algorithm']}` with {s['params']} on a {s['dataset_rows']:,}-row dataset, {s['runs']} runs each; "
         "one worker, each run with its own ε so none is served from the cache (except the cached repeat)."),

@@ -9,9 +9,12 @@ tamper-evident ledger.
 functions.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time: `opal`'s start-up pays for every import
+    from typing import Any
+
     from opal.helpers import between_days, modal_region, night_events, night_hours, require_columns
 
 __version__ = "0.1.0"

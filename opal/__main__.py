@@ -1,3 +1,3 @@
-from opal.cli import main
+from opal._launch import main
 
 main()

@@ -30,6 +30,21 @@ def auditor_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A runtime folder of the suite's own, so no `opal` command of a test reaches a CLI
+    server the developer started (tests/cli/test_cli_server.py starts its own)."""
+    path = tmp_path_factory.mktemp("runtime")
+    path.chmod(0o700)
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("OPAL_TEST_REDIS_URL")

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "algo": ("opal.cli.algo", "Write, check, test, submit and review algorithm bundles."),
     "broker": ("opal.cli.broker", "The embedded Redis broker (for one machine; production sets OPAL_BROKER_URL)."),
     "budget": ("opal.cli.budget", "The privacy budget of each dataset."),
+    "cli-server": ("opal.cli.server", "Keep the CLI's imports warm, so short commands start in milliseconds."),
     "dataset": ("opal.cli.dataset", "Register datasets and make synthetic ones."),
     "demo": ("opal.cli.demo", "Run the whole story on the embedded default."),
     "keys": ("opal.cli.keys", "Ed25519 keys and their roles."),

@@ -48,7 +48,22 @@ def _envelope_fault(message: Any) -> str | None:
     return None
 
 
+try:  # redis-py >= 7: without it, every new connection reads redis-py's metadata from disk for its version
+    import redis as _redis_py
+    from redis.driver_info import DriverInfo
+
+    _DRIVER: Any = DriverInfo(lib_version=_redis_py.__version__)
+except (ImportError, AttributeError):  # an older redis-py: its own default
+    _DRIVER = None
+
+
 class Channel(redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        params = super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
+        if _DRIVER is not None:
+            params.setdefault("driver_info", _DRIVER)
+        return params
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             result: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]

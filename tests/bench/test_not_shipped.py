@@ -102,8 +102,14 @@ def test_a_child_started_elsewhere_finds_benchmarks_through_child_env(tmp_path: 
     # find it through the environment child_env gives them, whatever their working directory.
     from benchmarks.config import child_env
 
+    # As in an installed (not editable) opal: the libraries on the path, the repository not.
+    # (The development venv's editable install puts the repository root on every path
+    # through a .pth file; -S skips .pth files, PYTHONPATH gives the libraries back.)
+    import sysconfig
+
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    argv = [sys.executable, "-c", "import benchmarks.config as c; print(c.REPO)"]
+    base["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+    argv = [sys.executable, "-S", "-c", "import benchmarks.config as c; print(c.REPO)"]
     alone = subprocess.run(argv, cwd=tmp_path, env=base, capture_output=True, text=True, timeout=60, check=False)
     assert alone.returncode == 1 and "No module named 'benchmarks'" in alone.stderr
     child = subprocess.run(argv, cwd=tmp_path, env=child_env(base), capture_output=True, text=True, timeout=60,
