@@ -17,6 +17,7 @@ itself.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import importlib
 import io
@@ -89,10 +90,20 @@ def serve(path: Path, *, idle: float) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not private_folder(str(folder)):
         raise SystemExit(f"opal cli-server: {folder} must be a folder of this user's, mode 0700")
+    # One server per socket: the lock is held for the server's life (the kernel drops it
+    # when the process ends), so a second start never takes over a live server's path.
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _log("another server holds this socket: leaving")
+        os.close(lock)
+        return
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    path.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)  # a socket left by a server that was killed
     listener.bind(str(path))
     os.chmod(path, 0o600)
+    bound = os.stat(path).st_ino
     listener.listen(128)
     listener.settimeout(idle)
     served = 0
@@ -127,7 +138,7 @@ def serve(path: Path, *, idle: float) -> None:
                 break  # closed by SIGTERM
             last = time.monotonic()
             with conn:
-                op = _serve_one(conn, listener, watched, started, served)
+                op = _serve_one(conn, (listener, lock), watched, started, served)
             if op == "run":
                 served += 1
             elif op in ("stop", "stale"):
@@ -135,9 +146,12 @@ def serve(path: Path, *, idle: float) -> None:
                 break
     finally:
         try:
-            path.unlink(missing_ok=True)
-        finally:
-            listener.close()
+            if os.stat(path).st_ino == bound:
+                path.unlink()
+        except OSError:
+            pass
+        listener.close()
+        os.close(lock)
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,7 @@ def preload() -> None:
         importlib.import_module(name)
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, watched: dict[str, tuple[int, int]],
+def _serve_one(conn: socket.socket, held: tuple[socket.socket, int], watched: dict[str, tuple[int, int]],
                started: float, served: int) -> str:
     conn.settimeout(5.0)
     try:
@@ -209,7 +223,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, watched: dict[str, 
         pid = os.fork()
         if pid == 0:
             try:
-                _child(conn, listener, request, fds)
+                _child(conn, held, request, fds)
             finally:
                 os._exit(1)  # _child never returns; this is the last guard of the server's loop
         return "run"
@@ -220,11 +234,13 @@ def _serve_one(conn: socket.socket, listener: socket.socket, watched: dict[str, 
             os.close(fd)
 
 
-def _child(conn: socket.socket, listener: socket.socket, request: Request, fds: list[int]) -> None:
+def _child(conn: socket.socket, held: tuple[socket.socket, int], request: Request, fds: list[int]) -> None:
     code = 1
     try:
         try:
+            listener, lock = held
             listener.close()
+            os.close(lock)  # a long command must not keep the next server from starting
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -244,3 +244,16 @@ def _refuses_another_user(runtime: Path) -> None:
     assert proc.stdout.strip() in ("reset", "reply b''")  # closed without a pid: nothing ran
     assert _served() == served
     assert "refused a connection from uid 65534" in next(folder.glob("cli-*.log")).read_text()
+
+
+def test_a_second_server_never_takes_over_a_live_ones_socket(runtime: Path) -> None:
+    from opal._launch import socket_path
+
+    first = _server()
+    assert first is not None
+    second = subprocess.run([sys.executable, "-m", "opal.cli._server", "--socket", socket_path(), "--idle", "30"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "another server holds this socket: leaving" in second.stderr
+    after = _server()
+    assert after is not None and after["pid"] == first["pid"]  # still the first, still on its socket
+    assert Path(socket_path()).exists()
