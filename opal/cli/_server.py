@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from opal._launch import _MAX_REQUEST, PROTOCOL, package_folder, private_folder
+from opal.sandbox._protocol import recv_exact
 
 __all__ = ["serve", "PRELOAD"]
 
@@ -222,7 +223,9 @@ def _serve_one(conn: socket.socket, held: tuple[socket.socket, int], watched: di
         if len(header) != 4:
             return "broken"
         size = int.from_bytes(header, "big")
-        request = decode_request(_read_exact(conn, size))
+        if size > _MAX_REQUEST:
+            return "broken"
+        request = decode_request(recv_exact(conn, size))
         op = request.op
         if op == "ping":
             conn.sendall(json.dumps({"pid": os.getpid(), "uptime": time.time() - started, "served": served,
@@ -243,7 +246,7 @@ def _serve_one(conn: socket.socket, held: tuple[socket.socket, int], watched: di
             finally:
                 os._exit(1)  # _child never returns; this is the last guard of the server's loop
         return "run"
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return "broken"
     finally:
         for fd in fds:
@@ -341,19 +344,6 @@ def _stop_with_caller(conn: socket.socket) -> threading.Event:
 
     threading.Thread(target=watch, name="opal-cli-caller", daemon=True).start()
     return running
-
-
-def _read_exact(conn: socket.socket, size: int) -> bytes:
-    if size > _MAX_REQUEST:
-        raise ValueError("request too large")
-    chunks = []
-    while size:
-        chunk = conn.recv(min(size, 1 << 16))
-        if not chunk:
-            raise ValueError("short request")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 def _watched_files() -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["send", "recv", "ChannelClosed"]
+__all__ = ["send", "recv", "recv_exact", "ChannelClosed"]
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 * 2**20
@@ -27,7 +27,7 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
     sock.sendall(data)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket, size: int) -> bytes:
     chunks: list[bytes] = []
     while size:
         chunk = sock.recv(min(size, 1 << 20))
@@ -43,11 +43,11 @@ def recv(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     if not head:
         raise ChannelClosed("channel closed")
     if len(head) < _HEADER.size:
-        head += _recv_exact(sock, _HEADER.size - len(head))
+        head += recv_exact(sock, _HEADER.size - len(head))
     (size,) = _HEADER.unpack(head)
     if size > MAX_MESSAGE:
         raise ValueError("message too large")
-    message = json.loads(_recv_exact(sock, size))
+    message = json.loads(recv_exact(sock, size))
     if not isinstance(message, dict):
         raise ValueError("message is not an object")
     return message, list(fds)
