@@ -276,14 +276,19 @@ def _child(conn: socket.socket, held: tuple[socket.socket, int], request: Reques
             running = _stop_with_caller(conn)
             code = _run_command(request.argv)
             running.clear()
+        except KeyboardInterrupt:
+            code = 130  # outside the command's own handling (while click parsed, say)
         finally:
             # Done: a late Ctrl-C (or the caller leaving) must not interrupt the report.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        conn.sendall(f"exit {code}\n".encode())
     except BaseException:  # noqa: BLE001 - whatever happens, this process ends here
         pass
     finally:
-        os._exit(code)
+        try:
+            # Before the pid line, this is not "pid N": the launcher runs the command itself.
+            conn.sendall(f"exit {code}\n".encode())
+        finally:
+            os._exit(code)
 
 
 def _run_command(argv: list[str]) -> int:

@@ -15,6 +15,8 @@ from opal.errors import BadInputError, InternalError
 
 __all__ = ["start_server", "stop_server", "ping"]
 
+_SUN_PATH_MAX = 108  # sockaddr_un.sun_path on Linux, its terminating NUL included
+
 
 def start_server(*, idle: float) -> tuple[int, str, bool]:
     """Start the server in its own session unless one answers: (pid, socket, already running).
@@ -36,6 +38,9 @@ def start_server(*, idle: float) -> tuple[int, str, bool]:
     if not private_folder(str(folder)):
         raise BadInputError(f"{folder} is not a private folder of this user's (owner and mode 0700); "
                             "remove it or set XDG_RUNTIME_DIR to one")
+    if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+        raise BadInputError(f"the socket path {path} is longer than a Unix socket allows ({_SUN_PATH_MAX - 1} "
+                            "bytes); set XDG_RUNTIME_DIR to a shorter folder")
     log = path.with_suffix(".log")
     env = {k: v for k, v in os.environ.items() if k != "OPAL_PASSPHRASE"}  # each command brings its own
     with open(log, "ab") as out:

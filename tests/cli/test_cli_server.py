@@ -27,7 +27,11 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder = tmp_path / "runtime"
     folder.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    started = _cli("cli-server", "start", "--idle", "300")
+    saved = os.umask(0o022)  # the server's own umask differs from the callers' in the tests below
+    try:
+        started = _cli("cli-server", "start", "--idle", "300")
+    finally:
+        os.umask(saved)
     assert started.returncode == 0, started.stderr
     yield folder
     _cli("cli-server", "stop")
@@ -125,8 +129,9 @@ def test_the_callers_folder_umask_and_environment_are_the_commands(runtime: Path
     proc = subprocess.run(["sh", "-c", "umask 077 && exec \"$0\" -m opal --home rel keys new kim --role statistician",
                            sys.executable], env=env, cwd=caller, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    keyfiles = [p for p in (caller / "rel").rglob("*") if p.is_file() and "kim" in p.name]
-    assert keyfiles and all(p.stat().st_mode & 0o077 == 0 for p in keyfiles)
+    # (the key itself is 0600 whatever the umask; the home's other files follow it)
+    written = [caller / "rel" / "config.json", caller / "rel" / "opal.db", caller / "rel" / "keys" / "kim.pem"]
+    assert [oct(p.stat().st_mode & 0o777) for p in written] == ["0o600"] * 3
     # OPAL_HOME of each caller: two homes, one server
     for name in ("a", "b"):
         home = tmp_path / name
@@ -257,3 +262,14 @@ def test_a_second_server_never_takes_over_a_live_ones_socket(runtime: Path) -> N
     after = _server()
     assert after is not None and after["pid"] == first["pid"]  # still the first, still on its socket
     assert Path(socket_path()).exists()
+
+
+def test_a_socket_path_too_long_for_unix_is_named_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    proc = _cli("cli-server", "start")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("opal: error: the socket path ") and "set XDG_RUNTIME_DIR" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert _cli("keys", "list", env={**os.environ, "OPAL_HOME": str(tmp_path / "h")}).returncode == 0
