@@ -109,8 +109,19 @@ class Algorithm:
     def group_columns(self) -> list[str]:
         return list(self.bundle.manifest.privacy.groups or ())
 
+    def view(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` in the form the bundle asks for: its ``categorical`` text
+        columns as Categoricals, as the sandbox shows them (made once per load
+        there too, so not part of a run's time)."""
+        wanted = [c for c in self.bundle.manifest.categorical if c in frame.columns]
+        if not wanted:
+            return frame
+        from opal.sandbox._zygote import as_categories
+
+        return frame.assign(**{c: as_categories(frame[c]) for c in wanted})
+
     def direct(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """(a): the algorithm's own function on the in-memory DataFrame."""
+        """(a): the algorithm's own function on the in-memory DataFrame (``view``)."""
         return self.function(types.SimpleNamespace(cdr=frame), self.params)
 
     def sql_params(self) -> dict[str, Any]:

@@ -131,11 +131,12 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
     errors: dict[str, str] = {}
     samples: dict[str, list[float]] = {"a": [], "a2": [], "b": [], "units": [], "gate": [], "e": []}
     contributions = sql_result = None
+    own = algorithm.view(frame)  # in the form the bundle asks for, as the sandbox shows it
     for _ in range(reps):
         if "a" not in errors:
             try:
                 t = time.perf_counter()
-                contributions = algorithm.direct(frame)
+                contributions = algorithm.direct(own)
                 samples["a"].append(time.perf_counter() - t)
                 row["contribution_rows"] = len(contributions)
             except Exception as exc:  # noqa: BLE001  # the algorithm itself failed: recorded, not fatal
@@ -150,9 +151,10 @@ def _measure_algorithm(algorithm: algos.Algorithm, *, frame: Any, runtime: Any, 
                 # As a worker runs it: on per-run pseudonyms of the unit column.
                 spec = for_run(table="cdr", column="msisdn")
                 t = time.perf_counter()
-                sandboxed = runtime.run(source=algorithm.bundle.source,
-                                        entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params,
-                                        pseudonyms=spec)
+                manifest = algorithm.bundle.manifest
+                sandboxed = runtime.run(source=algorithm.bundle.source, entrypoint=manifest.entrypoint,
+                                        params=algorithm.params, pseudonyms=spec, read=manifest.read_map(),
+                                        categorical=manifest.categorical_map())
                 samples["b"].append(time.perf_counter() - t)
                 row["sandbox_rows"] = len(sandboxed)
             except Exception as exc:  # noqa: BLE001  # e.g. a sandbox limit at 100 M rows
@@ -330,13 +332,14 @@ def _small_runs(config: BenchConfig, deployment: Any, algorithms: list[algos.Alg
     result: dict[str, Any] = {"dataset_rows": ds.rows, "algorithm": algorithm.name, "params": algorithm.params,
                               "runs": n}
     frame, _, _ = load_frame(ds.path)
-    direct, _ = measure(partial(algorithm.direct, frame), reps=n, warmup=1)
+    direct, _ = measure(partial(algorithm.direct, algorithm.view(frame)), reps=n, warmup=1)
     spec = for_run(table="cdr", column="msisdn")
     domains = resolve(algorithm.bundle.manifest.privacy.groups, dataset_domains(ds.path))
     with Runtime(tables={"cdr": ds.path}) as runtime:
         sandbox, sandboxed = measure(
             partial(runtime.run, source=algorithm.bundle.source, entrypoint=algorithm.bundle.manifest.entrypoint,
-                    params=algorithm.params, pseudonyms=spec),
+                    params=algorithm.params, pseudonyms=spec, read=algorithm.bundle.manifest.read_map(),
+                    categorical=algorithm.bundle.manifest.categorical_map()),
             reps=n, warmup=1)
         # the per-run fixed cost: fork, namespaces, empty root, rlimits, seccomp, compile, one tiny result
         fixed, _ = measure(partial(runtime.run, source=_TRIVIAL, entrypoint="contributions", params={}),

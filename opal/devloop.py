@@ -152,9 +152,9 @@ def local_aggregate(
     manifest = bundle.manifest
     schema = SCHEMAS[manifest.dataset]
     partials = []
-    read = manifest.read_map()
+    read, categorical = manifest.read_map(), manifest.categorical_map()
     for index, file in enumerate(files):
-        with Runtime(tables={schema.name: file}, read=read) as runtime:
+        with Runtime(tables={schema.name: file}, read=read, categorical=categorical) as runtime:
             if index == 0:  # reads no data: once, as the worker's run task does (on the first partition)
                 run_check_params(runtime, source=bundle.source, params=params, table=schema.name,
                                  column=schema.unit)
@@ -167,6 +167,7 @@ def local_aggregate(
                 params=params,
                 columns=declared_columns(manifest.privacy),
                 read=read,
+                categorical=categorical,
             )
         partials.append(partial_aggregate(
             contributions, privacy=manifest.privacy, domains=domains, known_units=units, strict=True

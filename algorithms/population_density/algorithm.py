@@ -4,6 +4,8 @@ Returns one row per (subscriber, region, day) in which the subscriber had at
 least one event; the platform counts the distinct subscribers per cell.
 """
 
+import opal  # the platform's vetted helper API (opal.helpers)
+
 
 def check_params(params):
     """Data-free: refuses a reversed window before the run (nothing spent)."""
@@ -12,8 +14,6 @@ def check_params(params):
 
 
 def contributions(data, params):
-    start_day = params["start_day"]
-    end_day = params["end_day"]
-    cdr = data.cdr
-    seen = cdr[cdr["day"].between(start_day, end_day)]
-    return seen[["msisdn", "region", "day"]].drop_duplicates().reset_index(drop=True)
+    seen = opal.between_days(data.cdr, params)
+    # drop_duplicates, on packed integer keys (region is categorical)
+    return opal.distinct(seen, ["msisdn", "region", "day"])

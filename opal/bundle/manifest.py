@@ -38,6 +38,9 @@ class Manifest:
     # The dataset columns the algorithm reads (``reads = [...]``); None: all of them.
     # The sandbox loads and shows it only these (data minimisation, and less to decode).
     reads: tuple[str, ...] | None = None
+    # Text columns the algorithm sees as pandas Categoricals (``categorical = [...]``):
+    # decoded from the file's dictionary, compared and grouped by integer codes.
+    categorical: tuple[str, ...] = ()
 
     @property
     def version_key(self) -> tuple[int, int, int]:
@@ -53,7 +56,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = MANIFEST_FILE) -> Manifest:
-        known = {"name", "version", "description", "entrypoint", "dataset", "reads", "privacy", "parameters"}
+        known = {
+            "name", "version", "description", "entrypoint", "dataset", "reads", "categorical", "privacy", "parameters",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -81,6 +86,7 @@ class Manifest:
         if problem is not None:
             raise BadInputError(f"{where}: [parameters] is not a valid JSON Schema: {problem}")
         privacy = PrivacySpec.from_dict(data["privacy"])
+        reads = _reads(data.get("reads"), unit=privacy.unit, where=where)
         return cls(
             name=data["name"],
             version=data["version"],
@@ -89,7 +95,8 @@ class Manifest:
             dataset=data["dataset"],
             privacy=privacy,
             parameters=parameters,
-            reads=_reads(data.get("reads"), unit=privacy.unit, where=where),
+            reads=reads,
+            categorical=_categorical(data.get("categorical"), unit=privacy.unit, reads=reads, where=where),
         )
 
     def read_map(self) -> dict[str, tuple[str, ...]] | None:
@@ -97,17 +104,28 @@ class Manifest:
         after the schema), or None: every column."""
         return None if self.reads is None else {self.dataset: self.reads}
 
+    def categorical_map(self) -> dict[str, tuple[str, ...]] | None:
+        """``categorical`` as the sandbox takes it (table → text columns), or None."""
+        return {self.dataset: self.categorical} if self.categorical else None
+
     def check_reads(self, columns: Any, *, dataset: str) -> None:
         """Raise BadInputError unless every column the bundle reads is one of
-        ``columns`` (the schema of ``dataset``, which is public): decided
+        ``columns`` (the schema of ``dataset``, which is public: column → kind)
+        and every ``categorical`` column is one of its text columns: decided
         without data, before anything is spent."""
-        if self.reads is None:
-            return
-        missing = [c for c in self.reads if c not in columns]
+        missing = [c for c in (self.reads or ()) if c not in columns]
         if missing:
             raise BadInputError(
                 f"{self.name} {self.version} reads column(s) {', '.join(missing)} that {dataset} does not have; "
                 f"its columns: {', '.join(columns)}"
+            )
+        kinds = columns if isinstance(columns, dict) else {}
+        not_text = [c for c in self.categorical if c not in columns or kinds.get(c, "string") != "string"]
+        if not_text:
+            texts = [c for c in columns if kinds.get(c, "string") == "string"]
+            raise BadInputError(
+                f"{self.name} {self.version} asks for {', '.join(not_text)} as categorical, but only text columns "
+                f"can be; the text columns of {dataset}: {', '.join(texts) or 'none'}"
             )
 
     def validate_params(self, params: Any) -> None:
@@ -134,6 +152,8 @@ class Manifest:
         }
         if self.reads is not None:
             out["reads"] = list(self.reads)
+        if self.categorical:
+            out["categorical"] = list(self.categorical)
         return {**out, "privacy": self.privacy.to_dict(), "parameters": self.parameters}
 
 
@@ -150,6 +170,26 @@ def _reads(value: Any, *, unit: str, where: str) -> tuple[str, ...] | None:
         raise BadInputError(f"{where}: reads names {', '.join(twice)} more than once")
     if unit not in value:
         raise BadInputError(f"{where}: reads must include the privacy unit column {unit!r}")
+    return tuple(value)
+
+
+def _categorical(value: Any, *, unit: str, reads: tuple[str, ...] | None, where: str) -> tuple[str, ...]:
+    """``categorical`` as declared: absent (none), or distinct column names the
+    bundle reads, not the privacy unit (the sandbox gives it pseudonyms)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise BadInputError(f'{where}: categorical must be a list of text column names, e.g. categorical = ["region"]')
+    if len(set(value)) != len(value):
+        twice = sorted({c for c in value if value.count(c) > 1})
+        raise BadInputError(f"{where}: categorical names {', '.join(twice)} more than once")
+    if unit in value:
+        raise BadInputError(
+            f"{where}: categorical cannot hold the privacy unit column {unit!r} (the sandbox replaces it by numbers)"
+        )
+    unread = [c for c in value if reads is not None and c not in reads]
+    if unread:
+        raise BadInputError(f"{where}: categorical names {', '.join(unread)}, which reads does not list")
     return tuple(value)
 
 

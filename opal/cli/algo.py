@@ -170,6 +170,8 @@ def review(app: App, ref: str, params: str | None, no_locality: bool, as_json: b
     reads = view["manifest"].get("reads")
     console.print(f"reads from {view['manifest']['dataset']}: "
                   + (", ".join(reads) if reads else "every column (no reads declared)"), markup=False)
+    if view["manifest"].get("categorical"):
+        console.print("as categoricals: " + ", ".join(view["manifest"]["categorical"]), markup=False)
     console.print("[bold]privacy declaration[/]")
     console.print_json(json.dumps(view["privacy"]))
     console.print("[bold]parameters (JSON Schema)[/]")

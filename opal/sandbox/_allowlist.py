@@ -282,7 +282,7 @@ STATISTICS_FACADE: frozenset[str] = _names(
 )
 
 OPAL_FACADE: frozenset[str] = _names(
-    "require_columns between_days night_hours night_events modal_region NIGHT_START_HOUR NIGHT_END_HOUR"
+    "require_columns between_days night_hours night_events modal_region distinct sum_by NIGHT_START_HOUR NIGHT_END_HOUR"
 )
 
 FACADES: dict[str, frozenset[str]] = {

@@ -195,11 +195,14 @@ def _make_read_only(frame: Any) -> None:
             flags.writeable = False
 
 
-def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, list[str]]:
+def _load_table(
+    path: str, read: list[str] | None = None, categorical: list[str] | None = None
+) -> tuple[Any, int, list[str]]:
     """The table as a read-only DataFrame, its size in memory (Arrow's count),
     and the names of all the file's columns. ``read``: only those columns are
     loaded (the ones the bundles to run declare they read; the others are
-    never decoded).
+    never decoded). ``categorical``: those text columns are held as pandas
+    Categoricals (``as_categories``) instead of strings.
 
     Parquet is read and converted one column at a time, each column's Arrow
     buffers freed as it is converted and handed back to the OS, so the load
@@ -230,6 +233,9 @@ def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, lis
         nbytes = int(table.nbytes)
         frame = table.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)
         del table
+        for name in categorical or ():
+            if name in frame.columns and pd.api.types.is_string_dtype(frame[name].dtype):
+                frame[name] = as_categories(frame[name])
     else:
         schema = pq.read_schema(path)
         # Text columns (regions, event kinds: few distinct values) are stored
@@ -247,10 +253,13 @@ def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, lis
             if read is not None and name not in read:
                 continue
             column = parquet.read(columns=[name], use_threads=False)
-            if name in texts:
+            keep_codes = name in texts and name in (categorical or ())
+            if name in texts and not keep_codes:
                 column = column.cast(pa.schema([schema.field(name)], metadata=column.schema.metadata))
             nbytes += int(column.nbytes)
             columns[name] = column.to_pandas(split_blocks=True, self_destruct=True, use_threads=False)[name]
+            if keep_codes:  # the file's dictionary as it is: no string is materialised
+                columns[name] = as_categories(columns[name])
             del column
             pool.release_unused()
         frame = pd.DataFrame(columns, copy=False)
@@ -258,6 +267,25 @@ def _load_table(path: str, read: list[str] | None = None) -> tuple[Any, int, lis
     pool.release_unused()
     _make_read_only(frame)
     return frame, nbytes, names
+
+
+def as_categories(column: Any) -> Any:
+    """A text column as a pandas Categorical whose categories are its distinct
+    values in sorted order, so sorting, grouping and comparing by the codes
+    agree with the text (and every partition's codes follow one order)."""
+    import pandas as pd
+
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return column.astype("category")  # inferred categories are sorted
+    categories = column.cat.categories
+    if categories.is_monotonic_increasing:
+        return column
+    return column.cat.reorder_categories(categories.sort_values())
+
+
+def as_text(column: Any) -> Any:
+    """A Categorical text column as the plain text column a load gives."""
+    return column.astype("str")
 
 
 def _project(tables: dict[str, Any], read: dict[str, Any] | None) -> dict[str, Any]:
@@ -273,6 +301,19 @@ def _project(tables: dict[str, Any], read: dict[str, Any] | None) -> dict[str, A
             out[name] = out[name][[c for c in out[name].columns if c in wanted]]
             _make_read_only(out[name])
     return out
+
+
+def _categorical_columns(tables: dict[str, Any], categorical: dict[str, Any]) -> dict[str, set[str]]:
+    """The columns ``_load_table`` turned into Categoricals (``categorical``)."""
+    import pandas as pd
+
+    return {
+        name: {
+            str(c) for c in frame.columns
+            if c in categorical.get(name, ()) and isinstance(frame[c].dtype, pd.CategoricalDtype)
+        }
+        for name, frame in tables.items()
+    }
 
 
 def _probe(fn: Any, *, fork: Any = os.fork) -> bool:
@@ -377,6 +418,10 @@ class Zygote:
         self.forker = _isolation.RunForker()
         self.reloads = 0
         self.schemas: dict[str, list[str]] = {}  # every column of each table's file, loaded or not
+        # text columns held as Categoricals (a bundle's ``categorical``), and the
+        # other form of a column a run asked for, made once per load
+        self.held_categorical: dict[str, set[str]] = {}
+        self.views: dict[tuple[str, str], Any] = {}
 
     def _described(self) -> dict[str, Any]:
         return {
@@ -400,9 +445,11 @@ class Zygote:
         tables: dict[str, Any] = {}
         table_bytes = 0
         read = config.get("read") or {}
+        categorical = config.get("categorical") or {}
         for name, path in config["tables"].items():
-            tables[name], nbytes, self.schemas[name] = _load_table(path, read.get(name))
+            tables[name], nbytes, self.schemas[name] = _load_table(path, read.get(name), categorical.get(name))
             table_bytes += nbytes
+        self.held_categorical = _categorical_columns(tables, categorical)
         # A trusted warm-up run loads every lazily imported path of the
         # libraries while this process may still read them.
         warm = {
@@ -492,22 +539,65 @@ class Zygote:
         self.reloads += 1
         if self.reloads % _FULL_COLLECT_EVERY == 0:
             gc.unfreeze()
-        self.tables = {}
+        self.tables, self.views = {}, {}
         pseudonyms.forget()
         gc.collect()
         pa.default_memory_pool().release_unused()
         read = message.get("read") or {}
+        categorical = message.get("categorical") or {}
         try:
             tables, schemas = {}, {}
             for name, path in message["tables"].items():
-                tables[name], _, schemas[name] = _load_table(path, read.get(name))
+                tables[name], _, schemas[name] = _load_table(path, read.get(name), categorical.get(name))
         except Exception as exc:  # noqa: BLE001 - reported to the Runtime, then exit
             _protocol.send(self.sock, {"op": "failed", "message": f"{type(exc).__name__} while loading the dataset"})
             sys.exit(1)
         self.tables, self.schemas = tables, schemas
+        self.held_categorical = _categorical_columns(tables, categorical)
         gc.collect()
         gc.freeze()
         _protocol.send(self.sock, {"op": "loaded", "tables": self._described()})
+
+    def _typed(
+        self, tables: dict[str, Any], categorical: dict[str, Any], read: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """``tables`` with the text columns a run asked for as Categoricals
+        (``categorical``) in that form, and those held as Categoricals that it
+        did not ask for as plain text: what the run sees does not depend on
+        what another run loaded. A conversion of a resident column is made
+        once per load and shared, read-only, by the runs that follow."""
+        import pandas as pd
+
+        out = dict(tables)
+        for name, frame in tables.items():
+            wanted = set(categorical.get(name, ()))
+            held = self.held_categorical.get(name, set())
+            seen = set(read[name]) if read and name in read else set(frame.columns)
+            changes: dict[str, Any] = {}
+            for column in frame.columns:
+                if column not in seen:
+                    continue
+                if column in wanted and column not in held and pd.api.types.is_string_dtype(frame[column].dtype):
+                    convert, kind = as_categories, "categorical"
+                elif column in held and column not in wanted:
+                    convert, kind = as_text, "text"
+                else:
+                    continue
+                resident = self.tables.get(name)
+                if resident is not None and len(resident) == len(frame):  # rows as resident: the shared conversion
+                    key = (name, f"{column}\0{kind}")
+                    if key not in self.views:
+                        self.views[key] = convert(resident[column]).array
+                    changes[column] = self.views[key]
+                else:  # a probe that dropped units: its own rows
+                    changes[column] = convert(frame[column]).array
+            if changes:
+                frame = frame.copy(deep=False)
+                for column, values in changes.items():
+                    frame[column] = values
+                _make_read_only(frame)
+                out[name] = frame
+        return out
 
     def _count(self, message: dict[str, Any]) -> None:
         """How many distinct units a column holds: the size of the dictionary
@@ -527,7 +617,9 @@ class Zygote:
         reserved = self.heap.reserve() if self.heap is not None else 0
         job = {**job, "limits": {**job["limits"], "reserved_bytes": reserved}}
         # per-run pseudonyms, made here so the seed never reaches the child
-        tables = _project(pseudonyms.apply(self.tables, job.pop("pseudonyms", None)), job.pop("read", None))
+        read = job.pop("read", None)
+        tables = pseudonyms.apply(self.tables, job.pop("pseudonyms", None))
+        tables = _project(self._typed(tables, job.pop("categorical", None) or {}, read), read)
         pid = self.forker.fork(pid_namespace=self.layers.get("pid_namespace", False))
         if pid == 0:
             code = 1

@@ -110,12 +110,18 @@ class Runtime:
     """
 
     def __init__(
-        self, *, tables: dict[str, Path], limits: Limits | None = None, read: Mapping[str, Iterable[str]] | None = None
+        self,
+        *,
+        tables: dict[str, Path],
+        limits: Limits | None = None,
+        read: Mapping[str, Iterable[str]] | None = None,
+        categorical: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         if limits is None:
             limits = Limits()
         self._tables = _check_tables(tables)
         self._read = _check_read(read)
+        self._categorical = _check_read(categorical)
         self.limits = limits
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -173,6 +179,7 @@ class Runtime:
                     "op": "config",
                     "tables": self._tables,
                     "read": self._read,
+                    "categorical": self._categorical,
                     "warm_memory_bytes": min(self.limits.warm_memory_bytes, self.limits.memory_bytes),
                     "warm_memory_ratio": self.limits.warm_memory_ratio,
                 },
@@ -284,10 +291,17 @@ class Runtime:
             pass
 
     def reload(
-        self, *, tables: dict[str, Path], limits: Limits | None = None, read: Mapping[str, Iterable[str]] | None = None
+        self,
+        *,
+        tables: dict[str, Path],
+        limits: Limits | None = None,
+        read: Mapping[str, Iterable[str]] | None = None,
+        categorical: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """Hold ``tables`` instead of the current ones, in the same zygote
-        (of each table named in ``read``, those columns only).
+        (of each table named in ``read``, those columns only; the text columns
+        ``categorical`` names as pandas Categoricals, decoded from the file's
+        dictionary without making a string).
 
         For a worker streaming the partitions of a dataset it cannot hold
         whole: loading a partition costs less than starting a zygote
@@ -302,8 +316,9 @@ class Runtime:
         """
         checked = _check_tables(tables)
         wanted = _check_read(read)
+        as_codes = _check_read(categorical)
         with self._lock:
-            self._tables, self._read = checked, wanted
+            self._tables, self._read, self._categorical = checked, wanted, as_codes
             if limits is not None:
                 self.limits = limits
             self._counts.clear()
@@ -312,7 +327,7 @@ class Runtime:
                 return
             assert self._sock is not None
             try:
-                _protocol.send(self._sock, {"op": "load", "tables": checked, "read": wanted})
+                _protocol.send(self._sock, {"op": "load", "tables": checked, "read": wanted, "categorical": as_codes})
                 self._sock.settimeout(_START_TIMEOUT)
                 message, _ = _protocol.recv(self._sock)
                 self._sock.settimeout(None)
@@ -367,6 +382,7 @@ class Runtime:
         columns: tuple[str, ...] | None = None,
         pseudonyms: dict[str, Any] | None = None,
         read: Mapping[str, Iterable[str]] | None = None,
+        categorical: Mapping[str, Iterable[str]] | None = None,
     ) -> Any:
         """Run one algorithm in a fresh child and return its contributions table.
 
@@ -377,6 +393,9 @@ class Runtime:
         ``pseudonyms`` (``opal.sandbox.pseudonyms.for_run``) replaces the unit
         column the algorithm sees by the run's pseudonyms. ``read`` (table →
         columns: a bundle's ``reads``): the algorithm sees only those columns.
+        ``categorical`` (table → text columns: a bundle's ``categorical``):
+        the algorithm sees those as pandas Categoricals with sorted categories,
+        every other text column as plain text, whatever the zygote holds.
 
         Raises:
             ReleaseRefused: the table does not have the declared columns or
@@ -401,6 +420,7 @@ class Runtime:
             "limits": limits.to_dict(),
             "pseudonyms": pseudonyms,
             "read": _check_read(read),
+            "categorical": _check_read(categorical),
         }
         expected = _check_expected(columns)
         with self._lock:

@@ -101,6 +101,7 @@ def probe(
     table: str,
     column: str,
     sample: int = MIN_SAMPLE,
+    categorical: dict[str, Any] | None = None,
 ) -> LocalityReport:
     """Leave-one-out on ``runtime``'s resident (synthetic) table.
 
@@ -114,7 +115,10 @@ def probe(
     seed = os.urandom(32)
     count = runtime.unit_count(column, table=table)
     spec = for_run(table=table, column=column, seed=seed)
-    base = _per_unit(runtime.run(source=source, entrypoint=entrypoint, params=params, pseudonyms=spec), column)
+    base = _per_unit(
+        runtime.run(source=source, entrypoint=entrypoint, params=params, pseudonyms=spec, categorical=categorical),
+        column,
+    )
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "big"))  # which units, not noise
     chosen = rng.choice(count, size=min(max(sample, MIN_SAMPLE), count), replace=False)
     worst = breaking = failures = 0
@@ -122,7 +126,7 @@ def probe(
         removed = pseudonym_at(spec, index, count=count)
         try:
             out = runtime.run(
-                source=source, entrypoint=entrypoint, params=params,
+                source=source, entrypoint=entrypoint, params=params, categorical=categorical,
                 pseudonyms=for_run(table=table, column=column, seed=seed, drop=[index]),
             )
         except OpalError:
@@ -192,9 +196,10 @@ def _probe_bundle(bundle: Any, *, dataset: Path, params: Any, sample: int) -> Lo
         raise BadInputError(f"dataset schema {manifest.dataset!r} is not known; known: {', '.join(SCHEMAS)}")
     manifest.validate_params(params)
     schema = SCHEMAS[manifest.dataset]
-    read = manifest.read_map()
-    with Runtime(tables={schema.name: dataset}, read=read) as runtime:  # the columns it reads, as a worker shows it
+    read, categorical = manifest.read_map(), manifest.categorical_map()
+    # the columns it reads, in the form it asks for, as a worker shows them
+    with Runtime(tables={schema.name: dataset}, read=read, categorical=categorical) as runtime:
         return probe(
             runtime, source=bundle.source, entrypoint=manifest.entrypoint, params=params,
-            table=schema.name, column=schema.unit, sample=sample,
+            table=schema.name, column=schema.unit, sample=sample, categorical=categorical,
         )

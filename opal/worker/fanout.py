@@ -176,11 +176,12 @@ def run_partition(node: Node, run_id: str, part: int, *, runtime_for: Any, me: s
         outcome: dict[str, Any] = {"outcome": "partition lost", "attempts": attempts - 1}
     else:
         t0 = time.monotonic()
-        runtime: Runtime = runtime_for(ds, part, read=manifest.read_map())
+        runtime: Runtime = runtime_for(ds, part, read=manifest.read_map(), categorical=manifest.categorical_map())
         t1 = time.monotonic()
         try:
             contributions, units, outcome = sandbox_contributions(
-                runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy, read=manifest.read_map()
+                runtime, prep.bundle.source, manifest.entrypoint, record, ds, manifest.privacy,
+                read=manifest.read_map(), categorical=manifest.categorical_map(),
             )
             t2 = time.monotonic()
             agg = partial_aggregate(contributions, privacy=manifest.privacy, domains=prep.domains, known_units=units)

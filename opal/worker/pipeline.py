@@ -228,7 +228,8 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
     # 5. sandbox, on this run's pseudonyms. From here on the run is total.
     runtime = runtime_for(ds)
     contributions, units, outcome = sandbox_contributions(
-        runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy, read=manifest.read_map()
+        runtime, bundle.source, manifest.entrypoint, record, ds, manifest.privacy,
+        read=manifest.read_map(), categorical=manifest.categorical_map(),
     )
     # 6. release gate (never refuses contributions: a malformed table is no contributions)
     from opal.release import release as gate
@@ -252,10 +253,11 @@ def _execute(node: Node, record: RunRecord, *, signer: Signer, runtime_for: Runt
 
 def sandbox_contributions(
     runtime: Runtime, source: str, entrypoint: str, record: RunRecord, ds: catalog.Dataset, privacy: PrivacySpec,
-    *, read: dict[str, tuple[str, ...]] | None = None,
+    *, read: dict[str, tuple[str, ...]] | None = None, categorical: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[pd.DataFrame | None, RunPseudonyms | None, dict[str, Any]]:
     """(contributions or None, the run's units, the true outcome for the operator).
-    ``read``: the only columns the algorithm sees (the bundle's ``Manifest.read_map``).
+    ``read``: the only columns the algorithm sees (the bundle's ``Manifest.read_map``);
+    ``categorical``: its text columns it sees as Categoricals (``Manifest.categorical_map``).
 
     Every failure of the algorithm becomes no contributions: whether it failed
     can depend on private values, so it must not show in what leaves.
@@ -266,7 +268,7 @@ def sandbox_contributions(
     try:
         contributions, units = run_pseudonymised(
             runtime, table=ds.schema, column=ds.unit, source=source, entrypoint=entrypoint, params=record.params,
-            columns=declared_columns(privacy), read=read,
+            columns=declared_columns(privacy), read=read, categorical=categorical,
         )
     except OpalError as exc:
         log.info("run %s: the algorithm produced no contributions (%s)", record.run_id, type(exc).__name__)

@@ -95,7 +95,13 @@ def limits() -> Limits:
     )
 
 
-def runtime_for(ds: Dataset, part: int | None = None, *, read: Mapping[str, Iterable[str]] | None = None) -> Runtime:
+def runtime_for(
+    ds: Dataset,
+    part: int | None = None,
+    *,
+    read: Mapping[str, Iterable[str]] | None = None,
+    categorical: Mapping[str, Iterable[str]] | None = None,
+) -> Runtime:
     """The resident runtime of ``ds`` (of its partition ``part``), holding at
     least the columns ``read`` names (table → columns: the ``reads`` of the
     bundle to run; None: every column). A partitioned dataset asked for as a
@@ -107,7 +113,8 @@ def runtime_for(ds: Dataset, part: int | None = None, *, read: Mapping[str, Iter
     process's memory budget (``memory_budget``); beyond it the least recently
     used are stopped, so a process holds what it serves, not the dataset. A
     runtime loaded to stream a partition holds only the columns its run reads
-    (the others are never decoded); one kept resident holds every column.
+    (the others are never decoded), its ``categorical`` text columns as
+    Categoricals; one kept resident holds every column, as text.
     """
     from opal.errors import OpalError
     from opal.sandbox import Runtime
@@ -146,7 +153,7 @@ def runtime_for(ds: Dataset, part: int | None = None, *, read: Mapping[str, Iter
         rt: Runtime | None = None
         if reused is not None:
             try:
-                reused.reload(tables={ds.schema: file}, limits=run_limits, read=read)
+                reused.reload(tables={ds.schema: file}, limits=run_limits, read=read, categorical=categorical)
                 rt = reused
             except OpalError:
                 reused.close()  # a fresh runtime below reports what is wrong

@@ -161,7 +161,7 @@ def test_a_reversed_window_is_refused_by_algo_test_before_the_run(tmp_path):
                     params={"start_day": 1, "end_day": 0})
     assert exc.value.exit_code == 2
     assert str(exc.value) == (
-        "the bundle's check_params refused the parameters: algorithm.py:11: check_params() raised "
+        "the bundle's check_params refused the parameters: algorithm.py:13: check_params() raised "
         "ValueError (an operation got an invalid value)"
     )
 
@@ -395,6 +395,38 @@ def test_a_malformed_reads_is_refused_naming_the_fix(reads, message, tmp_path):
     assert str(exc.value) == f"{folder}/opal.toml: {message}"
 
 
+@pytest.mark.parametrize(("categorical", "message"), [
+    ('"region"', 'categorical must be a list of text column names, e.g. categorical = ["region"]'),
+    ('["region", 3]', 'categorical must be a list of text column names, e.g. categorical = ["region"]'),
+    ('["region", "region"]', "categorical names region more than once"),
+    ('["msisdn"]', "categorical cannot hold the privacy unit column 'msisdn' (the sandbox replaces it by numbers)"),
+    ('["event"]', "categorical names event, which reads does not list"),
+])
+def test_a_malformed_categorical_is_refused_naming_the_fix(categorical, message, tmp_path):
+    from opal.devloop import check_bundle
+    from opal.errors import BadInputError
+
+    folder = _with_reads(tmp_path, "population_density", '["msisdn", "day", "region"]')
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('categorical = ["region"]', f"categorical = {categorical}"))
+    with pytest.raises(BadInputError) as exc:
+        check_bundle(folder)
+    assert exc.value.exit_code == 2
+    assert str(exc.value) == f"{folder}/opal.toml: {message}"
+
+
+def test_a_bundle_asking_for_a_number_column_as_categorical_is_refused_by_algo_check(tmp_path):
+    folder = _with_reads(tmp_path, "population_density", '["msisdn", "day", "region"]')
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('categorical = ["region"]', 'categorical = ["region", "day"]'))
+    proc = _opal(tmp_path, "algo", "check", str(folder))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "opal: error: population_density 1.0.0 asks for day as categorical, but only text columns can be; "
+        "the text columns of schema 'cdr': region, event"
+    )
+
+
 def test_a_bundle_reading_a_column_its_schema_lacks_is_refused_by_algo_check(tmp_path):
     folder = _with_reads(tmp_path, "population_density", '["msisdn", "day", "region", "imei"]')
     proc = _opal(tmp_path, "algo", "check", str(folder))
@@ -409,10 +441,12 @@ def test_algo_check_warns_of_a_column_the_source_names_but_reads_leaves_out(tmp_
     import json as json_
 
     folder = _with_reads(tmp_path, "call_volume", '["msisdn", "day", "region", "duration_s"]')
+    toml = folder / "opal.toml"
+    toml.write_text(toml.read_text().replace('categorical = ["region", "event"]', 'categorical = ["region"]'))
     proc = _opal(tmp_path, "algo", "check", str(folder))
     assert proc.returncode == 0                          # a hint, not a refusal: names can be built at run time
     assert proc.stderr.strip() == (
-        "warning: algorithm.py:21 names column 'event', which reads does not list: the sandbox will not show it "
+        "warning: algorithm.py:23 names column 'event', which reads does not list: the sandbox will not show it "
         "(add it to reads in opal.toml if the algorithm reads it)"
     )
     as_json = _opal(tmp_path, "algo", "check", str(folder), "--json")

@@ -45,7 +45,8 @@ def _aggregate(algorithm: Algorithm, runtime: Runtime, data: Path, *, read: bool
     contributions, units = run_pseudonymised(
         runtime, table="cdr", column="msisdn", source=algorithm.bundle.source,
         entrypoint=algorithm.bundle.manifest.entrypoint, params=algorithm.params,
-        read={"cdr": algorithm.bundle.manifest.reads} if read else None)
+        read={"cdr": algorithm.bundle.manifest.reads} if read else None,
+        categorical=algorithm.bundle.manifest.categorical_map() if read else None)
     return partial_aggregate(contributions, privacy=unbounded, domains=domains, known_units=units)
 
 
@@ -78,7 +79,8 @@ def test_partitions_streamed_with_only_the_columns_a_bundle_reads_give_the_one_f
     partials = []
     with Runtime(tables={"cdr": files[0]}) as streamer:
         for file in files:
-            streamer.reload(tables={"cdr": file}, read={"cdr": reads})
+            streamer.reload(tables={"cdr": file}, read={"cdr": reads},
+                            categorical=algorithm.bundle.manifest.categorical_map())
             schema = pq.ParquetFile(file).schema_arrow.names
             assert streamer.loaded_columns == {"cdr": [c for c in schema if c in reads]}
             assert streamer.table_columns == {"cdr": schema}

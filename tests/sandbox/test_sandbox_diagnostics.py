@@ -51,8 +51,9 @@ def test_no_suggestion_comes_from_data_values(runtime: Runtime) -> None:
 
 def test_algo_test_cli_prints_the_hint(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    shutil.copytree(ROOT / "algorithms" / "population_density", bundle)
+    shutil.copytree(ROOT / "algorithms" / "call_volume", bundle)
     algorithm = bundle / "algorithm.py"
+    assert 'cdr["day"].between' in algorithm.read_text()
     algorithm.write_text(algorithm.read_text().replace('cdr["day"].between', 'cdr["dya"].between'))
     data = tmp_path / "cdr.parquet"
     env = {"PATH": "/usr/bin:/bin", "OPAL_HOME": str(tmp_path / "home")}

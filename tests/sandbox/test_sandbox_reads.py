@@ -110,3 +110,65 @@ def test_the_zygote_loads_text_columns_as_the_same_strings_whatever_their_encodi
     assert names == ["msisdn", "region", "event", "day"] and nbytes > 0
     cut, _, _ = _load_table(str(path), ["day", "region", "msisdn"])
     pd.testing.assert_frame_equal(cut, pq.read_table(path, columns=["msisdn", "region", "day"]).to_pandas())
+
+
+# --- a bundle's ``categorical``: text columns seen as pandas Categoricals -------------------------
+
+_FORM = (
+    "import pandas as pd\n"
+    "def contributions(data, params):\n"
+    "    t = data.cdr\n"
+    "    r = t['region']\n"
+    "    categorical = str(r.dtype) == 'category'\n"
+    "    return pd.DataFrame({\n"
+    "        'msisdn': [int(t['msisdn'].iloc[0])],\n"
+    "        'form': ['categorical' if categorical else str(r.dtype)],\n"
+    "        'categories': [','.join(r.cat.categories) if categorical else ''],\n"
+    "        'calls': [int((t['event'] == 'call').sum())],\n"
+    "        'north': [int((r == 'north').sum())],\n"
+    "    })\n"
+)
+_TEXT = "def contributions(data, params):\n    return data.cdr[['msisdn', 'region', 'event']]\n"
+
+
+def _form(runtime: Runtime, categorical: dict[str, tuple[str, ...]] | None) -> dict[str, object]:
+    row = runtime.run(source=_FORM, entrypoint="contributions", params={}, categorical=categorical).iloc[0]
+    return {k: (v if isinstance(v, str) else int(v)) for k, v in row.items() if k != "msisdn"}
+
+
+def _expected(form: str) -> dict[str, object]:
+    from tests.sandbox.sandbox_fixtures import known_cdr
+
+    regions = known_cdr()["region"]
+    return {
+        "form": form,
+        "categories": ",".join(sorted(set(regions))) if form == "categorical" else "",
+        "calls": 4,
+        "north": int((regions == "north").sum()),
+    }
+
+
+def test_a_run_sees_the_text_columns_it_asks_for_as_categoricals_and_the_next_run_as_text(runtime: Runtime) -> None:
+    wanted = {"cdr": ("region",)}
+    assert _form(runtime, wanted) == _expected("categorical")  # converted from the resident text, sorted categories
+    assert _form(runtime, None) == _expected("str")             # the resident table is untouched
+    assert _form(runtime, wanted) == _expected("categorical")   # the conversion is kept for the load
+
+
+def test_a_runtime_holding_categoricals_shows_them_as_text_to_a_run_that_did_not_ask(cdr_path: Path) -> None:
+    with Runtime(tables={"cdr": cdr_path}, limits=Limits(cpu_seconds=20, wall_seconds=30),
+                 read={"cdr": ("msisdn", "region", "event")}, categorical={"cdr": ("region", "event")}) as coded, \
+         Runtime(tables={"cdr": cdr_path}, limits=Limits(cpu_seconds=20, wall_seconds=30)) as text:
+        assert _form(coded, {"cdr": ("region",)}) == _expected("categorical")
+        assert _form(coded, None) == _expected("str")
+        import pandas as pd
+
+        # the text a run gets back from held codes is the text a plain load gives, value for value
+        pd.testing.assert_frame_equal(
+            coded.run(source=_TEXT, entrypoint="contributions", params={}),
+            text.run(source=_TEXT, entrypoint="contributions", params={}),
+        )
+        coded.reload(tables={"cdr": cdr_path}, read={"cdr": ("msisdn", "region", "event")},
+                     categorical={"cdr": ("region",)})
+        assert _form(coded, {"cdr": ("region",)}) == _expected("categorical")
+        assert _form(coded, None) == _expected("str")

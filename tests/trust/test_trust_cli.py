@@ -119,6 +119,8 @@ def test_review_approve_verify_and_the_attacks_through_the_cli(opal: Opal, tmp_p
     assert view["locality"]["local"] is True and view["locality"]["sampled"] >= 50
     text = opal("algo", "review", "population_density@1.1.0", "--no-locality").stdout
     assert "diff against approved population_density@1.0.0" in text and "now with more care" in text
+    assert "reads from cdr: msisdn, day, region\nas categoricals: region\n" in text
+    assert view["manifest"]["categorical"] == ["region"]
     opal("algo", "approve", "population_density@1.1.0", "--key", "rita")
     opal("algo", "approve", "population_density@1.1.0", "--key", "ravi")
 
