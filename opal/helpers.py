@@ -115,7 +115,12 @@ def _key_part(series: Any) -> tuple[Any, int, Any] | None:
             return None
         values = values.astype(np.int64, copy=False)
         low = int(values.min())
-        return values - low, int(values.max()) - low + 1, lambda c: (c + low).astype(dtype)
+        span = int(values.max()) - low + 1
+        if span > max(_BITMAP_PER_ROW * len(values), _BITMAP_FLOOR):
+            # sparse ids (phone numbers): their sorted dictionary keeps the key space small
+            codes, uniques = pd.factorize(values, sort=True)
+            return codes.astype(np.int64, copy=False), max(len(uniques), 1), lambda c: uniques.take(c).astype(dtype)
+        return values - low, span, lambda c: (c + low).astype(dtype)
     return None
 
 

@@ -15,6 +15,7 @@ description = "Distinct subscribers seen per region (edit me)"
 entrypoint = "contributions"       # function in algorithm.py: contributions(data, params)
 dataset = "cdr"                    # dataset schema it reads: data.cdr is a read-only DataFrame
 reads = ["msisdn", "day", "region"]  # the only columns of it you see (leave out for all; fewer load faster)
+# categorical = ["region"]         # text columns you see as pandas Categoricals (faster ==, group-by)
 
 [privacy]
 unit = "msisdn"                    # privacy unit: first column of the returned table

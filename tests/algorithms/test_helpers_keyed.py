@@ -55,12 +55,19 @@ def test_sum_by_equals_groupby_sum(keys: list[str], value: str) -> None:
     pd.testing.assert_frame_equal(got, expected)
 
 
-def test_a_key_space_too_large_for_the_bitmap_hashes_instead() -> None:
+@pytest.mark.parametrize("shape", ["sparse ids", "a key space too large for the bitmap"])
+def test_sparse_ids_and_large_key_spaces_match_pandas(shape: str) -> None:
     rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"unit": rng.integers(0, 2**40, 2000), "day": rng.integers(0, 5, 2000)})
+    n = 3000
+    if shape == "sparse ids":  # phone numbers: packed through their sorted dictionary
+        frame = pd.DataFrame({"unit": rng.integers(221_700_000_000, 221_799_999_999, n // 10).repeat(10),
+                              "day": rng.integers(0, 5, n)})
+    else:  # every combination distinct enough that even the packed space is too large: hashed
+        frame = pd.DataFrame({"unit": rng.permutation(10**6)[:n], "day": rng.permutation(10**6)[:n]})
     frame = pd.concat([frame, frame.head(500)], ignore_index=True)  # duplicates to drop
     frame["seconds"] = rng.integers(0, 60, len(frame))
-    assert helpers._present(helpers._packed(frame, ["unit", "day"])[0], 5 * 2**40) is None
+    key, _, space = helpers._packed(frame, ["unit", "day"])
+    assert (helpers._present(key, space) is None) == (shape != "sparse ids")
     expected = frame[["unit", "day"]].drop_duplicates().sort_values(["unit", "day"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(helpers.distinct(frame, ["unit", "day"]), expected)
     pd.testing.assert_frame_equal(
