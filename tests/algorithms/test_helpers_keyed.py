@@ -44,11 +44,10 @@ def test_distinct_equals_sorted_drop_duplicates(keys: list[str]) -> None:
     pd.testing.assert_frame_equal(got, expected)
 
 
-@pytest.mark.parametrize("keys", KEYS, ids="-".join)
-@pytest.mark.parametrize("value", ["seconds", "small", "night", "ratio"])
+@pytest.mark.parametrize(("keys", "value"), [
+    (keys, value) for keys in KEYS for value in ["seconds", "small", "night", "ratio"] if value not in keys
+], ids=lambda v: "-".join(v) if isinstance(v, list) else v)
 def test_sum_by_equals_groupby_sum(keys: list[str], value: str) -> None:
-    if value in keys:
-        pytest.skip("the value is a key")
     frame = _frame(np.random.default_rng(2), 5000)
     expected = frame.groupby(keys)[value].sum().reset_index()
     got = helpers.sum_by(frame, keys, value)
