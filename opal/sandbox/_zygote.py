@@ -421,7 +421,7 @@ class Zygote:
         # text columns held as Categoricals (a bundle's ``categorical``), and the
         # other form of a column a run asked for, made once per load
         self.held_categorical: dict[str, set[str]] = {}
-        self.views: dict[tuple[str, str], Any] = {}
+        self.views: dict[tuple[str, str, str], Any] = {}  # (table, column, "categorical" | "text")
 
     def _described(self) -> dict[str, Any]:
         return {
@@ -585,7 +585,7 @@ class Zygote:
                     continue
                 resident = self.tables.get(name)
                 if resident is not None and len(resident) == len(frame):  # rows as resident: the shared conversion
-                    key = (name, f"{column}\0{kind}")
+                    key = (name, column, kind)
                     if key not in self.views:
                         self.views[key] = convert(resident[column]).array
                     changes[column] = self.views[key]

@@ -89,9 +89,9 @@ def _truth(sc: Scenario) -> dict[str, int]:
     return {str(k): int(v) for k, v in cdr.groupby("region")["msisdn"].nunique().items()}
 
 
-def _request(sc: Scenario, dataset: str, *, eps: float = 1.0, **params: Any) -> str:
+def _request(sc: Scenario, dataset: str, *, eps: float = 1.0, algorithm: str = REGION_COUNT, **params: Any) -> str:
     node = sc.node
-    record = request_run(node, algorithm=REGION_COUNT, dataset=dataset, params=params, epsilon=eps,
+    record = request_run(node, algorithm=algorithm, dataset=dataset, params=params, epsilon=eps,
                          signer=node.keyring.signer("sam"))
     dispatch(node, record)
     return record.run_id
@@ -180,6 +180,44 @@ def test_partitioned_release_matches_the_one_file_release(sc: Scenario, workers:
     assert regions == [row[0] for row in whole.result["table"]["rows"]]   # same public cells, same order
     truth = _truth(sc)
     _assert_within_intervals(parted.result, truth)
+    _assert_within_intervals(whole.result, truth)
+
+
+def test_a_bundle_asking_for_categoricals_gets_them_from_every_worker_path(sc: Scenario, workers: Workers) -> None:
+    """``categorical`` reaches the sandbox on a one-file run, on a partition
+    task whose zygote starts with it, and on one reloaded with it: the
+    algorithm reads ``region.cat``, which text has not, so a path that
+    dropped the flag would leave the run without contributions."""
+    from opal.runs.records import run_decisions
+
+    dataset = _with_partitions(sc)
+    node = sc.node
+    bundle_dir = node.home.root / "bundles" / "region_codes"
+    bundle_dir.mkdir(parents=True)
+    manifest = _MANIFEST.replace('name = "region_count"', 'name = "region_codes"').replace(
+        'dataset = "cdr"\n', 'dataset = "cdr"\nreads = ["msisdn", "region"]\ncategorical = ["region"]\n')
+    (bundle_dir / "opal.toml").write_text(manifest)
+    (bundle_dir / "algorithm.py").write_text(
+        "import opal\n"
+        "def contributions(data, params):\n"
+        "    cdr = data.cdr\n"
+        "    seen = cdr[cdr['region'].cat.codes >= 0]\n"
+        "    return opal.distinct(seen, ['msisdn', 'region'])\n"
+    )
+    bundle = Bundle.from_folder(bundle_dir)
+    assert bundle.manifest.categorical == ("region",)
+    submit(node, bundle, signer=node.keyring.signer("sam"))
+    for reviewer in ("rita", "ravi"):
+        approve(node, bundle.digest, signer=node.keyring.signer(reviewer))
+    workers.start(dataset, concurrency=1, memory="1M")   # every partition task reloads the one zygote
+    workers.start(sc.dataset, concurrency=1)
+    parted = _request(sc, dataset, algorithm="region_codes")
+    whole = wait(node, _request(sc, sc.dataset, algorithm="region_codes"), timeout=180)
+    truth = _truth(sc)
+    assert wait(node, parted, timeout=180).state == whole.state == "released"
+    assert _combined_truth_cells(sc, parted) == {r: truth.get(r, 0) for r in truth}
+    assert all(p[1] == {"outcome": "ok"} for p in partials(node, parted).values())
+    assert run_decisions(node, whole.run_id)["run_outcome"] == {"outcome": "ok"}   # the one file, resident
     _assert_within_intervals(whole.result, truth)
 
 
